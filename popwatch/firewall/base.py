@@ -1,0 +1,255 @@
+"""The firewall backend interface and its value types.
+
+Backends (``sim``, ``legacy`` = python-iptables, ``nft`` = iptables-nft binaries, ``none``)
+all implement :class:`Firewall`. Methods are synchronous and may block: the Monitor calls them
+from its single firewall thread (python-iptables is not thread-safe), never from the UI loop.
+
+Layout every kernel backend builds (DESIGN.md, "Firewall model"): chain ``POPWATCH`` jumped to
+once from the top of ``INPUT`` (v4 and v6); in it the ban match (ipset ``popwatch4`` /
+``popwatch6``), then per watched port the rate-limit pair for new TCP connections. popwatch never
+ACCEPTs: packets are DROPped (banned, over limit) or RETURN to the admin's own rules.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ..model import Ban, PortCounters
+
+Mode = Literal["count", "global", "per-source"]
+MODES: tuple[Mode, ...] = ("count", "global", "per-source")
+
+_UNITS = {
+    "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+}
+_CANON = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+_RATE_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([a-z]+)\s*$")
+#: iptables' own bounds: limit/hashlimit reject rates above 10000/s, bursts above 10000
+MAX_PER_SECOND = 10000
+MAX_BURST = 10000
+
+
+class FirewallError(RuntimeError):
+    """A firewall operation failed; the message is for the admin."""
+
+
+class NeedsRoot(FirewallError):
+    """The operation needs root / CAP_NET_ADMIN (CLI exit 3)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Rate:
+    """A token-bucket refill rate in the iptables form ``N/unit``."""
+
+    per_second: float
+    count: int
+    unit: int  # seconds per unit: 1, 60, 3600, 86400
+
+    @classmethod
+    def parse(cls, text: str) -> "Rate":
+        """``1/second``, ``10/minute``, ``5/s``, ``3/hour``, ``2/day``. Raises ValueError."""
+        m = _RATE_RE.match(str(text).lower())
+        if not m:
+            raise ValueError(f"bad rate {text!r}: expected N/second, N/minute, N/hour or N/day (e.g. 5/second)")
+        n, u = int(m.group(1)), m.group(2)
+        if u not in _UNITS:
+            raise ValueError(f"bad rate {text!r}: unit must be second, minute, hour or day")
+        if n < 1:
+            raise ValueError(f"bad rate {text!r}: must be at least 1/{_CANON[_UNITS[u]]}")
+        unit = _UNITS[u]
+        r = cls(n / unit, n, unit)
+        if r.per_second > MAX_PER_SECOND:
+            raise ValueError(f"bad rate {text!r}: iptables allows at most {MAX_PER_SECOND}/second")
+        return r
+
+    @classmethod
+    def of(cls, count: int, unit: int) -> "Rate":
+        return cls(count / unit, count, unit)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{_CANON[self.unit]}"
+
+    @property
+    def per_day(self) -> float:
+        return self.per_second * 86400
+
+    def step(self, up: bool) -> "Rate":
+        """The next rate up or down on a 1-2-5 ladder, moving across units as needed."""
+        ladder = _LADDER
+        ps = self.per_second
+        if up:
+            for r in ladder:
+                if r.per_second > ps * 1.0001:
+                    return r
+            return self
+        for r in reversed(ladder):
+            if r.per_second < ps * 0.9999:
+                return r
+        return self
+
+
+_LADDER = [Rate.of(n, u) for u, ns in ((3600, (1, 2, 5, 10, 20, 30)), (60, (1, 2, 5, 10, 20, 30)),
+                                       (1, (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)))
+           for n in ns]
+_LADDER.sort()
+
+
+def parse_burst(value: object) -> int:
+    """A burst value from the CLI/config/UI. Raises ValueError with a clear message."""
+    try:
+        b = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"bad burst {value!r}: expected a whole number from 1 to {MAX_BURST}") from None
+    if not 1 <= b <= MAX_BURST:
+        raise ValueError(f"bad burst {value!r}: expected a whole number from 1 to {MAX_BURST}")
+    return b
+
+
+@dataclass(frozen=True, slots=True)
+class PortLimit:
+    """The rule popwatch keeps for one watched TCP port.
+
+    ``count``: no limit, only counts new connections (the default for a newly watched port).
+    ``global``: ``-m limit`` (one bucket shared by every source: the 2009 rule).
+    ``per-source``: ``-m hashlimit --hashlimit-mode srcip`` (one bucket per source; /64 for v6).
+    """
+
+    port: int
+    mode: Mode = "count"
+    rate: Rate = Rate.of(1, 1)
+    burst: int = 5
+
+    def __post_init__(self) -> None:
+        if not 1 <= int(self.port) <= 65535:
+            raise ValueError(f"bad port {self.port!r}: expected 1-65535")
+        if self.mode not in MODES:
+            raise ValueError(f"bad mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if not 1 <= self.burst <= MAX_BURST:
+            raise ValueError(f"bad burst {self.burst!r}: expected 1-{MAX_BURST}")
+
+    def with_(self, **kw: object) -> "PortLimit":
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """Short form for the ports panel: ``global 1/second burst 1``."""
+        if self.mode == "count":
+            return "count only"
+        return f"{self.mode} {self.rate} burst {self.burst}"
+
+    def meaning(self) -> str:
+        """One plain-language line saying what the rule does."""
+        per_day = self.rate.per_day
+        if self.mode == "count":
+            return "counting only: every new connection passes; pick a limit to act"
+        if self.mode == "global":
+            return (f"global: at most {per_day:,.0f} new connections a day, shared by everyone "
+                    f"(attackers and users race for the same tokens)")
+        return (f"per-source: each address gets {per_day:,.0f} new connections a day "
+                f"(burst {self.burst}); one attacker cannot starve the others")
+
+    def to_json(self) -> dict[str, object]:
+        return {"port": self.port, "mode": self.mode, "rate": str(self.rate), "burst": self.burst}
+
+
+class Firewall(ABC):
+    """A firewall backend. All methods may block; call them from one thread."""
+
+    #: backend name shown in the header and in ``status --json``
+    name: str = "abstract"
+    #: False for ``none`` and when popwatch lacks the rights to change anything
+    can_write: bool = True
+
+    @abstractmethod
+    def install(self, limits: list[PortLimit]) -> None:
+        """Create popwatch's chains/sets (idempotent) and the rules for these ports, adopting
+        rules that already exist rather than duplicating them."""
+
+    @abstractmethod
+    def uninstall(self) -> None:
+        """Remove exactly what popwatch added."""
+
+    @abstractmethod
+    def ban(self, ip: str, ttl: float | None = None) -> None:
+        """Ban a validated, normalised address (or network string) for ``ttl`` seconds."""
+
+    @abstractmethod
+    def unban(self, ip: str) -> None:
+        """Lift a ban; no error if it was not banned."""
+
+    @abstractmethod
+    def bans(self) -> dict[str, float | None]:
+        """Active bans in the kernel: address -> seconds left (None = permanent)."""
+
+    @abstractmethod
+    def set_limit(self, limit: PortLimit) -> None:
+        """Replace one port's rules atomically, carrying its counters over."""
+
+    @abstractmethod
+    def limits(self) -> dict[int, PortLimit]:
+        """The rules currently in place, by port."""
+
+    @abstractmethod
+    def counters(self) -> dict[int, PortCounters]:
+        """Cumulative passed/dropped packets per watched port (cheap; polled every second)."""
+
+    def banned_dropped(self) -> int:
+        """Packets dropped by the ban rule(s), cumulative; 0 when unknown."""
+        return 0
+
+    def warnings(self) -> list[str]:
+        """Things the admin should know (both kernel backends in use, no ip_set, ...)."""
+        return []
+
+    def describe_ban(self, ip: str, ttl: float | None = None) -> list[str]:
+        """The exact commands/changes a ban makes, for the confirm modal and --dry-run."""
+        return [f"ban {ip}" + (f" for {int(ttl)}s" if ttl else "")]
+
+    def close(self) -> None:
+        """Release resources (not the rules)."""
+
+
+class NoFirewall(Firewall):
+    """``--backend none``: monitor only, every action refused."""
+
+    name = "none"
+    can_write = False
+
+    def __init__(self, limits: list[PortLimit] | None = None) -> None:
+        self._limits = {l.port: l for l in limits or []}
+
+    def _refuse(self) -> None:
+        raise FirewallError("backend is 'none' (monitor only): no firewall changes are made")
+
+    def install(self, limits: list[PortLimit]) -> None:
+        self._limits = {l.port: l for l in limits}
+
+    def uninstall(self) -> None:
+        pass
+
+    def ban(self, ip: str, ttl: float | None = None) -> None:
+        self._refuse()
+
+    def unban(self, ip: str) -> None:
+        self._refuse()
+
+    def bans(self) -> dict[str, float | None]:
+        return {}
+
+    def set_limit(self, limit: PortLimit) -> None:
+        self._refuse()
+
+    def limits(self) -> dict[int, PortLimit]:
+        return dict(self._limits)
+
+    def counters(self) -> dict[int, PortCounters]:
+        return {}
+
+
+def ban_from(ip: str, left: float | None, now: float, origin: str = "restore") -> Ban:
+    return Ban(ip=ip, created=now, expires=None if left is None else now + left, origin=origin)
