@@ -1,0 +1,209 @@
+"""Configuration: dataclasses, TOML loading and validation. No Textual, no I/O beyond reading.
+
+Every key is optional. Unknown keys and bad values raise :class:`ConfigError` whose message
+names the key, the value and what is allowed; the CLI prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .firewall.base import MODES, PortLimit, Rate, parse_burst
+
+DEFAULT_CONFIG = Path("/etc/popwatch/popwatch.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/popwatch")
+DEFAULT_PORTS = (110, 143, 22)
+BACKENDS = ("auto", "legacy", "nft", "sim", "none")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line for the admin."""
+
+
+_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$")
+_DUR_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object, what: str = "duration") -> float:
+    """``90``, ``30s``, ``10m``, ``1h``, ``2d``, ``1w`` -> seconds. Raises ValueError."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        secs = float(value)
+    else:
+        m = _DUR_RE.match(str(value).lower())
+        if not m:
+            raise ValueError(f"bad {what} {value!r}: expected seconds or N[s|m|h|d|w], e.g. 10m")
+        secs = float(m.group(1)) * _DUR_UNITS[m.group(2)]
+    if secs <= 0:
+        raise ValueError(f"bad {what} {value!r}: must be positive")
+    return secs
+
+
+def parse_ports(value: object) -> list[int]:
+    """``"110,143,22"`` or ``[110, 143]`` -> [110, 143, 22]. Raises ValueError."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"bad ports {value!r}: expected a list like 110,143,22")
+    ports: list[int] = []
+    for item in items:
+        try:
+            p = int(str(item).strip())
+        except ValueError:
+            raise ValueError(f"bad port {item!r}: expected a number 1-65535") from None
+        if not 1 <= p <= 65535:
+            raise ValueError(f"bad port {item!r}: expected a number 1-65535")
+        if p not in ports:
+            ports.append(p)
+    if not ports:
+        raise ValueError("no ports given")
+    return ports
+
+
+@dataclass
+class PolicyConfig:
+    auto_ban: bool = False
+    maxretry: int = 5
+    findtime: float = 600.0
+    bantime: float = 3600.0
+    allow: list[str] = field(default_factory=list)
+    ipv6_prefix: int = 64
+
+
+@dataclass
+class Config:
+    ports: list[int] = field(default_factory=lambda: list(DEFAULT_PORTS))
+    logs: list[str] = field(default_factory=list)
+    journal: bool | None = None  # None: use journald when no log file is found
+    backend: str = "auto"
+    state_dir: Path = DEFAULT_STATE_DIR
+    limits: dict[int, PortLimit] = field(default_factory=dict)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    source_path: Path | None = None
+
+    def limit_for(self, port: int) -> PortLimit:
+        return self.limits.get(port) or PortLimit(port)
+
+    def port_limits(self) -> list[PortLimit]:
+        return [self.limit_for(p) for p in self.ports]
+
+
+_TOP_KEYS = {"ports", "logs", "journal", "backend", "state_dir", "policy", "limits"}
+_POLICY_KEYS = {"auto_ban", "maxretry", "findtime", "bantime", "allow", "ipv6_prefix"}
+_LIMIT_KEYS = {"mode", "rate", "burst"}
+
+
+def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise ConfigError(f"unknown key {where}{k!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _val(where: str, fn, value: object) -> Any:
+    try:
+        return fn(value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _bool(v: object) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
+
+
+def _int_range(lo: int, hi: int):
+    def f(v: object) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"expected a whole number {lo}-{hi}, got {v!r}")
+        return v
+    return f
+
+
+def _cidr(v: object) -> str:
+    try:
+        return str(ipaddress.ip_network(str(v), strict=False))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an address or CIDR") from None
+
+
+def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Build and validate a Config from parsed TOML."""
+    _check_keys(data, _TOP_KEYS, "")
+    cfg = Config(source_path=source)
+    if "ports" in data:
+        cfg.ports = _val("ports", parse_ports, data["ports"])
+    if "logs" in data:
+        logs = data["logs"]
+        if not isinstance(logs, list) or not all(isinstance(x, str) for x in logs):
+            raise ConfigError(f"logs: expected a list of paths, got {logs!r}")
+        cfg.logs = list(logs)
+    if "journal" in data:
+        cfg.journal = _val("journal", _bool, data["journal"])
+    if "backend" in data:
+        if data["backend"] not in BACKENDS:
+            raise ConfigError(f"backend: {data['backend']!r} is not one of {', '.join(BACKENDS)}")
+        cfg.backend = data["backend"]
+    if "state_dir" in data:
+        cfg.state_dir = Path(str(data["state_dir"]))
+    pol = data.get("policy", {})
+    if not isinstance(pol, dict):
+        raise ConfigError("policy: expected a table [policy]")
+    _check_keys(pol, _POLICY_KEYS, "policy.")
+    p = cfg.policy
+    if "auto_ban" in pol:
+        p.auto_ban = _val("policy.auto_ban", _bool, pol["auto_ban"])
+    if "maxretry" in pol:
+        p.maxretry = _val("policy.maxretry", _int_range(1, 100000), pol["maxretry"])
+    if "findtime" in pol:
+        p.findtime = _val("policy.findtime", lambda v: parse_duration(v, "findtime"), pol["findtime"])
+    if "bantime" in pol:
+        p.bantime = _val("policy.bantime", lambda v: parse_duration(v, "bantime"), pol["bantime"])
+    if "allow" in pol:
+        if not isinstance(pol["allow"], list):
+            raise ConfigError(f"policy.allow: expected a list of CIDRs, got {pol['allow']!r}")
+        p.allow = [_val("policy.allow", _cidr, a) for a in pol["allow"]]
+    if "ipv6_prefix" in pol:
+        p.ipv6_prefix = _val("policy.ipv6_prefix", _int_range(16, 128), pol["ipv6_prefix"])
+    limits = data.get("limits", {})
+    if not isinstance(limits, dict):
+        raise ConfigError("limits: expected tables like [limits.110]")
+    for key, spec in limits.items():
+        where = f"limits.{key}"
+        port = _val(where, lambda v: parse_ports([v])[0], key)
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a table with mode, rate, burst")
+        _check_keys(spec, _LIMIT_KEYS, where + ".")
+        mode = spec.get("mode", "count")
+        if mode not in MODES:
+            raise ConfigError(f"{where}.mode: {mode!r} is not one of {', '.join(MODES)}")
+        rate = _val(where + ".rate", Rate.parse, spec.get("rate", "1/second"))
+        burst = _val(where + ".burst", parse_burst, spec.get("burst", 5))
+        cfg.limits[port] = PortLimit(port, mode, rate, burst)
+        if port not in cfg.ports:
+            cfg.ports.append(port)
+    return cfg
+
+
+def load(path: Path | None, *, required: bool = False) -> Config:
+    """Load the config file. A missing default file is fine; a missing explicit one is not."""
+    p = path or DEFAULT_CONFIG
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {p} does not exist") from None
+        return Config()
+    except OSError as e:
+        raise ConfigError(f"config file {p}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p}: not valid TOML: {e}") from None
+    try:
+        return from_dict(data, p)
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}: {e}") from None

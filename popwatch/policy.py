@@ -1,0 +1,167 @@
+"""Who may never be banned or rate-limited, whatever the key or policy says.
+
+One place, used by every path (TUI keys, CLI, auto-ban, mass ban): the Monitor asks
+:meth:`Protector.why_protected` before any firewall change.
+
+Protected: the SSH client of the current session (``SSH_CONNECTION``/``SSH_CLIENT``, and the
+parent sshd session's environment when sudo dropped them), loopback, the host's own addresses,
+and the configured allow-list. IPv4-mapped IPv6 forms are unwrapped before any check, and a
+network target is refused when it *contains* a protected address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .addr import IPAddress, IPNetwork, parse_target
+
+
+class Refused(Exception):
+    """An action refused by policy (CLI exit 4); the message says why."""
+
+
+def _ssh_client_from(env: Mapping[str, str]) -> str | None:
+    for var in ("SSH_CONNECTION", "SSH_CLIENT"):
+        v = env.get(var)
+        if v:
+            first = v.split()[0] if v.split() else ""
+            try:
+                return str(parse_target(first))
+            except ValueError:
+                continue
+    return None
+
+
+def _environ_of(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep:
+            out[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+    return out
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the comm field may contain spaces and parens: the ppid follows the last ')'
+    rest = stat.rsplit(")", 1)[-1].split()
+    try:
+        return int(rest[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def ssh_clients(env: Mapping[str, str] | None = None, pid: int | None = None) -> set[str]:
+    """The SSH client address(es) of this session: our environment, then our ancestors' (sudo
+    drops SSH_CONNECTION, but the shell sudo was started from still has it)."""
+    found: set[str] = set()
+    ip = _ssh_client_from(os.environ if env is None else env)
+    if ip:
+        found.add(ip)
+    if env is not None:  # explicit environment (tests): do not look at the real process tree
+        return found
+    p = _ppid(pid or os.getpid())
+    for _ in range(16):
+        if not p or p <= 1:
+            break
+        ip = _ssh_client_from(_environ_of(p))
+        if ip:
+            found.add(ip)
+        p = _ppid(p)
+    return found
+
+
+def host_addresses() -> set[str]:
+    """This host's own addresses (``ip -o addr``), best effort."""
+    out: set[str] = set()
+    try:
+        text = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True,
+                              timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    for line in text.splitlines():
+        parts = line.split()
+        for i, word in enumerate(parts):
+            if word in ("inet", "inet6") and i + 1 < len(parts):
+                addr = parts[i + 1].split("/")[0]
+                try:
+                    out.add(str(parse_target(addr)))
+                except ValueError:
+                    pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            try:
+                out.add(str(parse_target(str(info[4][0]))))
+            except ValueError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+@dataclass
+class Protector:
+    """The protected set. Build with :meth:`from_env` in real use; tests pass explicit lists."""
+
+    allow: list[str] = field(default_factory=list)
+    ssh: set[str] = field(default_factory=set)
+    own: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._nets: list[tuple[IPNetwork, str]] = []
+        for cidr in self.allow:
+            self._nets.append((ipaddress.ip_network(cidr, strict=False), f"in the allow-list ({cidr})"))
+        for ip in self.ssh:
+            self._nets.append((ipaddress.ip_network(ip), "the SSH client of this session (you)"))
+        for ip in self.own:
+            self._nets.append((ipaddress.ip_network(ip), "one of this host's own addresses"))
+        self._nets.append((ipaddress.ip_network("127.0.0.0/8"), "loopback"))
+        self._nets.append((ipaddress.ip_network("::1/128"), "loopback"))
+
+    @classmethod
+    def from_env(cls, allow: Iterable[str] = (), *, own: bool = True) -> "Protector":
+        return cls(list(allow), ssh_clients(), host_addresses() if own else set())
+
+    def add_allow(self, cidr: str) -> None:
+        net = ipaddress.ip_network(cidr, strict=False)
+        self.allow.append(str(net))
+        self._nets.insert(0, (net, f"in the allow-list ({net})"))
+
+    def why_protected(self, target: str | IPAddress | IPNetwork) -> str | None:
+        """None when ``target`` may be banned; otherwise the reason it may not."""
+        if isinstance(target, str):
+            try:
+                target = parse_target(target, allow_net=True)
+            except ValueError as e:
+                return str(e)
+        if isinstance(target, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            for net, why in self._nets:
+                if net.version == target.version and (target.overlaps(net)):
+                    return f"{target} contains {net}, {why}"
+            return None
+        if isinstance(target, ipaddress.IPv6Address) and target.ipv4_mapped is not None:
+            target = target.ipv4_mapped
+        if target.is_unspecified:
+            return "the unspecified address"
+        for net, why in self._nets:
+            if net.version == target.version and target in net:
+                return f"{target} is {why}"
+        return None
+
+    def check(self, target: str | IPAddress | IPNetwork) -> None:
+        why = self.why_protected(target)
+        if why:
+            raise Refused(f"refused: {why}")
