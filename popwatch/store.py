@@ -174,6 +174,7 @@ class StateStore:
         self.version = 0
         self.events_total = 0
         self.failures_total = 0
+        self.n_attackers = 0  # IPs with at least one failure or probe (success-only ones are not)
         self.protected = protected or (lambda ip: None)
         self.near_threshold = near_threshold
         self._history = history
@@ -226,6 +227,8 @@ class StateStore:
             elif ev.ts < a.first:
                 a.first = ev.ts
             a.services |= svc_bit.get(ev.service, 0)
+            if (is_fail or kind == _PROBE) and not (a.failures or a.probes):
+                self.n_attackers += 1
             if is_fail:
                 if ev.attempts:
                     a.add_failures(ev.attempts, ev.ts)
@@ -263,6 +266,8 @@ class StateStore:
         victims = heapq.nsmallest(excess, (a for a in self.attackers.values() if a.ip not in self.bans),
                                   key=lambda a: a.last)
         for a in victims:
+            if a.failures or a.probes:
+                self.n_attackers -= 1
             del self.attackers[a.ip]
             self._dirty.discard(a.ip)
         gone = {a.ip for a in victims}
@@ -368,13 +373,13 @@ class StateStore:
         now = self.clock()
         key = self._sort_key(sort, now)
         attackers = self.attackers
-        if sort != self._top_key or len(self._top) < min(k, len(attackers)) or sort == "rate":
+        if sort != self._top_key or len(self._top) < min(k, self.n_attackers) or sort == "rate":
             # full pass: on sort change, when the top is short, and for rates (they decay)
-            cands: Iterable[Attacker] = attackers.values()
+            cands: Iterable[Attacker] = (a for a in attackers.values() if a.failures or a.probes)
         else:
             ids = set(self._top)
             ids.update(self._dirty)
-            cands = [attackers[i] for i in ids if i in attackers]
+            cands = [a for i in ids if (a := attackers.get(i)) is not None and (a.failures or a.probes)]
         best = heapq.nlargest(k, cands, key=key)
         self._top = [a.ip for a in best]
         self._top_key = sort
@@ -385,7 +390,7 @@ class StateStore:
         """Attackers whose IP, prefix (CIDR), user or service matches ``flt`` (full scan)."""
         f = flt.strip().lower()
         if not f:
-            return list(self.attackers.values())
+            return [a for a in self.attackers.values() if a.failures or a.probes]
         net = None
         if "/" in f:
             try:
@@ -395,6 +400,8 @@ class StateStore:
         bit = _SVC_BIT.get(f, 0)
         out = []
         for a in self.attackers.values():
+            if not (a.failures or a.probes):
+                continue
             if net is not None:
                 try:
                     if ipaddress.ip_address(a.ip) in net:
@@ -415,7 +422,7 @@ class StateStore:
             shown_of = len(matched)
         else:
             best = self.top(k, sort)
-            shown_of = len(self.attackers)
+            shown_of = self.n_attackers
         rows = tuple(self.row(a, now) for a in best)
         ports = []
         for port in sorted(self.limits):
@@ -434,7 +441,7 @@ class StateStore:
         tail = tuple(ring[i] for i in range(max(0, len(ring) - events), len(ring)))
         top_users = heapq.nlargest(users, self.users.items(), key=lambda kv: kv[1].failures)
         return Snapshot(
-            version=self.version, now=now, rows=rows, total_ips=len(self.attackers), shown_of=shown_of,
+            version=self.version, now=now, rows=rows, total_ips=self.n_attackers, shown_of=shown_of,
             ports=tuple(ports), events=tail, bans=tuple(sorted(self.bans.values(), key=lambda b: b.created)),
             sources=tuple(self.sources.values()),
             users=tuple(UserRow(u, s.failures, len(s.ips), s.last) for u, s in top_users),

@@ -146,12 +146,12 @@ class PortLimit:
         """One plain-language line saying what the rule does."""
         per_day = self.rate.per_day
         if self.mode == "count":
-            return "counting only: every new connection passes; pick a limit to act"
+            return "counting only: every new connection passes; press m to pick a limit"
         if self.mode == "global":
-            return (f"global: at most {per_day:,.0f} new connections a day, shared by everyone "
-                    f"(attackers and users race for the same tokens)")
-        return (f"per-source: each address gets {per_day:,.0f} new connections a day "
-                f"(burst {self.burst}); one attacker cannot starve the others")
+            return (f"global {self.rate}: {per_day:,.0f} tries/day shared by everyone; "
+                    f"attackers and users race for the same tokens")
+        return (f"per-source {self.rate}: {per_day:,.0f} tries/day for each address; "
+                f"one attacker cannot starve the others")
 
     def to_json(self) -> dict[str, object]:
         return {"port": self.port, "mode": self.mode, "rate": str(self.rate), "burst": self.burst}

@@ -250,15 +250,18 @@ class Scenario:
             guard = 0
             while a.next_at <= t_now and guard < 10_000:
                 guard += 1
-                ts = self.t0 + a.next_at
+                t = a.next_at
+                r = a.rate(t)
+                if r <= 0:  # idle now: look again a second later
+                    a.next_at = t + 1.0
+                    continue
                 a.attempts += 1
                 if self.sim.connect(a.ip, PORTS[a.service]):
                     a.accepted += 1
-                    out.extend(self._connection(a, ts))
+                    out.extend(self._connection(a, self.t0 + t))
                 else:
                     a.dropped += 1
-                r = a.rate(a.next_at)
-                a.next_at += self.rng.expovariate(r) if r > 0 else 1.0
+                a.next_at = t + self.rng.expovariate(r)
         out.sort()
         self.lines_out += len(out)
         return out

@@ -1,0 +1,204 @@
+"""``popwatch watch`` (the default) and ``popwatch demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from typing import IO, Any
+
+from ..config import Config, parse_duration, parse_ports
+from ..firewall.base import NeedsRoot, PortLimit, Rate
+from ..monitor import Monitor
+from ..policy import Protector
+from ..store import StateStore
+
+
+def _ports(value: str) -> list[int]:
+    try:
+        return parse_ports(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < v <= 1000:
+        raise argparse.ArgumentTypeError(f"{value!r} must be between 0 and 1000")
+    return v
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    w = sub.add_parser("watch", parents=[common], help="watch live logs and firewall counters (default)",
+                       description="Tail the auth logs and the firewall counters; show the live screen "
+                                   "(or, with --no-tui, print events). Needs root to change the firewall; "
+                                   "without it popwatch runs read-only.")
+    w.add_argument("--log", action="append", metavar="PATH", default=[],
+                   help="log file or glob to follow (repeatable). Default: discover /var/log/mail.log, "
+                        "maillog, auth.log, secure, dovecot's log_path, else journald")
+    w.add_argument("--journal", action="store_true", help="also read journald (journalctl -f -o json)")
+    w.add_argument("--ports", type=_ports, metavar="LIST", help="watched TCP ports, e.g. 110,143,22 "
+                   "(default from the config, else 110,143,22)")
+    w.add_argument("--no-tui", action="store_true", help="run headless (as a service); see --events")
+    w.add_argument("--events", metavar="FILE|-", help="write one JSON event per line to FILE or stdout")
+    w.add_argument("--auto-ban", action="store_true", help="ban automatically after maxretry failures "
+                   "within findtime (config [policy])")
+    w.add_argument("--from-start", action="store_true", help="read log files from the beginning")
+    w.add_argument("--backfill", metavar="N|DURATION", help="on start, read the last N lines or the last "
+                   "DURATION (e.g. 10m) of each file to fill the table")
+    w.add_argument("--duration", type=_duration, metavar="S", help="stop after S seconds (headless runs, tests)")
+    w.set_defaults(func=run_watch)
+
+    d = sub.add_parser("demo", parents=[common], help="a simulated attack on real log lines; no root needed",
+                       description="Replay an attack built from real dovecot and OpenSSH lines against a "
+                                   "simulated firewall. Ban, unban and tune limits as on a real server.")
+    d.add_argument("--speed", type=_positive, default=1.0, metavar="X", help="scenario speed factor (default 1)")
+    d.add_argument("--no-tui", action="store_true", help="run headless and print JSON events to stdout")
+    d.add_argument("--duration", type=_duration, metavar="S", help="stop after S seconds (default: forever; "
+                   "with --no-tui, 10)")
+    d.add_argument("--seed", type=int, default=2009, help="random seed of the scenario (default 2009)")
+    d.set_defaults(func=run_demo)
+
+
+# ------------------------------------------------------------------------ demo
+
+DEMO_LIMITS = [
+    # the 2009 rule, as the admin had it: one bucket for everyone on POP3
+    PortLimit(110, "global", Rate.of(1, 1), 1),
+    PortLimit(143, "count"),
+    PortLimit(22, "count"),
+]
+
+
+def build_demo(*, speed: float = 1.0, seed: int = 2009, start: float | None = None, frozen: bool = False,
+               events_out: IO[str] | None = None) -> tuple[Monitor, Any]:
+    """The demo's Monitor (sim firewall, scenario source), shared by the CLI, tests and screenshots."""
+    from ..firewall.sim import SimFirewall
+    from ..parse import Parser
+    from ..sources.replay import DemoClock, DemoSource, Scenario
+
+    clock = DemoClock(start=start, speed=speed, frozen=frozen)
+    sim = SimFirewall(clock=clock)
+    scenario = Scenario(sim, clock, seed=seed)
+    store = StateStore(clock=clock)
+    monitor = Monitor(store=store, parser=Parser(now=clock), sources=[DemoSource(scenario)], firewall=sim,
+                      protector=Protector(allow=["192.0.2.0/24"]), mono=clock, events_out=events_out)
+    monitor.start_firewall(DEMO_LIMITS)
+    return monitor, scenario
+
+
+async def _run_for(monitor: Monitor, duration: float | None) -> None:
+    task = asyncio.create_task(monitor.run())
+    try:
+        if duration is None:
+            await task
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), duration)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.no_tui:
+        monitor, _ = build_demo(speed=args.speed, seed=args.seed, events_out=sys.stdout)
+        try:
+            asyncio.run(_run_for(monitor, args.duration if args.duration is not None else 10.0))
+        finally:
+            monitor.close()
+        return 0
+    monitor, _ = build_demo(speed=args.speed, seed=args.seed)
+    from ..ui.app import make_app
+
+    app = make_app(monitor, mode="demo", host="mail1 (demo)", exit_after=args.duration)
+    try:
+        app.run()
+    finally:
+        monitor.close()
+    return 0
+
+
+# ----------------------------------------------------------------------- watch
+
+def _open_events(spec: str | None) -> IO[str] | None:
+    if spec is None:
+        return None
+    if spec == "-":
+        return sys.stdout
+    return open(spec, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the run
+
+
+def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
+    """The configured backend, or a read-only 'none' with the reason when we lack the rights."""
+    from ..firewall.base import NoFirewall
+
+    try:
+        from ..firewall.detect import make_firewall
+    except ImportError:  # pragma: no cover - during bring-up
+        return NoFirewall(cfg.port_limits()), "firewall backends not available"
+    try:
+        return make_firewall(cfg.backend, ports=cfg.port_limits(), ipv6_prefix=cfg.policy.ipv6_prefix,
+                             dry_run=dry_run), None
+    except NeedsRoot as e:
+        return NoFirewall(cfg.port_limits()), str(e)
+
+
+def _make_sources(cfg: Config, args: argparse.Namespace) -> list[Any]:
+    from ..sources.discover import discover
+
+    logs = list(args.log) or list(cfg.logs)
+    backfill = getattr(args, "backfill", None)
+    return discover(logs, True if args.journal else cfg.journal, from_start=args.from_start, backfill=backfill)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    cfg: Config = args.cfg
+    if args.ports:
+        cfg.ports = args.ports
+    if args.auto_ban:
+        cfg.policy.auto_ban = True
+    dry_run = bool(getattr(args, "dry_run", False))
+    from ..parse import Parser
+    from ..persist import Persist
+
+    firewall, why_ro = _make_firewall(cfg, dry_run)
+    persist = None
+    if not dry_run and os.geteuid() == 0:
+        persist = Persist(cfg.state_dir)
+    store = StateStore(clock=time.time)
+    events_out = _open_events(args.events)
+    monitor = Monitor(store=store, parser=Parser(now=time.time), sources=_make_sources(cfg, args),
+                      firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
+                      dry_run=dry_run, events_out=events_out)
+    if why_ro:
+        store.note(f"read-only: {why_ro}")
+    monitor.start_firewall(cfg.port_limits())
+    mode = "dry-run" if dry_run else ("read-only" if why_ro or not firewall.can_write else "live")
+    try:
+        if args.no_tui:
+            asyncio.run(_run_for(monitor, args.duration))
+        else:
+            from ..ui.app import make_app
+
+            app = make_app(monitor, mode=mode, exit_after=args.duration)
+            app.run()
+    finally:
+        monitor.close()
+        if events_out is not None and events_out is not sys.stdout:
+            events_out.close()
+    return 0

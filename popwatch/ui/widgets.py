@@ -1,0 +1,411 @@
+"""The panels. Each renders from a :class:`~popwatch.store.Snapshot`; none touches the store.
+
+Log-derived text (users, lines) was sanitised at parse time; here it is additionally only ever
+put into ``rich`` Segments / ``Text`` objects (never parsed as markup), and passed through
+``safe()`` as a second gate, so a hostile line can neither style nor escape the screen.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from typing import Sequence
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.strip import Strip
+from textual.widget import Widget
+
+from ..sanitize import clean, is_clean
+from ..store import AttackerRow, PortRow, Snapshot
+
+SPARK = "▁▂▃▄▅▆▇█"
+SERVICE_STYLE = {"ssh": "bold cyan", "pop3": "bold magenta", "imap": "bold blue", "smtp": "bold yellow",
+                 "submission": "bold yellow", "sieve": "green"}
+STATE_STYLE = {"banned": Style(color="black", bgcolor="red", bold=True),
+               "near": Style(color="black", bgcolor="yellow"),
+               "protected": Style(color="black", bgcolor="green"),
+               "watching": Style(dim=True)}
+STATE_LABEL = {"banned": "BAN", "near": "NEAR", "protected": "SAFE", "watching": "watch"}
+
+
+def safe(text: str | None, cap: int = 256) -> str:
+    """Second gate for log-derived text: escape anything the parse-time gate missed."""
+    if not text:
+        return ""
+    return text if is_clean(text) and len(text) <= cap else clean(text, cap)
+
+
+def ago(ts: float, now: float) -> str:
+    d = max(0.0, now - ts)
+    if d < 60:
+        return f"{int(d)}s"
+    if d < 3600:
+        return f"{int(d // 60)}m"
+    if d < 86400:
+        return f"{int(d // 3600)}h"
+    return f"{int(d // 86400)}d"
+
+
+def left(secs: float | None) -> str:
+    if secs is None:
+        return "∞"
+    if secs < 60:
+        return f"{int(secs)}s"
+    if secs < 3600:
+        return f"{int(secs // 60)}m"
+    return f"{secs / 3600:.0f}h"
+
+
+def sparkline(values: Sequence[float], width: int) -> str:
+    """Bars for the last ``width`` values, scaled from 0 to their max (0 draws the floor)."""
+    vals = list(values)[-width:]
+    if not vals:
+        return " " * width
+    top = max(vals)
+    if top <= 0:
+        s = SPARK[0] * len(vals)
+    else:
+        s = "".join(SPARK[min(7, int(v / top * 7.999))] if v > 0 else " " for v in vals)
+    return s.rjust(width)
+
+
+def rate(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+class AttackerTable(Widget, can_focus=True):
+    """One row per IP, drawn with the Line API (no DataTable: it re-renders every cell on any
+    change). The cursor follows its IP across refreshes and re-sorts."""
+
+    BINDINGS = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home", "edge(0)", "Top", show=False),
+        Binding("end", "edge(1)", "Bottom", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    AttackerTable { height: 2fr; min-height: 4; }
+    """
+
+    class Selected(Message):
+        def __init__(self, ip: str | None) -> None:
+            super().__init__()
+            self.ip = ip
+
+    def __init__(self, **kw) -> None:  # noqa: ANN003
+        super().__init__(**kw)
+        self.rows: tuple[AttackerRow, ...] = ()
+        self.cursor_ip: str | None = None
+        self.cursor = 0
+        self.top = 0
+        self.now = _time.time()
+        self.total = 0
+        self.shown_of = 0
+        self._cache: dict[tuple[int, int, bool], Strip] = {}
+
+    # ---- data
+    def set_rows(self, rows: tuple[AttackerRow, ...], now: float, total: int, shown_of: int) -> None:
+        self.rows = rows
+        self.now = now
+        self.total = total
+        self.shown_of = shown_of
+        self._cache.clear()
+        if self.cursor_ip is not None:
+            for i, r in enumerate(rows):
+                if r.ip == self.cursor_ip:
+                    self.cursor = i
+                    break
+            else:
+                self.cursor = min(self.cursor, max(0, len(rows) - 1))
+        if rows:
+            self.cursor = min(self.cursor, len(rows) - 1)
+            self.cursor_ip = rows[self.cursor].ip
+        self._scroll_to_cursor()
+        self.refresh()
+
+    @property
+    def selected(self) -> AttackerRow | None:
+        if 0 <= self.cursor < len(self.rows):
+            return self.rows[self.cursor]
+        return None
+
+    def _body_height(self) -> int:
+        return max(1, self.size.height - 1)
+
+    def _scroll_to_cursor(self) -> None:
+        h = self._body_height()
+        if self.cursor < self.top:
+            self.top = self.cursor
+        elif self.cursor >= self.top + h:
+            self.top = self.cursor - h + 1
+        self.top = max(0, min(self.top, max(0, len(self.rows) - h)))
+
+    def _move(self, to: int) -> None:
+        if not self.rows:
+            return
+        self.cursor = max(0, min(len(self.rows) - 1, to))
+        self.cursor_ip = self.rows[self.cursor].ip
+        self._scroll_to_cursor()
+        self.refresh()
+        self.post_message(self.Selected(self.cursor_ip))
+
+    def action_cursor(self, d: int) -> None:
+        self._move(self.cursor + d)
+
+    def action_page(self, d: int) -> None:
+        self._move(self.cursor + d * self._body_height())
+
+    def action_edge(self, end: int) -> None:
+        self._move(len(self.rows) - 1 if end else 0)
+
+    def on_resize(self) -> None:
+        self._cache.clear()
+        self._scroll_to_cursor()
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self.rows) + 1
+
+    # ---- drawing
+    def _widths(self, width: int) -> tuple[int, int, int]:
+        """(ip, users, services) column widths for this terminal width."""
+        fixed = 6 + 7 + 6 + 6 + 5  # state, fails, rate, last, spaces
+        ipw = 15 if width < 100 else 24
+        svcw = 9 if width < 100 else 16
+        usersw = max(8, width - fixed - ipw - svcw - 1)
+        return ipw, usersw, svcw
+
+    def _header(self, width: int) -> Strip:
+        ipw, usersw, svcw = self._widths(width)
+        hidden = self.shown_of - len(self.rows)
+        more = f" (+{hidden:,} more)" if hidden > 0 else ""
+        text = (f"{'STATE':<6}{'IP':<{ipw}} {'FAILS':>6} {'/MIN':>5} "
+                f"{('USERS' + more)[:usersw]:<{usersw}} {'SERVICES':<{svcw}} {'LAST':>5}")
+        return Strip([Segment(text[:width].ljust(width), Style(bold=True, underline=True))])
+
+    def _row(self, r: AttackerRow, width: int, selected: bool) -> Strip:
+        ipw, usersw, svcw = self._widths(width)
+        base = Style(reverse=True) if selected else Style()
+        label = STATE_LABEL.get(r.state, r.state)
+        if r.state == "banned":
+            label = f"B {left(r.ban_left)}"
+        segs = [Segment(f"{label:<5}"[:5], STATE_STYLE.get(r.state, Style())), Segment(" ", base)]
+        ip = r.ip if len(r.ip) <= ipw else r.ip[: ipw - 1] + "…"
+        ip_style = base + Style(bold=True) if r.successes == 0 else base + Style(bold=True, color="green")
+        segs.append(Segment(f"{ip:<{ipw}} ", ip_style))
+        segs.append(Segment(f"{r.failures:>6,} ", base + Style(bold=r.failures >= 100)))
+        segs.append(Segment(f"{rate(r.rate):>5} ", base))
+        users = ", ".join(safe(u, 40) for u in reversed(r.users[-4:]))
+        if r.nusers > 1:
+            users = f"{r.nusers}: {users}"
+        if r.successes:
+            users = f"✓login {users}"
+        users = users if len(users) <= usersw else users[: usersw - 1] + "…"
+        segs.append(Segment(f"{users:<{usersw}} ", base))
+        svcs = ",".join(r.services)
+        svcs = svcs if len(svcs) <= svcw else svcs[: svcw - 1] + "…"
+        segs.append(Segment(f"{svcs:<{svcw}} ", base + Style(color="cyan")))
+        segs.append(Segment(f"{ago(r.last, self.now):>5}", base + Style(dim=True)))
+        strip = Strip(segs)
+        return strip.crop_extend(0, width, base)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        if y == 0:
+            return self._header(width)
+        i = self.top + y - 1
+        if i >= len(self.rows):
+            if i == 0 and y == 1:
+                return Strip([Segment("no failed logins seen yet".ljust(width), Style(dim=True))])
+            return Strip.blank(width)
+        sel = i == self.cursor
+        key = (i, width, sel)
+        strip = self._cache.get(key)
+        if strip is None:
+            strip = self._cache[key] = self._row(self.rows[i], width, sel)
+        return strip
+
+
+class PortsPanel(Widget, can_focus=True):
+    """Per watched port: rule, passed/s and dropped/s with sparklines, what the rule means."""
+
+    BINDINGS = [
+        Binding("up,k", "move(-1)", "Up", show=False),
+        Binding("down,j", "move(1)", "Down", show=False),
+    ]
+    DEFAULT_CSS = """
+    PortsPanel { height: auto; max-height: 8; }
+    """
+
+    selected_port: reactive[int | None] = reactive(None, always_update=True)
+
+    def __init__(self, **kw) -> None:  # noqa: ANN003
+        super().__init__(**kw)
+        self.ports: tuple[PortRow, ...] = ()
+        self.share: dict[int, str] = {}
+
+    def set_ports(self, ports: tuple[PortRow, ...], share: dict[int, str] | None = None) -> None:
+        self.ports = ports
+        self.share = share or {}
+        if ports and self.selected_port not in {p.port for p in ports}:
+            self.selected_port = ports[0].port
+        self.refresh(layout=True)
+
+    def action_move(self, d: int) -> None:
+        if not self.ports:
+            return
+        ports = [p.port for p in self.ports]
+        i = ports.index(self.selected_port) if self.selected_port in ports else 0
+        self.selected_port = ports[(i + d) % len(ports)]
+        self.refresh()
+
+    def selected(self) -> PortRow | None:
+        for p in self.ports:
+            if p.port == self.selected_port:
+                return p
+        return None
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return max(1, len(self.ports) + 1)
+
+    def render(self) -> Text:
+        width = self.size.width or 80
+        spark_w = max(3, (width - 57) // 2)
+        out = Text(no_wrap=True, overflow="ellipsis")
+        if not self.ports:
+            out.append("no watched ports", style="dim")
+            return out
+        for p in self.ports:
+            sel = p.port == self.selected_port
+            out.append(f"{p.port:>5} ", style="bold reverse" if sel else "bold")
+            out.append(f"{p.limit.describe():<23.23} ", style="reverse" if sel else "")
+            out.append(f"ok {rate(p.passed_s):>5}/s ", style="green")
+            out.append(sparkline(p.passed_hist, spark_w), style="green")
+            out.append(f" drop {rate(p.dropped_s):>5}/s ", style="red")
+            out.append(sparkline(p.dropped_hist, spark_w), style="red")
+            out.append("\n")
+        sel = self.selected()
+        if sel is not None:
+            line = sel.limit.meaning()
+            extra = self.share.get(sel.port)
+            if extra:
+                line = f"{line}; {extra}"
+            out.append(f"{sel.port}: {line}", style="italic")
+        return out
+
+
+class LiveLog(Widget):
+    """The newest failures (and logins), newest at the bottom. Built from Text, never markup."""
+
+    DEFAULT_CSS = """
+    LiveLog { height: 1fr; min-height: 3; max-height: 14; }
+    """
+
+    def __init__(self, **kw) -> None:  # noqa: ANN003
+        super().__init__(**kw)
+        self.snapshot: Snapshot | None = None
+
+    def set_snapshot(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.refresh()
+
+    def render(self) -> Text:
+        snap = self.snapshot
+        out = Text(no_wrap=True, overflow="ellipsis")
+        if snap is None or not snap.events:
+            out.append("waiting for log lines…", style="dim")
+            return out
+        h = max(1, self.size.height)
+        evs = snap.events[-h:]
+        for i, ev in enumerate(evs):
+            t = _time.strftime("%H:%M:%S", _time.localtime(ev.ts))
+            out.append(f"{t} ", style="dim")
+            out.append(f"{ev.service:<5} ", style=SERVICE_STYLE.get(ev.service, ""))
+            out.append(f"{(ev.ip or safe(ev.host, 40) or '?'):<16} ", style="bold")
+            if ev.kind == "success":
+                out.append("login ok ", style="green")
+            else:
+                out.append(f"{ev.kind} ", style="red")
+            if ev.attempts > 1:
+                out.append(f"×{ev.attempts} ", style="bold red")
+            out.append(safe(ev.user, 48) or "-", style="yellow")
+            if i < len(evs) - 1:
+                out.append("\n")
+        return out
+
+
+class UsersPanel(Widget):
+    """Usernames tried across all IPs: a slow distributed attack on one mailbox shows here."""
+
+    DEFAULT_CSS = """
+    UsersPanel { width: 34; height: 1fr; }
+    """
+
+    def __init__(self, **kw) -> None:  # noqa: ANN003
+        super().__init__(**kw)
+        self.snapshot: Snapshot | None = None
+
+    def set_snapshot(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.refresh()
+
+    def render(self) -> Text:
+        out = Text(no_wrap=True, overflow="ellipsis")
+        out.append(f"{'USER':<16}{'FAILS':>7}{'IPS':>6}\n", style="bold underline")
+        if self.snapshot is None:
+            return out
+        for u in self.snapshot.users[: max(0, self.size.height - 1)]:
+            out.append(f"{safe(u.user, 15):<16.16}", style="yellow")
+            out.append(f"{u.failures:>7,}{u.nips:>6}\n")
+        return out
+
+
+class HeaderBar(Widget):
+    """One line: host, mode, backend, sources and their health, events/s."""
+
+    DEFAULT_CSS = """
+    HeaderBar { height: 1; background: $primary-background; }
+    """
+
+    HEALTH_STYLE = {"following": "green", "replay": "green", "journal": "green", "waiting": "yellow",
+                    "denied": "bold red", "error": "bold red", "stopped": "dim"}
+
+    def __init__(self, host: str, mode: str, backend: str, **kw) -> None:  # noqa: ANN003
+        super().__init__(**kw)
+        self.host = host
+        self.mode = mode
+        self.backend = backend
+        self.snapshot: Snapshot | None = None
+
+    def set_snapshot(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.refresh()
+
+    def render(self) -> Text:
+        out = Text(no_wrap=True, overflow="ellipsis")
+        out.append(" popwatch ", style="bold reverse")
+        out.append(f" {safe(self.host, 40)} ", style="bold")
+        mode_style = {"live": "bold green", "demo": "bold cyan", "read-only": "bold yellow",
+                      "dry-run": "bold yellow"}.get(self.mode, "bold")
+        out.append(f"{self.mode.upper()} ", style=mode_style)
+        out.append(f"fw:{self.backend} ", style="dim")
+        snap = self.snapshot
+        if snap is not None:
+            for s in snap.sources:
+                out.append("● ", style=self.HEALTH_STYLE.get(s.state, ""))
+                name = safe(s.name, 30).rsplit("/", 1)[-1]
+                out.append(f"{name}:{s.state} ", style="" if s.state in ("following", "replay", "journal") else "bold")
+            out.append(f"│ {snap.events_per_s:,.1f} ev/s │ {snap.total_ips:,} IPs │ {len(snap.bans)} bans",
+                       style="bold")
+        return out
