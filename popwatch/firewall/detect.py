@@ -1,0 +1,150 @@
+"""Pick and build the firewall backend: ``auto | legacy | nft | sim | none``.
+
+``auto`` reads ``iptables --version``: ``(nf_tables)`` -> ``nft`` (the iptables-nft binaries),
+``(legacy)`` -> ``legacy`` (python-iptables). python-iptables is never used on an nf_tables
+host: there it would create legacy tables whose rules apply but are invisible to ``iptables``.
+
+Before anything is written, popwatch looks for its chain in *both* kernel backends. Reading
+the legacy tables with iptables-legacy or python-iptables creates them, so the legacy side is
+only read when ``/proc/net/ip_tables_names`` (or ``ip6_tables_names``) already lists ``filter``.
+If popwatch's chain is in both, an ``auto`` firewall refuses every change (and says so in its
+warnings) until the admin names a backend with ``--backend`` and uninstalls the other one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+from .base import Firewall, FirewallError, NeedsRoot, NoFirewall, PortLimit
+from .iptables import DEFAULT_LOCK
+from .rules import CHAIN
+
+BACKENDS = ("auto", "legacy", "nft", "sim", "none")
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    """Root, or CAP_NET_ADMIN in the effective set."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _out(argv: list[str]) -> tuple[int, str]:
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return 127, ""
+    return cp.returncode, cp.stdout + cp.stderr
+
+
+def host_flavour() -> str | None:
+    """``nft`` or ``legacy`` from ``iptables --version``; None when iptables is missing."""
+    rc, text = _out(["iptables", "--version"])
+    if rc != 0:
+        return None
+    if "nf_tables" in text:
+        return "nft"
+    return "legacy"  # "(legacy)", and iptables < 1.8 which prints no flavour at all
+
+
+def legacy_tables(proc: Path = Path("/proc/net")) -> dict[int, bool]:
+    """Whether the legacy ``filter`` table exists, per family (without creating it)."""
+    out = {}
+    for fam, name in ((4, "ip_tables_names"), (6, "ip6_tables_names")):
+        try:
+            out[fam] = "filter" in (proc / name).read_text().split()
+        except OSError:
+            out[fam] = False
+    return out
+
+
+def popwatch_in_nft() -> bool:
+    for binary in ("iptables-nft", "ip6tables-nft"):
+        rc, text = _out([binary, "-w", "10", "-S"])
+        if rc == 0 and f"-N {CHAIN}" in text.splitlines():
+            return True
+    return False
+
+
+def popwatch_in_legacy(proc: Path = Path("/proc/net")) -> bool:
+    present = legacy_tables(proc)
+    for fam, binary in ((4, "iptables-legacy"), (6, "ip6tables-legacy")):
+        if present.get(fam):  # reading is safe only when the table already exists
+            rc, _ = _out([binary, "-w", "10", "-S", CHAIN])
+            if rc == 0:
+                return True
+    return False
+
+
+def both_message() -> str:
+    return ("popwatch's rules exist in both the nf_tables and the legacy iptables backend; "
+            "refusing to change anything until you pick one: run `popwatch --backend nft "
+            "uninstall` or `popwatch --backend legacy uninstall` to remove the other copy, then "
+            "run popwatch with --backend set")
+
+
+def make_firewall(backend: str, *, ports: Iterable[int] | None = None,
+                  limits: list[PortLimit] | None = None, ban_action: str = "drop",
+                  ipv6_prefix: int = 64, dry_run: bool = False, lock_path: str | None = DEFAULT_LOCK,
+                  xtables_lock: str = "/run/xtables.lock", check_both: bool = True,
+                  allow_legacy_on_nft: bool = False, **sim_kw: Any) -> Firewall:
+    """Build the backend named ``backend``. Raises :class:`NeedsRoot` without CAP_NET_ADMIN
+    (kernel backends, unless ``dry_run``) and :class:`FirewallError` for impossible choices."""
+    if backend not in BACKENDS:
+        raise FirewallError(f"bad backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    lims = list(limits or [PortLimit(p) for p in (ports or [])])
+    if backend == "none":
+        return NoFirewall(lims)
+    if backend == "sim":
+        from .sim import SimFirewall  # the lead's module; imported only when asked for
+
+        return SimFirewall(ipv6_prefix=ipv6_prefix, **sim_kw)
+    if not has_net_admin() and not dry_run:
+        raise NeedsRoot(f"the {backend} firewall backend needs root or CAP_NET_ADMIN to read and "
+                        f"change iptables/ipset: run popwatch with sudo (or use --backend sim or "
+                        f"--backend none to only watch)")
+    flavour = host_flavour()
+    chosen = backend
+    if backend == "auto":
+        if flavour is None:
+            raise FirewallError("iptables is not installed: install the 'iptables' and 'ipset' "
+                                "packages, or run with --backend none to only watch")
+        chosen = flavour
+    if chosen == "legacy" and flavour == "nft" and not allow_legacy_on_nft:
+        raise FirewallError("this host's iptables is the nf_tables flavour: python-iptables would "
+                            "write invisible legacy tables here; use --backend nft (or auto)")
+    common: dict[str, Any] = dict(ban_action=ban_action, ipv6_prefix=ipv6_prefix, dry_run=dry_run,
+                                  lock_path=lock_path)
+    fw: Any
+    if chosen == "nft":
+        from .iptables import IptablesFirewall
+
+        fw = IptablesFirewall(flavour="nft", **common)
+    else:
+        from .iptc_backend import IptcFirewall
+
+        fw = IptcFirewall(xtables_lock=xtables_lock, **common)
+    if check_both and has_net_admin():
+        in_nft = popwatch_in_nft()
+        in_legacy = popwatch_in_legacy()
+        if in_nft and in_legacy:
+            if backend == "auto":
+                fw.refuse_writes(both_message())
+            else:
+                fw._warn(f"popwatch's rules also exist in the "
+                         f"{'legacy' if chosen == 'nft' else 'nf_tables'} backend; remove them with "
+                         f"`popwatch --backend {'legacy' if chosen == 'nft' else 'nft'} uninstall`")
+        elif chosen == "nft" and any(legacy_tables().values()):
+            fw._warn("legacy iptables tables are present too: their rules still apply, and "
+                     "`iptables` (nft) does not show them")
+    return fw
