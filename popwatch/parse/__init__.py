@@ -1,7 +1,136 @@
-"""Pure parsing: a raw log line -> AuthEvent or None. (Contract; implemented in this package.)
+"""Pure parsing: a raw log line -> AuthEvent or None.
 
     parser = Parser(now=time.time)        # stateful only for de-duplication, bounded memory
     ev = parser.parse(raw: RawLine) -> AuthEvent | None
 
-Dispatch is on the daemon tag (sshd, dovecot, postfix/..., courier), never by trying every rule.
+Dispatch is on the daemon tag (sshd, dovecot, postfix/..., courier), never by trying every
+rule: the prefix is split with string slicing, the tag picks one rule set, and that rule set
+looks at the first characters of the message before running a single anchored regex. Lines
+of other daemons cost a dict lookup. The timestamp is only parsed for lines that matched.
+
+Safety: user names, host names and the raw line pass through :func:`popwatch.sanitize.clean`
+exactly once, here. Addresses go through :func:`popwatch.addr.normalize_ip`; anything that is
+not an address (a reverse-DNS name) is kept in ``host`` and never becomes ``ip``.
 """
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from typing import Callable, Mapping
+
+from ..addr import normalize_ip
+from ..model import AuthEvent, RawLine
+from ..sanitize import clean, clean_field
+from . import prefix as _prefix
+from .dovecot import DovecotRules
+from .mail import COURIER_TAGS, courier, postfix, postfix_service
+from .sshd import SshdRules
+
+__all__ = ["Parser", "MAX_MESSAGE", "SSHD_TAGS"]
+
+#: longer messages are not parsed at all: every daemon here caps its own lines well below
+#: this (sshd 1 KiB per message, dovecot 80-character user names), so only an attacker or a
+#: broken writer produces them, and refusing them bounds the work per line.
+MAX_MESSAGE = 8192
+
+SSHD_TAGS = frozenset({"sshd", "sshd-session", "sshd-auth"})
+
+_SSHD, _DOVECOT, _POSTFIX, _COURIER = 1, 2, 3, 4
+
+
+@lru_cache(maxsize=8192)
+def _norm(text: str) -> str | None:
+    return normalize_ip(text)
+
+
+class Parser:
+    """Stateful line parser. State (bounded) only serves to count each attempt once."""
+
+    def __init__(self, now: Callable[[], float] = time.time, *, bare_tag: str | None = "sshd") -> None:
+        """``now`` is the reference time for year-less timestamps and lines without one.
+
+        ``bare_tag``: lines with no syslog prefix at all are taken as messages of this daemon
+        (``sshd -E`` files); None ignores them.
+        """
+        self.now = now
+        self.clock = _prefix.Clock(now)
+        self.sshd = SshdRules()
+        self.dovecot = DovecotRules()
+        self.bare_tag = bare_tag
+        self._tags: dict[str, tuple[int, str | None] | None] = {}
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _route(self, tag: str) -> tuple[int, str | None] | None:
+        """Tag -> (rule set, service) or None; memoised (tags repeat)."""
+        try:
+            return self._tags[tag]
+        except KeyError:
+            pass
+        r: tuple[int, str | None] | None = None
+        if tag in SSHD_TAGS:
+            r = (_SSHD, None)
+        elif tag == "dovecot":
+            r = (_DOVECOT, None)
+        elif tag in COURIER_TAGS:
+            r = (_COURIER, COURIER_TAGS[tag])
+        elif tag.startswith("postfix"):
+            svc = postfix_service(tag)
+            if svc is not None:
+                r = (_POSTFIX, svc)
+        if len(self._tags) > 1024:
+            self._tags.clear()
+        self._tags[tag] = r
+        return r
+
+    def parse(self, raw: RawLine) -> AuthEvent | None:
+        """One line -> event, or None for lines that say nothing about an attack."""
+        return self.parse_text(raw.text, raw.source, raw.lineno, raw.fields)
+
+    def parse_text(self, text: str, source: str = "", lineno: int | None = None,
+                   fields: Mapping[str, str] | None = None) -> AuthEvent | None:
+        """Like :meth:`parse` without building a RawLine first (the scan hot path)."""
+        if fields:
+            kind, ts, host, tag, pid = _prefix.from_journal(fields)
+            msg = text
+            if msg.endswith("\n"):
+                msg = msg.rstrip("\n")
+        else:
+            kind, ts, host, tag, pid, msg = _prefix.split(text)
+        if tag is None:
+            tag = self.bare_tag
+            if tag is None:
+                return None
+        route = self._route(tag)
+        if route is None:
+            return None
+        if len(msg) > MAX_MESSAGE:
+            return None
+        which, service = route
+        if which == _SSHD:
+            conn = (host, pid) if pid is not None else None
+            hit = self.sshd.parse(msg, conn)
+        elif which == _DOVECOT:
+            hit = self.dovecot.parse(msg)
+        elif which == _POSTFIX:
+            hit = postfix(service, msg)  # type: ignore[arg-type]
+        else:
+            hit = courier(service, msg)  # type: ignore[arg-type]
+        if hit is None:
+            return None
+        svc, ev_kind, addr, user, attempts, session = hit
+        ip = _norm(addr) if addr else None
+        return AuthEvent(
+            ts=self.clock.resolve(kind, ts),
+            service=svc,
+            kind=ev_kind,
+            ip=ip,
+            user=clean_field(user) if user else None,
+            attempts=attempts,
+            source=source,
+            lineno=lineno,
+            line=clean(text),
+            host=clean_field(addr) if (ip is None and addr) else None,
+            session=clean_field(session) if session else None,
+        )

@@ -1,0 +1,82 @@
+"""postfix SASL and courier imapd/pop3d rules (stateless)."""
+
+from __future__ import annotations
+
+import re
+
+from ..model import Kind, Service
+
+K_FAIL, K_PROBE, K_SUCCESS = Kind.AUTH_FAILED.value, Kind.PROBE.value, Kind.SUCCESS.value
+
+Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
+
+# `warning: NAME[ADDR]: SASL LOGIN authentication failed: REPLY[, sasl_username=USER]`
+# NAME is a validated hostname or `unknown` (no spaces or brackets); the address comes only
+# from inside the brackets, at the fixed position right after `warning: `.
+_SASL = re.compile(
+    r"warning: [^\s\[\]]*\[([^\[\]\s]+)\](?::\d+)?: SASL [A-Za-z0-9_-]+ authentication failed:")
+_LOST_AUTH = re.compile(r"lost connection after AUTH from [^\s\[\]]*\[([^\[\]\s]+)\]")
+_SUBMISSION = frozenset({"submission", "submissions", "smtps"})
+
+
+def postfix_service(tag: str) -> str | None:
+    """``postfix/smtpd`` -> smtp, ``postfix/submission/smtpd`` -> submission; None if not smtpd."""
+    parts = tag.split("/")
+    if len(parts) < 2 or parts[-1] != "smtpd" or not parts[0].startswith("postfix"):
+        return None
+    if len(parts) > 2 and parts[-2] in _SUBMISSION:
+        return Service.SUBMISSION.value
+    return Service.SMTP.value
+
+
+def postfix(service: str, msg: str) -> Hit | None:
+    """One postfix smtpd message."""
+    c = msg[:1]
+    if c == "w":
+        if " authentication failed:" not in msg:
+            return None
+        m = _SASL.match(msg)
+        if m is None:
+            return None
+        user = None
+        rest = msg[m.end():]
+        u = rest.find(", sasl_username=")
+        if u >= 0:
+            user = rest[u + 16:]
+        return (service, K_FAIL, m.group(1), user, 1, None)
+    if c == "l" and msg.startswith("lost connection after AUTH from "):
+        m = _LOST_AUTH.match(msg)
+        if m is not None:
+            return (service, K_PROBE, m.group(1), None, 0, None)
+    return None
+
+
+# courier: `LOGIN FAILED, [method=X, ]user=USER, ip=[ADDR][, port=[N]]` - the user is attacker
+# text before the address, so the address is the one anchored at the end of the line.
+_COURIER_FAIL = re.compile(
+    r"(?:INFO: )?LOGIN FAILED, (?:method=[^,\s]*, )?user=(.*), ip=\[([^\[\]\s]*)\](?:, port=\[\d+\])?$")
+_COURIER_OK = re.compile(
+    r"(?:INFO: )?LOGIN, user=(.*), ip=\[([^\[\]\s]*)\](?:, port=\[\d+\])?(?:, protocol=[A-Z0-9]+)?$")
+
+COURIER_TAGS = {
+    "imapd": Service.IMAP.value, "imapd-ssl": Service.IMAP.value,
+    "courier-imapd": Service.IMAP.value, "courier-imapd-ssl": Service.IMAP.value,
+    "pop3d": Service.POP3.value, "pop3d-ssl": Service.POP3.value,
+    "courier-pop3d": Service.POP3.value, "courier-pop3d-ssl": Service.POP3.value,
+    "courierpop3login": Service.POP3.value,
+}
+
+
+def courier(service: str, msg: str) -> Hit | None:
+    """One courier imapd/pop3d message."""
+    if "LOGIN FAILED, " in msg[:20]:
+        m = _COURIER_FAIL.match(msg)
+        if m is None:
+            return None
+        return (service, K_FAIL, m.group(2), m.group(1), 1, None)
+    if "LOGIN, user=" in msg[:20]:
+        m = _COURIER_OK.match(msg)
+        if m is None:
+            return None
+        return (service, K_SUCCESS, m.group(2), m.group(1), 0, None)
+    return None

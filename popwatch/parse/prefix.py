@@ -1,0 +1,237 @@
+"""Line prefixes: find the timestamp, host, daemon tag and pid in front of a log message.
+
+Formats (all seen on real systems):
+
+- RFC 3339, Debian 12 rsyslog default: ``2026-11-28T05:00:21.664766+00:00 host tag[pid]: msg``
+- traditional BSD syslog: ``Nov 28 05:00:21 host tag[pid]: msg`` (local time, no year)
+- dovecot ``log_path`` files: ``Nov 28 05:18:22 pop3-login: Info: ...`` or
+  ``2026-11-28 05:19:09 auth: ...`` (no host, no tag: the whole rest is a dovecot message)
+- RFC 5424: ``<38>1 2026-11-28T05:00:21Z host sshd 1234 - - msg`` (and RFC 3164 with ``<PRI>``)
+- bare messages (``sshd -E``): no prefix at all
+- journald entries: structured fields, see :func:`from_journal`
+
+Splitting is string slicing only; the timestamp is parsed lazily (only for lines a daemon
+rule accepted) and cached per second, because most lines of a busy log share seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from typing import Callable, Mapping
+
+MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+#: timestamp kinds returned by :func:`split`
+TS_NONE, TS_ISO, TS_BSD, TS_LOCAL_ISO, TS_EPOCH = 0, 1, 2, 3, 4
+
+#: the pseudo tag for dovecot's own log_path files (the message keeps dovecot's process prefix)
+DOVECOT_LOGPATH = "dovecot"
+
+# (ts_kind, ts_text, host, tag, pid, msg)
+Split = tuple[int, str, str | None, str | None, str | None, str]
+
+
+def _tag_pid(token: str) -> tuple[str, str | None]:
+    """``sshd[123]`` -> (``sshd``, ``123``); ``dovecot`` -> (``dovecot``, None)."""
+    b = token.find("[")
+    if b > 0 and token.endswith("]"):
+        return token[:b], token[b + 1:-1]
+    return token, None
+
+
+def _host_tag_msg(text: str, p: int) -> tuple[str | None, str | None, str | None, str] | None:
+    """Split ``host tag[pid]: msg`` starting at ``p``; None when it is not that shape."""
+    h = text.find(" ", p)
+    if h < 0:
+        return None
+    first = text[p:h]
+    if first.endswith(":"):
+        # no host: either `tag[pid]: msg` or a dovecot log_path process prefix
+        if "[" in first and first.endswith("]:"):
+            tag, pid = _tag_pid(first[:-1])
+            return None, tag, pid, text[h + 1:]
+        return None, DOVECOT_LOGPATH, None, text[p:]
+    if "(" in first:
+        # dovecot 2.4 log_path: `auth(user,ip,...)<sess>: ...` (no host)
+        return None, DOVECOT_LOGPATH, None, text[p:]
+    c = text.find(": ", h + 1)
+    if c < 0:
+        if text.endswith(":"):
+            c = len(text) - 1
+        else:
+            return None
+    token = text[h + 1:c]
+    if " " in token:
+        # busybox syslogd adds `facility.level` before the tag
+        token = token.rsplit(" ", 1)[1]
+    if not token:
+        return None
+    tag, pid = _tag_pid(token)
+    return first, tag, pid, text[c + 2:]
+
+
+def _rfc5424(text: str, p: int) -> Split | None:
+    """``1 TS HOST APP PROCID MSGID SD MSG`` starting after ``<PRI>``."""
+    parts = text[p:].split(" ", 6)
+    if len(parts) < 6 or parts[0] != "1":
+        return None
+    _v, ts, host, app, procid, _msgid = parts[:6]
+    rest = parts[6] if len(parts) > 6 else "-"
+    # structured data: `-` or one or more `[id k="v" ...]` (values may hold `\]` and spaces)
+    if rest.startswith("-"):
+        msg = rest[2:] if rest.startswith("- ") else rest[1:]
+    elif rest.startswith("["):
+        i, n, inq = 0, len(rest), False
+        while i < n:
+            ch = rest[i]
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == '"':
+                inq = not inq
+            elif ch == "]" and not inq and (i + 1 >= n or rest[i + 1] != "["):
+                break
+            i += 1
+        msg = rest[i + 2:] if i + 1 < n else ""
+    else:
+        return None
+    if msg.startswith("\ufeff"):
+        msg = msg[1:]
+    return (TS_ISO if ts != "-" else TS_NONE, ts, None if host == "-" else host,
+            None if app == "-" else app, None if procid == "-" else procid, msg)
+
+
+def split(text: str) -> Split:
+    """Split one line. Lines with no recognisable prefix come back with tag None (bare)."""
+    c0 = text[:1]
+    if "0" <= c0 <= "9":
+        t10 = text[10:11]
+        if text[4:5] == "-" and t10 == "T":
+            sp = text.find(" ", 19)
+            if sp > 0:
+                r = _host_tag_msg(text, sp + 1)
+                if r is not None:
+                    return (TS_ISO, text[:sp], *r)
+        elif text[4:5] == "-" and t10 == " " and text[13:14] == ":":
+            # dovecot log_path with log_timestamp = "%Y-%m-%d %H:%M:%S "
+            return (TS_LOCAL_ISO, text[:19], None, DOVECOT_LOGPATH, None, text[20:])
+    elif c0 in MONTHS_FIRST and text[3:4] == " " and text[:3] in MONTHS and text[9:10] == ":":
+        r = _host_tag_msg(text, 16)
+        if r is not None:
+            return (TS_BSD, text[:15], *r)
+    elif c0 == "<":
+        e = text.find(">", 1, 6)
+        if e > 1 and text[1:e].isdigit():
+            p = e + 1
+            if text[p:p + 2] == "1 ":
+                r5 = _rfc5424(text, p)
+                if r5 is not None:
+                    return r5
+            else:
+                inner = split(text[p:])
+                if inner[3] is not None:
+                    return inner
+    return (TS_NONE, "", None, None, None, text)
+
+
+MONTHS_FIRST = frozenset(m[0] for m in MONTHS)
+
+
+class Clock:
+    """Turns timestamp text into epoch seconds, with per-second caches (bounded)."""
+
+    CACHE_MAX = 4096
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self.now = now
+        self._iso: dict[str, float] = {}
+        self._bsd: dict[str, float] = {}
+        self._local: dict[str, float] = {}
+
+    def _put(self, cache: dict[str, float], key: str, value: float) -> None:
+        if len(cache) >= self.CACHE_MAX:
+            cache.clear()
+        cache[key] = value
+
+    def resolve(self, kind: int, ts: str) -> float:
+        """Epoch seconds for a timestamp of ``kind``; now() when absent or unparseable."""
+        try:
+            if kind == TS_ISO:
+                return self._iso_ts(ts)
+            if kind == TS_BSD:
+                v = self._bsd.get(ts)
+                if v is None:
+                    v = self._bsd_ts(ts)
+                    self._put(self._bsd, ts, v)
+                return v
+            if kind == TS_LOCAL_ISO:
+                v = self._local.get(ts)
+                if v is None:
+                    v = time.mktime(time.strptime(ts, "%Y-%m-%d %H:%M:%S"))
+                    self._put(self._local, ts, v)
+                return v
+            if kind == TS_EPOCH:
+                return int(ts) / 1_000_000
+        except (ValueError, OverflowError, OSError):
+            pass
+        return self.now()
+
+    def _iso_ts(self, ts: str) -> float:
+        # `2026-11-28T05:00:21.664766+00:00`: cache the whole-second part with its zone
+        base = ts[:19]
+        rest = ts[19:]
+        frac = 0.0
+        if rest.startswith((".", ",")):
+            i = 1
+            n = len(rest)
+            while i < n and rest[i].isdigit():
+                i += 1
+            if i > 1:
+                frac = float("0." + rest[1:i])
+            rest = rest[i:]
+        key = base + rest
+        v = self._iso.get(key)
+        if v is None:
+            zone = rest
+            if zone in ("Z", "z"):
+                zone = "+00:00"
+            d = _dt.datetime.fromisoformat(base + zone)
+            if d.tzinfo is None:
+                v = time.mktime(d.timetuple())
+            else:
+                v = d.timestamp()
+            self._put(self._iso, key, v)
+        return v + frac
+
+    def _bsd_ts(self, ts: str) -> float:
+        # `Nov 28 05:00:21` / `Nov  8 05:00:21`, local time: the most recent such date
+        # that is not in the future (one day of slack for clock skew between hosts).
+        mon = MONTHS[ts[:3]]
+        day = int(ts[4:6])
+        hh, mm, ss = int(ts[7:9]), int(ts[10:12]), int(ts[13:15])
+        now = self.now()
+        year = time.localtime(now).tm_year
+        for y in (year, year - 1):
+            try:
+                v = time.mktime((y, mon, day, hh, mm, ss, 0, 0, -1))
+            except (OverflowError, ValueError):
+                continue
+            # Feb 29 in a non-leap year normalises to Mar 1; reject that year
+            if time.localtime(v).tm_mon != mon:
+                continue
+            if v <= now + 86400:
+                return v
+        return time.mktime((year - 1, mon, min(day, 28), hh, mm, ss, 0, 0, -1))
+
+
+def from_journal(fields: Mapping[str, str]) -> tuple[int, str, str | None, str | None, str | None]:
+    """journald fields -> (ts_kind, ts_text, host, tag, pid)."""
+    ts = fields.get("__REALTIME_TIMESTAMP") or fields.get("_SOURCE_REALTIME_TIMESTAMP") or ""
+    tag = fields.get("SYSLOG_IDENTIFIER") or fields.get("_COMM")
+    pid = fields.get("_PID") or fields.get("SYSLOG_PID")
+    return (TS_EPOCH if ts else TS_NONE, ts, fields.get("_HOSTNAME"), tag, pid)
+
+
+__all__ = ["split", "Clock", "from_journal"]

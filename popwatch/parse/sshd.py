@@ -1,0 +1,258 @@
+"""OpenSSH (7.x-10.x, ``sshd``, ``sshd-session``, ``sshd-auth``) rules.
+
+Every rule is anchored at the start of the message (after the tag) and takes the address
+from the position sshd writes it. Where the user name (attacker text) comes *before* the
+address and only fixed text follows, the rightmost match wins (regex greediness); where
+attacker text can appear on both sides (certificate key IDs), a line with more than one
+candidate address is ambiguous and yields no address.
+
+Counting, per connection (sshd pid, or address+port for pid-less ``sshd -E`` lines):
+one password attempt writes up to three lines: ``Invalid user X`` (first attempt only),
+``pam_unix(sshd:auth): authentication failure`` and ``Failed password``. Attempt k is
+counted by whichever of its lines comes first, so the total is the number of attempts
+(and at least one for a connection that only said ``Invalid user`` or was disconnected
+while authenticating).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..model import Kind, Service
+from .ledger import Ledger
+
+SSH = Service.SSH.value
+K_FAIL, K_INVALID, K_TOO_MANY = Kind.AUTH_FAILED.value, Kind.INVALID_USER.value, Kind.TOO_MANY.value
+K_NOT_ALLOWED, K_PROBE, K_SUCCESS = Kind.NOT_ALLOWED.value, Kind.PROBE.value, Kind.SUCCESS.value
+
+# (service, kind, address text, user text, attempts, session)
+Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
+
+_METHOD = re.compile(r"(Failed|Accepted) (\S+) for ")
+_FROM_PORT = re.compile(r" from (\S+) port (\d+) ssh2(?=: |$)")
+# key info after `ssh2: ` that holds no free text (plain keys; certificates carry a key ID)
+_STRICT_TAIL = re.compile(r": [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9a-f:]+|[0-9a-f:]+)$")
+_INVALID = re.compile(r"Invalid user (.*) from (\S+?)(?: port (\d+))?$")
+_PAM = re.compile(
+    r"pam_unix\(sshd:auth\): authentication failure; logname=\S* uid=\d* euid=\d* "
+    r"tty=\S* ruser=\S* rhost=(\S*) (?: user=(.*))?$")
+_PAM_ERR = re.compile(r"PAM: Authentication failure for (illegal user )?(.*) from (\S+)$")
+_CONN_USER = re.compile(
+    r"(?:Disconnected from|Connection closed by|Connection reset by) "
+    r"(invalid|authenticating) user (.*) (\S+) port (\d+)$")
+_CONN_PLAIN = re.compile(r"(?:Disconnected from|Connection closed by|Connection reset by) (\S+) port (\d+)$")
+_DISCONNECTING = re.compile(
+    r"Disconnecting (invalid|authenticating) user (.*) (\S+) port (\d+): "
+    r"Too many authentication failures$")
+_MAX_EXCEEDED = re.compile(
+    r"maximum authentication attempts exceeded for (invalid user )?(.*) from (\S+) port (\d+) ssh2$")
+_NOT_ALLOWED = re.compile(r"User (.*) from (\S+) not allowed because (?:not listed|listed|none of|a group|"
+                          r"shell|account|user|not in)[^\n]*$")
+_ROOT_REFUSED = re.compile(r"ROOT LOGIN REFUSED FROM (\S+?)(?: port (\d+))?$")
+_NEGOTIATE = re.compile(r"Unable to negotiate with (\S+) port (\d+): ")
+_BANNER = re.compile(r"banner exchange: Connection from (\S+) port (\d+): ")
+_NO_IDENT = re.compile(r"Did not receive identification string from (\S+?)(?: port (\d+))?$")
+_BAD_PROTO = re.compile(r"Bad protocol version identification .* from (\S+?)(?: port (\d+))?$")
+_TIMEOUT = re.compile(r"Timeout before authentication for (\S+) port (\d+)$")
+_DROP = re.compile(r"drop connection #\d+ from \[([^\]\s]+)\]:(\d+) on \[[^\]\s]*\]:\d+ ")
+
+
+class SshdRules:
+    """sshd message -> Hit, with the per-connection counting ledger."""
+
+    def __init__(self, cap: int = 16384) -> None:
+        # conn key -> [counted, failed_lines_seen]
+        self._conns: Ledger[list[int]] = Ledger(cap)
+
+    # -- counting -----------------------------------------------------------------------
+
+    def _state(self, key: object) -> list[int]:
+        st = self._conns.get(key)
+        if st is None:
+            st = [0, 0]
+            self._conns.put(key, st)
+        return st
+
+    def _credit(self, key: object | None, idx_from_failed: int, *, failed: bool = False,
+                at_least_one: bool = False) -> int:
+        """How many new attempts this line stands for (see module doc)."""
+        if key is None:
+            return 1 if (failed or not at_least_one) else 0
+        st = self._state(key)
+        if failed:
+            st[1] += 1
+            idx = st[1]
+        elif at_least_one:
+            idx = max(st[1], 1)
+        else:
+            idx = st[1] + idx_from_failed
+        if st[0] < idx:
+            n = idx - st[0]
+            st[0] = idx
+            return n
+        return 0
+
+    @staticmethod
+    def _key(conn: object | None, ip: str | None, port: str | None) -> object | None:
+        if conn is not None:
+            return conn
+        if ip is not None and port is not None:
+            return ("addr", ip, port)
+        return None
+
+    # -- rules --------------------------------------------------------------------------
+
+    def parse(self, msg: str, conn: object | None) -> Hit | None:
+        """One sshd message (prefix removed). ``conn`` identifies the sshd process."""
+        if msg.endswith(" [preauth]"):
+            msg = msg[:-10]
+        c = msg[:1]
+        if c == "F":
+            if msg.startswith("Failed "):
+                return self._failed_accepted(msg, conn)
+            if msg.startswith("fatal: "):
+                return self._probe_rules(msg[7:])
+            return None
+        if c == "I":
+            if msg.startswith("Invalid user "):
+                m = _INVALID.match(msg)
+                if m is None:
+                    return None
+                user, ip, port = m.groups()
+                n = self._credit(self._key(conn, ip, port), 1)
+                return (SSH, K_INVALID, ip, user, n, None)
+            return None
+        if c == "p":
+            if msg.startswith("pam_unix(sshd:auth): authentication failure;"):
+                m = _PAM.match(msg)
+                if m is None:
+                    return None
+                rhost, user = m.groups()
+                if not rhost:
+                    return None
+                # no pid: cannot pair it with its `Failed password` twin, let that one count
+                n = self._credit(conn, 1) if conn is not None else 0
+                return (SSH, K_FAIL, rhost, user, n, None)
+            return None
+        if c == "A":
+            if msg.startswith("Accepted "):
+                return self._failed_accepted(msg, conn)
+            return None
+        if c in "DC":
+            m = _CONN_USER.match(msg)
+            if m is not None:
+                what, user, ip, port = m.groups()
+                key = self._key(conn, ip, port)
+                n = self._credit(key, 0, at_least_one=True)
+                if key is not None:
+                    self._conns.pop(key)
+                kind = K_INVALID if what == "invalid" else K_FAIL
+                return (SSH, kind, ip, user, n, None)
+            if msg.startswith("Disconnecting "):
+                m = _DISCONNECTING.match(msg)
+                if m is None:
+                    return None
+                what, user, ip, port = m.groups()
+                key = self._key(conn, ip, port)
+                n = self._credit(key, 0, at_least_one=True)
+                return (SSH, K_TOO_MANY, ip, user, n, None)
+            m = _CONN_PLAIN.match(msg)
+            if m is not None:
+                ip, port = m.groups()
+                key = self._key(conn, ip, port)
+                if key is not None:
+                    self._conns.pop(key)
+                return (SSH, K_PROBE, ip, None, 0, None)
+            if msg.startswith("Did not receive"):
+                return self._probe_rules(msg)
+            return None
+        if c == "e":
+            if msg.startswith("error: "):
+                body = msg[7:]
+                if body.startswith("maximum authentication attempts exceeded for "):
+                    m = _MAX_EXCEEDED.match(body)
+                    if m is None:
+                        return None
+                    _inv, user, ip, port = m.groups()
+                    n = self._credit(self._key(conn, ip, port), 0, at_least_one=True)
+                    return (SSH, K_TOO_MANY, ip, user, n, None)
+                if body.startswith("PAM: Authentication failure for "):
+                    m = _PAM_ERR.match(body)
+                    if m is None:
+                        return None
+                    illegal, user, ip = m.groups()
+                    n = self._credit(conn, 1) if conn is not None else 0
+                    return (SSH, K_INVALID if illegal else K_FAIL, ip, user, n, None)
+                return self._probe_rules(body)
+            return None
+        if c == "U":
+            if msg.startswith("User "):
+                m = _NOT_ALLOWED.match(msg)
+                if m is None:
+                    return None
+                user, ip = m.groups()
+                n = self._credit(conn, 1) if conn is not None else 1
+                return (SSH, K_NOT_ALLOWED, ip, user, n, None)
+            return self._probe_rules(msg)
+        if c == "R":
+            if msg.startswith("ROOT LOGIN REFUSED FROM "):
+                m = _ROOT_REFUSED.match(msg)
+                if m is None:
+                    return None
+                ip, port = m.groups()
+                n = self._credit(self._key(conn, ip, port), 1)
+                return (SSH, K_NOT_ALLOWED, ip, "root", n, None)
+            return None
+        return self._probe_rules(msg)
+
+    def _failed_accepted(self, msg: str, conn: object | None) -> Hit | None:
+        m0 = _METHOD.match(msg)
+        if m0 is None:
+            return None
+        verb = m0.group(1)
+        rest = msg[m0.end():]
+        cands = list(_FROM_PORT.finditer(rest))
+        if not cands:
+            return None
+        last = cands[-1]
+        if len(cands) > 1:
+            tail = rest[last.end():]
+            if tail and _STRICT_TAIL.match(tail) is None:
+                # attacker text on both sides of the address (certificate key ID): ambiguous
+                return None
+        user = rest[:last.start()]
+        ip, port = last.group(1), last.group(2)
+        invalid = user.startswith("invalid user ")
+        if invalid:
+            user = user[13:]
+        if verb == "Accepted":
+            key = self._key(conn, ip, port)
+            if key is not None:
+                self._conns.pop(key)
+            return (SSH, K_SUCCESS, ip, user, 0, None)
+        n = self._credit(self._key(conn, ip, port), 0, failed=True)
+        return (SSH, K_INVALID if invalid else K_FAIL, ip, user, n, None)
+
+    @staticmethod
+    def _probe_rules(msg: str) -> Hit | None:
+        """Scanner lines: no credentials tried; never counted as failures."""
+        m = None
+        c = msg[:1]
+        if c == "U":
+            m = _NEGOTIATE.match(msg)
+        elif c == "b":
+            m = _BANNER.match(msg)
+        elif c == "k":
+            if msg.startswith("kex_exchange_identification: "):
+                return (SSH, K_PROBE, None, None, 0, None)
+        elif c == "D":
+            m = _NO_IDENT.match(msg)
+        elif c == "B":
+            m = _BAD_PROTO.match(msg)
+        elif c == "T":
+            m = _TIMEOUT.match(msg)
+        elif c == "d":
+            m = _DROP.match(msg)
+        if m is None:
+            return None
+        return (SSH, K_PROBE, m.group(1), None, 0, None)
