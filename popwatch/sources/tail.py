@@ -617,9 +617,9 @@ class _Follower:
         if self.state == "following":
             bits = []
             if self.rotations:
-                bits.append(f"{self.rotations} rotations")
+                bits.append(f"{self.rotations} rotation{'s' if self.rotations != 1 else ''}")
             if self.truncations:
-                bits.append(f"{self.truncations} truncations")
+                bits.append(f"{self.truncations} truncation{'s' if self.truncations != 1 else ''}")
             detail = ", ".join(bits)
         return SourceHealth(name or self.path, self.state, detail, self.lines)
 
