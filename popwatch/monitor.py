@@ -59,6 +59,7 @@ class Monitor:
         self._tasks: list[asyncio.Task[None]] = []
         self.on_events: list[Callable[[list[AuthEvent]], Awaitable[None] | None]] = []
         self.lines_in = 0
+        self._ended: set[str] = set()
         store.protected = self.protector.why_protected
         if persist is not None:
             for p in persist.problems:
@@ -107,9 +108,11 @@ class Monitor:
             raise
         except Exception as e:  # noqa: BLE001 - a broken source must not stop the others
             h = source.health()
+            self._ended.add(h.name)
             self.store.set_source(SourceHealth(h.name, "error", f"{e.__class__.__name__}: {e}", h.lines))
         else:
             h = source.health()
+            self._ended.add(h.name)
             self.store.set_source(SourceHealth(h.name, "stopped", h.detail, h.lines))
 
     def ingest(self, batch: list[RawLine]) -> list[AuthEvent]:
@@ -140,7 +143,8 @@ class Monitor:
             except Exception as e:  # noqa: BLE001 - keep polling; say so once
                 self.store.note(f"counter poll failed: {e}")
             for s in self.sources:
-                self.store.set_source(s.health())
+                if s.name not in self._ended:
+                    self.store.set_source(s.health())
             for b in self.store.expire_bans():
                 self._audit("expire", b.ip, origin="kernel", reason="ban timed out")
             n += 1
