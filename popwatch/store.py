@@ -437,8 +437,17 @@ class StateStore:
             inst = (self.events_total - n0) / (now - t0)
             self._eps = inst if self._eps == 0 else 0.5 * self._eps + 0.5 * inst
             self._eps_mark = (now, self.events_total)
+        # the newest events that count (failures with attempts, logins); de-duplication twins
+        # (attempts=0) stay in the ring for the detail view but not in the live log
+        tail_l: list[AuthEvent] = []
         ring = self.events
-        tail = tuple(ring[i] for i in range(max(0, len(ring) - events), len(ring)))
+        i = len(ring) - 1
+        while i >= 0 and len(tail_l) < events and i >= len(ring) - 4 * events:
+            e = ring[i]
+            if e.attempts or e.kind == _SUCCESS:
+                tail_l.append(e)
+            i -= 1
+        tail = tuple(reversed(tail_l))
         top_users = heapq.nlargest(users, self.users.items(), key=lambda kv: kv[1].failures)
         return Snapshot(
             version=self.version, now=now, rows=rows, total_ips=self.n_attackers, shown_of=shown_of,

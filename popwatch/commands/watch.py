@@ -11,7 +11,8 @@ import time
 from typing import IO, Any
 
 from ..config import Config, parse_duration, parse_ports
-from ..firewall.base import NeedsRoot, PortLimit, Rate
+from ..demo import build_demo
+from ..firewall.base import NeedsRoot
 from ..monitor import Monitor
 from ..policy import Protector
 from ..store import StateStore
@@ -74,31 +75,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------ demo
-
-DEMO_LIMITS = [
-    # the 2009 rule, as the admin had it: one bucket for everyone on POP3
-    PortLimit(110, "global", Rate.of(1, 1), 1),
-    PortLimit(143, "count"),
-    PortLimit(22, "count"),
-]
-
-
-def build_demo(*, speed: float = 1.0, seed: int = 2009, start: float | None = None, frozen: bool = False,
-               events_out: IO[str] | None = None) -> tuple[Monitor, Any]:
-    """The demo's Monitor (sim firewall, scenario source), shared by the CLI, tests and screenshots."""
-    from ..firewall.sim import SimFirewall
-    from ..parse import Parser
-    from ..sources.replay import DemoClock, DemoSource, Scenario
-
-    clock = DemoClock(start=start, speed=speed, frozen=frozen)
-    sim = SimFirewall(clock=clock)
-    scenario = Scenario(sim, clock, seed=seed)
-    store = StateStore(clock=clock)
-    monitor = Monitor(store=store, parser=Parser(now=clock), sources=[DemoSource(scenario)], firewall=sim,
-                      protector=Protector(allow=["192.0.2.0/24"]), mono=clock, events_out=events_out)
-    monitor.start_firewall(DEMO_LIMITS)
-    return monitor, scenario
-
 
 async def _run_for(monitor: Monitor, duration: float | None) -> None:
     task = asyncio.create_task(monitor.run())

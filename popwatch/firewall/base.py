@@ -75,6 +75,10 @@ class Rate:
     def __str__(self) -> str:
         return f"{self.count}/{_CANON[self.unit]}"
 
+    def short(self) -> str:
+        """Compact form for narrow screens: ``1/s``, ``5/min``, ``3/h``, ``2/d``."""
+        return f"{self.count}/{ {1: 's', 60: 'min', 3600: 'h', 86400: 'd'}[self.unit]}"
+
     @property
     def per_day(self) -> float:
         return self.per_second * 86400
@@ -140,7 +144,7 @@ class PortLimit:
         """Short form for the ports panel: ``global 1/second burst 1``."""
         if self.mode == "count":
             return "count only"
-        return f"{self.mode} {self.rate} burst {self.burst}"
+        return f"{self.mode} {self.rate.short()} burst {self.burst}"
 
     def meaning(self) -> str:
         """One plain-language line saying what the rule does."""

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from popwatch.commands.watch import DEMO_LIMITS
+from popwatch.demo import DEMO_LIMITS
 from popwatch.firewall.base import PortLimit, Rate
 from popwatch.firewall.sim import SimFirewall
 from popwatch.parse import Parser
