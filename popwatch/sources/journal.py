@@ -320,14 +320,16 @@ class JournalSource(Source):
                 self._save_cursor()
 
     async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        # os.kill, not proc.send_signal: Popen.send_signal() polls first, reaping the child
+        # behind asyncio's child watcher, which then reports exit status 255.
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 2.0)
             except asyncio.TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                    os.kill(proc.pid, signal.SIGKILL)
                 await proc.wait()
 
     def health(self) -> SourceHealth:
