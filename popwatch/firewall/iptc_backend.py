@@ -71,9 +71,17 @@ def load_iptc() -> Any:
                 break
     try:
         import iptc  # type: ignore[import-untyped]
+        from iptc import ip4tc, ip6tc  # type: ignore[import-untyped]
     except Exception as e:  # ImportError, or XTablesError when libxtables is missing
         raise FirewallError(f"python-iptables cannot be loaded ({e}); install the 'iptables' "
                             f"package (libxtables) or use --backend nft") from None
+    # python-iptables decides whether a target name is a user chain by opening *every* table
+    # (filter, mangle, raw, nat, security): reading or writing any rule that jumps to a chain
+    # (INPUT's "-j POPWATCH", an admin's "-j ADMIN") would create four empty legacy tables that
+    # were not there before, and iptables-save would differ after uninstall. popwatch only
+    # works in the filter table, so a rule's tables are just that one.
+    ip4tc.Rule.tables = property(lambda self: [ip4tc.Table(ip4tc.Table.FILTER)])
+    ip6tc.Rule6.tables = property(lambda self: [ip6tc.Table6(ip6tc.Table6.FILTER)])
     return iptc
 
 
