@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
-from typing import Callable, Mapping
+import re
+from typing import Callable, Iterable, Iterator, Mapping
 
 from ..addr import normalize_ip
 from ..model import AuthEvent, RawLine
-from ..sanitize import clean, clean_field
+from ..sanitize import FIELD_CAP, LINE_CAP, clean, clean_field
 from . import prefix as _prefix
 from .dovecot import DovecotRules
 from .mail import COURIER_TAGS, courier, postfix, postfix_service
@@ -37,6 +38,8 @@ MAX_MESSAGE = 8192
 SSHD_TAGS = frozenset({"sshd", "sshd-session", "sshd-auth"})
 
 _SSHD, _DOVECOT, _POSTFIX, _COURIER = 1, 2, 3, 4
+_UNSEEN = object()
+_FAST = _prefix.FAST.match
 
 
 @lru_cache(maxsize=8192)
@@ -58,16 +61,12 @@ class Parser:
         self.sshd = SshdRules()
         self.dovecot = DovecotRules()
         self.bare_tag = bare_tag
-        self._tags: dict[str, tuple[int, str | None] | None] = {}
+        self._tags: dict[str, object] = {}
 
     # -- dispatch ---------------------------------------------------------------------------
 
     def _route(self, tag: str) -> tuple[int, str | None] | None:
         """Tag -> (rule set, service) or None; memoised (tags repeat)."""
-        try:
-            return self._tags[tag]
-        except KeyError:
-            pass
         r: tuple[int, str | None] | None = None
         if tag in SSHD_TAGS:
             r = (_SSHD, None)
@@ -90,27 +89,75 @@ class Parser:
 
     def parse_text(self, text: str, source: str = "", lineno: int | None = None,
                    fields: Mapping[str, str] | None = None) -> AuthEvent | None:
-        """Like :meth:`parse` without building a RawLine first (the scan hot path)."""
+        """Like :meth:`parse` without building a RawLine first."""
+        m = None if fields else _FAST(text)
+        if m is not None:
+            # the common case: RFC 3339 or BSD syslog line; route on the tag before anything else
+            route = self._tags.get(m.group(4), _UNSEEN)
+            if route is _UNSEEN:
+                route = self._route(m.group(4))
+            if route is None:
+                return None
+            return self._fast_event(m, route, text, source, lineno)  # type: ignore[arg-type]
         if fields:
             kind, ts, host, tag, pid = _prefix.from_journal(fields)
-            msg = text
-            if msg.endswith("\n"):
-                msg = msg.rstrip("\n")
+            msg = text.rstrip("\n")
         else:
             kind, ts, host, tag, pid, msg = _prefix.split(text)
         if tag is None:
             tag = self.bare_tag
             if tag is None:
                 return None
-        route = self._route(tag)
+        route = self._tags.get(tag, _UNSEEN)
+        if route is _UNSEEN:
+            route = self._route(tag)
         if route is None:
             return None
+        return self._event(route, kind, ts, host, pid, msg, text, source, lineno)  # type: ignore[arg-type]
+
+    def parse_many(self, lines: Iterable[str], source: str = "", first_lineno: int = 1) -> Iterator[AuthEvent]:
+        """Events of consecutive lines (line numbers count from ``first_lineno``).
+
+        Same result as :meth:`parse_text` per line, with the per-line dispatch inlined: a
+        line of an unrelated daemon costs one anchored match and one dict lookup.
+        """
+        fast = _FAST
+        tags_get = self._tags.get
+        unseen = _UNSEEN
+        fast_event = self._fast_event
+        parse_text = self.parse_text
+        lineno = first_lineno - 1
+        for text in lines:
+            lineno += 1
+            m = fast(text)
+            if m is not None:
+                route = tags_get(m.group(4), unseen)
+                if route is None:
+                    continue
+                if route is unseen:
+                    route = self._route(m.group(4))
+                    if route is None:
+                        continue
+                ev = fast_event(m, route, text, source, lineno)  # type: ignore[arg-type]
+            else:
+                ev = parse_text(text, source, lineno)
+            if ev is not None:
+                yield ev
+
+    def _fast_event(self, m: re.Match[str], route: tuple[int, str | None], text: str,
+                    source: str, lineno: int | None) -> AuthEvent | None:
+        iso_ts, bsd_ts, host, _tag, pid = m.groups()
+        if iso_ts is not None:
+            return self._event(route, _prefix.TS_ISO, iso_ts, host, pid, text[m.end():], text, source, lineno)
+        return self._event(route, _prefix.TS_BSD, bsd_ts, host, pid, text[m.end():], text, source, lineno)
+
+    def _event(self, route: tuple[int, str | None], kind: int, ts: str, host: str | None,
+               pid: str | None, msg: str, text: str, source: str, lineno: int | None) -> AuthEvent | None:
         if len(msg) > MAX_MESSAGE:
             return None
         which, service = route
         if which == _SSHD:
-            conn = (host, pid) if pid is not None else None
-            hit = self.sshd.parse(msg, conn)
+            hit = self.sshd.parse(msg, (host, pid) if pid is not None else None)
         elif which == _DOVECOT:
             hit = self.dovecot.parse(msg)
         elif which == _POSTFIX:
@@ -121,16 +168,15 @@ class Parser:
             return None
         svc, ev_kind, addr, user, attempts, session = hit
         ip = _norm(addr) if addr else None
+        # clean() leaves short printable ASCII as it is; skip its regex for those
+        line = text if (len(text) <= LINE_CAP and text.isascii() and text.isprintable()) else clean(text)
+        if user:
+            user = user if (len(user) <= FIELD_CAP and user.isascii() and user.isprintable()) \
+                else clean_field(user)
+        else:
+            user = None
         return AuthEvent(
-            ts=self.clock.resolve(kind, ts),
-            service=svc,
-            kind=ev_kind,
-            ip=ip,
-            user=clean_field(user) if user else None,
-            attempts=attempts,
-            source=source,
-            lineno=lineno,
-            line=clean(text),
-            host=clean_field(addr) if (ip is None and addr) else None,
-            session=clean_field(session) if session else None,
+            self.clock.resolve(kind, ts), svc, ev_kind, ip, user, attempts, source, lineno, line,
+            clean_field(addr) if (ip is None and addr) else None,
+            clean_field(session) if session else None,
         )
