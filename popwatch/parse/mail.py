@@ -14,7 +14,7 @@ Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
 # NAME is a validated hostname or `unknown` (no spaces or brackets); the address comes only
 # from inside the brackets, at the fixed position right after `warning: `.
 _SASL = re.compile(
-    r"warning: [^\s\[\]]*\[([^\[\]\s]+)\](?::\d+)?: SASL [A-Za-z0-9_-]+ authentication failed:")
+    r"warning: [A-Za-z0-9._-]*\[([^\[\]\s]+)\](?::\d+)?: SASL [A-Za-z0-9_-]+ authentication failed:")
 _LOST_AUTH = re.compile(r"lost connection after AUTH from [^\s\[\]]*\[([^\[\]\s]+)\]")
 _SUBMISSION = frozenset({"submission", "submissions", "smtps"})
 
@@ -43,6 +43,9 @@ def postfix(service: str, msg: str) -> Hit | None:
         u = rest.find(", sasl_username=")
         if u >= 0:
             user = rest[u + 16:]
+            rest = rest[:u]
+        if "]: SASL " in rest:
+            return None  # a second client field before the user name: not a line postfix writes
         return (service, K_FAIL, m.group(1), user, 1, None)
     if c == "l" and msg.startswith("lost connection after AUTH from "):
         m = _LOST_AUTH.match(msg)
