@@ -93,7 +93,7 @@ def both_message() -> str:
             "run popwatch with --backend set")
 
 
-def make_firewall(backend: str, *, ports: Iterable[int] | None = None,
+def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = None,
                   limits: list[PortLimit] | None = None, ban_action: str = "drop",
                   ipv6_prefix: int = 64, dry_run: bool = False, lock_path: str | None = DEFAULT_LOCK,
                   xtables_lock: str = "/run/xtables.lock", check_both: bool = True,
@@ -102,7 +102,7 @@ def make_firewall(backend: str, *, ports: Iterable[int] | None = None,
     (kernel backends, unless ``dry_run``) and :class:`FirewallError` for impossible choices."""
     if backend not in BACKENDS:
         raise FirewallError(f"bad backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    lims = list(limits or [PortLimit(p) for p in (ports or [])])
+    lims = list(limits or [p if isinstance(p, PortLimit) else PortLimit(int(p)) for p in (ports or [])])
     if backend == "none":
         return NoFirewall(lims)
     if backend == "sim":

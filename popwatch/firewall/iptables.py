@@ -202,8 +202,8 @@ class KernelFirewall(Firewall):
         with self._locked():
             states = {fam: self._state(fam) for fam in self.families}
             if not all(st.exists for st in states.values()):
-                raise FirewallError("popwatch's chain is not installed; start popwatch (or run "
-                                    "`popwatch status`) to install it first")
+                raise FirewallError("popwatch's chain is not installed: start `popwatch watch` "
+                                    "(or ban or limit from the command line) to install it first")
             gens = self._next_gens(states)
             for fam, st in states.items():
                 work = R._Work(st)
@@ -262,7 +262,7 @@ class KernelFirewall(Firewall):
         except FirewallError as err:
             if "does not exist" in str(err) or "No such file" in str(err):
                 raise FirewallError("popwatch's ban sets are missing: popwatch is not installed "
-                                    "(start popwatch or run `popwatch status` first)") from None
+                                    "(start `popwatch watch` first)") from None
             raise _maybe_root(err) from None
 
     def ban_many(self, items: Iterable[tuple[str, float | None]], *, net: bool | None = None) -> int:
