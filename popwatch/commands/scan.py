@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import sys
 import time
@@ -128,9 +129,30 @@ def iter_lines(stream: IO[bytes], cap: int = LINE_CAP, on_chunk=None) -> Iterato
 _q = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
+_iso_secs: dict[int, str] = {}
+
+
+def fast_iso(ts: float) -> str | None:
+    """``model.iso(ts)`` with the whole-second part cached (same text; a test holds them equal)."""
+    if not 0 <= ts < 1e11:
+        return iso(ts)
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)
+    sec = int(whole)
+    if us >= 1_000_000:
+        sec += 1
+        us -= 1_000_000
+    base = _iso_secs.get(sec)
+    if base is None:
+        if len(_iso_secs) > 4096:
+            _iso_secs.clear()
+        base = _iso_secs[sec] = iso(float(sec))[:19]  # type: ignore[index]
+    return f"{base}.{us:06d}+00:00" if us else f"{base}+00:00"
+
+
 def event_json(ev: AuthEvent) -> str:
     """``json.dumps(ev.to_json())``, built directly (the same text; a test holds them equal)."""
-    ts = iso(ev.ts)
+    ts = fast_iso(ev.ts)
     s = (f'{{"ts": {"null" if ts is None else _q(ts)}, "service": {_q(str(ev.service))}, '
          f'"ip": {"null" if ev.ip is None else _q(ev.ip)}, '
          f'"user": {"null" if ev.user is None else _q(ev.user)}, "kind": {_q(str(ev.kind))}, '

@@ -124,8 +124,9 @@ class Parser:
         fast = _FAST
         tags_get = self._tags.get
         unseen = _UNSEEN
-        fast_event = self._fast_event
+        event = self._event
         parse_text = self.parse_text
+        ts_iso, ts_bsd = _prefix.TS_ISO, _prefix.TS_BSD
         lineno = first_lineno - 1
         for text in lines:
             lineno += 1
@@ -138,7 +139,11 @@ class Parser:
                     route = self._route(m.group(4))
                     if route is None:
                         continue
-                ev = fast_event(m, route, text, source, lineno)  # type: ignore[arg-type]
+                iso_ts, bsd_ts, host, _tag, pid = m.groups()
+                if iso_ts is not None:
+                    ev = event(route, ts_iso, iso_ts, host, pid, text[m.end():], text, source, lineno)  # type: ignore[arg-type]
+                else:
+                    ev = event(route, ts_bsd, bsd_ts, host, pid, text[m.end():], text, source, lineno)  # type: ignore[arg-type]
             else:
                 ev = parse_text(text, source, lineno)
             if ev is not None:

@@ -160,6 +160,7 @@ class Clock:
         self._bsd: dict[str, float] = {}
         self._local: dict[str, float] = {}
         self._days: dict[str, float] = {}
+        self._secs: dict[str, float] = {}
         self._zones: dict[str, float] = {}
 
     def _put(self, cache: dict[str, float], key: str, value: float) -> None:
@@ -193,12 +194,18 @@ class Clock:
     def _iso_ts(self, ts: str) -> float:
         # fast path for rsyslog's `2026-11-28T05:00:21.664766+00:00`: day and zone are cached
         if len(ts) == 32 and ts[19] == "." and ts[26] in "+-" and ts[13] == ":" and ts[16] == ":":
+            v = self._secs.get(ts[:19] + ts[26:])
+            us = ts[20:26]
+            if v is not None and us.isdigit():
+                return v + int(us) / 1e6
             day = self._days.get(ts[:10])
             off = self._zones.get(ts[26:])
             if day is not None and off is not None:
                 h, m, sec, us = ts[11:13], ts[14:16], ts[17:19], ts[20:26]
                 if h.isdigit() and m.isdigit() and sec.isdigit() and us.isdigit():
-                    return day + int(h) * 3600 + int(m) * 60 + int(sec) - off + int(us) / 1e6
+                    v = day + int(h) * 3600 + int(m) * 60 + int(sec) - off
+                    self._put(self._secs, ts[:19] + ts[26:], v)
+                    return v + int(us) / 1e6
             v = self._iso_slow(ts)
             d = _dt.date.fromisoformat(ts[:10])
             self._put(self._days, ts[:10], float(calendar.timegm(d.timetuple())))

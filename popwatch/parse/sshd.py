@@ -29,6 +29,11 @@ K_NOT_ALLOWED, K_PROBE, K_SUCCESS = Kind.NOT_ALLOWED.value, Kind.PROBE.value, Ki
 Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
 
 _METHOD = re.compile(r"(Failed|Accepted) (\S+) for ")
+# the usual shape in one match: nothing but a key fingerprint may follow `ssh2`, so the greedy
+# user field makes the last ` from IP port N ssh2` win (attacker text only before it)
+_FAILED_FAST = re.compile(
+    r"(Failed|Accepted) \S+ for (invalid user )?(.*) from (\S+) port (\d+) ssh2"
+    r"(?:: [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9a-f:]+|[0-9a-f:]+))?$")
 _FROM_PORT = re.compile(r" from (\S+) port (\d+) ssh2(?=: |$)")
 # key info after `ssh2: ` that holds no free text (plain keys; certificates carry a key ID)
 _STRICT_TAIL = re.compile(r": [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9a-f:]+|[0-9a-f:]+)$")
@@ -206,6 +211,19 @@ class SshdRules:
         return self._probe_rules(msg)
 
     def _failed_accepted(self, msg: str, conn: object | None) -> Hit | None:
+        m = _FAILED_FAST.match(msg)
+        if m is not None:
+            verb, invalid, user, ip, port = m.groups()
+            if verb == "Failed":
+                n = self._credit(self._key(conn, ip, port), 0, failed=True)
+                return (SSH, K_INVALID if invalid else K_FAIL, ip, user, n, None)
+            key = self._key(conn, ip, port)
+            if key is not None:
+                self._conns.pop(key)
+            return (SSH, K_SUCCESS, ip, user, 0, None)
+        return self._failed_accepted_slow(msg, conn)
+
+    def _failed_accepted_slow(self, msg: str, conn: object | None) -> Hit | None:
         m0 = _METHOD.match(msg)
         if m0 is None:
             return None
