@@ -260,6 +260,7 @@ class JournalSource(Source):
                 else:
                     self._proc = proc
                     self.state, self.detail = "journal", f"journalctl pid {proc.pid}"
+                    lines_before, used_cursor = self.lines, self.cursor
                     err_task = asyncio.create_task(self._drain_stderr(proc))
                     try:
                         async for batch in self._read(proc):
@@ -274,6 +275,12 @@ class JournalSource(Source):
                         break
                     why = "; ".join(self._stderr) or f"exit status {proc.returncode}"
                     self.state, self.detail = "error", f"journalctl ended ({why}); restarting"
+                    if (proc.returncode and used_cursor is not None and self.lines == lines_before
+                            and "cursor" in why.lower()):
+                        # a saved cursor this journal rejects: start over by the start policy
+                        self.cursor = None
+                        self.detail += " without the rejected cursor"
+                    self._stderr.clear()
                 if time.monotonic() - started > 10:
                     delay = self.backoff[0]
                 with contextlib.suppress(asyncio.TimeoutError):

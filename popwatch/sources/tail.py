@@ -31,6 +31,7 @@ import gzip
 import io
 import os
 import re
+import stat
 import time
 from collections import deque
 from typing import AsyncIterator, Iterable
@@ -459,6 +460,9 @@ class _Follower:
     async def _open(self, *, start: bool) -> bool:
         """Open ``path``. ``start``: apply the start policy, else read from 0."""
         try:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):  # a FIFO would block the open
+                self._set("error", "not a regular file")
+                return False
             fh = await aiofiles.open(self.path, "rb", buffering=0)
         except FileNotFoundError:
             self.initial = False  # it did not exist when we started: all of it will be new

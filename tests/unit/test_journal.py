@@ -289,3 +289,15 @@ async def test_failing_journalctl_shows_its_error_and_is_retried(tmp_path, taps)
     assert await until(lambda: src.starts >= 2)
     h = src.health()
     assert h.state == "error" and "No journal files were found." in h.detail
+
+
+async def test_a_cursor_file_the_journal_rejects_is_dropped(tmp_path, taps) -> None:
+    j = Journal(tmp_path / "remote.journal")
+    j.write(j.sshd(1))
+    cursor = tmp_path / "journal.cursor"
+    cursor.write_text("not-a-cursor\n")
+    src = JournalSource(files=[j.path], cursor_file=cursor, from_start=True, backoff=(0.05, 0.1))
+    t = tap(taps, src)
+    got = await t.take(1)
+    assert [m.split()[5] for m in msgs(got)] == ["u1"]
+    assert src.starts == 2

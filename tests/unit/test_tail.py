@@ -386,3 +386,12 @@ def test_inotify_binding_reports_events(tmp_path) -> None:
         assert evs[0].mask & _inotify.IN_CREATE
     finally:
         ino.close()
+
+
+async def test_a_fifo_is_an_error_not_a_hang(tmp_path, sources) -> None:
+    p = tmp_path / "pipe.log"
+    os.mkfifo(p)
+    src, tap = sources(FileSource(p))
+    assert await nothing_more(tap, 0.3) == []
+    h = src.health()
+    assert (h.state, h.detail) == ("error", "not a regular file")
