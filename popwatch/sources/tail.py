@@ -663,6 +663,7 @@ class _FollowSource(Source):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_data = 0.0
         self._busy = False
+        self._rr = 0
 
     # -- inotify plumbing
     def _setup(self) -> None:
@@ -758,7 +759,11 @@ class _FollowSource(Source):
                 out: list[RawLine] = []
                 more = False
                 self._busy = True
-                for f in list(self.followers):
+                # round robin: under a flood in one file the others still get their turn
+                n = len(self.followers)
+                first = self._rr % n if n else 0
+                self._rr += 1
+                for f in self.followers[first:] + self.followers[:first]:
                     try:
                         more |= await f.pump(out, self.max_batch)
                     except (OSError, ValueError) as e:

@@ -301,3 +301,17 @@ async def test_a_cursor_file_the_journal_rejects_is_dropped(tmp_path, taps) -> N
     got = await t.take(1)
     assert [m.split()[5] for m in msgs(got)] == ["u1"]
     assert src.starts == 2
+
+
+async def test_many_entries_while_following_arrive_once_in_order(tmp_path, taps) -> None:
+    j = Journal(tmp_path / "remote.journal")
+    j.write(j.entry("cron", "before"))
+    src = JournalSource(files=[j.path], max_batch=500)
+    t = tap(taps, src)
+    pending = asyncio.ensure_future(t.take(6000, timeout=60))
+    assert await until(lambda: src._proc is not None)
+    for part in range(3):  # three writes of 2000 entries, noise in between
+        j.write(*(j.sshd(part * 2000 + n) for n in range(2000)), j.entry("cron", "noise"))
+    got = await pending
+    assert [int(m.split()[5][1:]) for m in msgs(got)] == list(range(6000))
+    assert src.health().lines == 6000

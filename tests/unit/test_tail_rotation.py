@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from popwatch.model import RawLine
-from popwatch.sources.tail import FileSource
+from popwatch.sources.tail import FileSource, GlobSource
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ class Writer(threading.Thread):
         self.lineno = 0
         self.stop = threading.Event()
         self.error: BaseException | None = None
-        self.f = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in run()
+        self.f = open(path, "ab", buffering=0) if path.exists() else None  # noqa: SIM115 - closed in run()
 
     def put(self, n: int) -> None:
         self.f.write((line(n) + "\n").encode())
@@ -58,6 +58,8 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         try:
+            if self.f is None:  # the file appears only now, after the follower started
+                self.f = open(self.path, "ab", buffering=0)  # noqa: SIM115
             for n in range(self.total):
                 if self.stop.is_set():
                     return
@@ -69,7 +71,8 @@ class Writer(threading.Thread):
         except BaseException as e:  # noqa: BLE001 - reported by the test
             self.error = e
         finally:
-            self.f.close()
+            if self.f is not None:
+                self.f.close()
 
 
 async def follow_until(src: FileSource, writer: Writer, timeout: float = 60.0) -> list[RawLine]:
@@ -164,6 +167,52 @@ async def test_delete_and_recreate_under_load(tmp_path) -> None:
     assert_exactly_once(got, writer)
 
 
+async def test_file_that_appears_late_under_load(tmp_path) -> None:
+    """The file does not exist when the follower starts; then it is created and filled fast."""
+    p = tmp_path / "later" / "auth.log"
+    p.parent.mkdir()
+    writer = Writer(p, total=20_000, every=10**9, rotate=lambda w, n: None)
+    src = FileSource(p)
+    got = await follow_until(src, writer)
+    assert_exactly_once(got, writer)
+
+
+async def test_two_files_in_one_glob_under_load(tmp_path) -> None:
+    """Two files flooded at once through one GlobSource: both complete, none starved."""
+    a, b = tmp_path / "auth.log", tmp_path / "mail.log"
+    a.touch()
+    b.touch()
+    wa = Writer(a, total=15_000, every=10**9, rotate=lambda w, n: None)
+    wb = Writer(b, total=15_000, every=10**9, rotate=lambda w, n: None)
+    src = GlobSource(str(tmp_path / "*.log"))
+    got: list[RawLine] = []
+
+    async def consume() -> None:
+        async for batch in src.batches():
+            got.extend(batch)
+
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.sleep(0.1)
+        wa.start()
+        wb.start()
+        for _ in range(600):  # at most 30 s
+            if len(got) >= 30_000 and not wa.is_alive() and not wb.is_alive():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+    finally:
+        wa.stop.set()
+        wb.stop.set()
+        await src.aclose()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        wa.join(10)
+        wb.join(10)
+    for path, w in ((a, wa), (b, wb)):
+        assert_exactly_once([ln for ln in got if ln.source == str(path)], w)
+
+
 async def test_copytruncate_under_load(tmp_path) -> None:
     """logrotate ``copytruncate``: copy the file, then truncate it in place.
 
@@ -200,7 +249,7 @@ async def test_copytruncate_under_load(tmp_path) -> None:
 
 CHILD = r"""
 import asyncio, json, sys
-from popwatch.sources.tail import FileSource
+from popwatch.sources.tail import FileSource, GlobSource
 
 async def main(denied, ok):
     srcs = [FileSource(denied), FileSource(ok)]
