@@ -63,6 +63,21 @@ def parse_ports(value: object) -> list[int]:
     return ports
 
 
+#: services a ``[policy.services.NAME]`` table may name (model.Service values)
+SERVICES = ("pop3", "imap", "ssh", "smtp", "submission", "sieve", "lmtp", "other")
+BAN_ACTIONS = ("drop", "reject")
+WHATIF_MIN, WHATIF_MAX = 900.0, 86400.0
+
+
+@dataclass
+class ServicePolicy:
+    """Per-service override of the auto-ban thresholds; None = inherit from [policy]."""
+
+    maxretry: int | None = None
+    findtime: float | None = None
+    bantime: float | None = None
+
+
 @dataclass
 class PolicyConfig:
     auto_ban: bool = False
@@ -71,6 +86,33 @@ class PolicyConfig:
     bantime: float = 3600.0
     allow: list[str] = field(default_factory=list)
     ipv6_prefix: int = 64
+    ban_action: str = "drop"
+    #: repeat offenders: bantime * factor ** (earlier bans within recidive_window), at most recidive_max
+    recidive_factor: float = 2.0
+    recidive_max: float = 7 * 86400.0
+    recidive_window: float = 86400.0
+    #: an IP that logged in successfully within success_grace is auto-banned only after
+    #: success_maxretry failures within findtime (a stale password on a phone is not an attack)
+    success_grace: float = 30 * 86400.0
+    success_maxretry: int = 50
+    #: per-username signal: a user name tried from user_ips or more addresses within findtime
+    #: marks it as targeted; an address trying it is then banned after user_maxretry failures
+    user_ips: int = 10
+    user_maxretry: int = 2
+    #: how much recent history the what-if replay keeps in memory (15m-24h)
+    whatif_window: float = 3600.0
+    #: ban history entries kept in the state directory (recidive, audit of past bans)
+    history_max: int = 10000
+    services: dict[str, ServicePolicy] = field(default_factory=dict)
+
+    def for_service(self, service: str) -> tuple[int, float, float]:
+        """(maxretry, findtime, bantime) that apply to ``service``."""
+        o = self.services.get(service)
+        if o is None:
+            return self.maxretry, self.findtime, self.bantime
+        return (o.maxretry if o.maxretry is not None else self.maxretry,
+                o.findtime if o.findtime is not None else self.findtime,
+                o.bantime if o.bantime is not None else self.bantime)
 
 
 @dataclass
@@ -92,7 +134,11 @@ class Config:
 
 
 _TOP_KEYS = {"ports", "logs", "journal", "backend", "state_dir", "policy", "limits"}
-_POLICY_KEYS = {"auto_ban", "maxretry", "findtime", "bantime", "allow", "ipv6_prefix"}
+_POLICY_KEYS = {"auto_ban", "maxretry", "findtime", "bantime", "allow", "ipv6_prefix", "ban_action",
+                "recidive_factor", "recidive_max", "recidive_window", "success_grace",
+                "success_maxretry", "user_ips", "user_maxretry", "whatif_window", "history_max",
+                "services"}
+_SERVICE_KEYS = {"maxretry", "findtime", "bantime"}
 _LIMIT_KEYS = {"mode", "rate", "burst"}
 
 
@@ -121,6 +167,31 @@ def _int_range(lo: int, hi: int):
             raise ValueError(f"expected a whole number {lo}-{hi}, got {v!r}")
         return v
     return f
+
+
+def _float_range(lo: float, hi: float):
+    def f(v: object) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise ValueError(f"expected a number from {lo:g} to {hi:g}, got {v!r}")
+        return float(v)
+    return f
+
+
+def _dur(name: str, lo: float = 0.0, hi: float | None = None):
+    def f(v: object) -> float:
+        secs = parse_duration(v, name)
+        if secs < lo or (hi is not None and secs > hi):
+            raise ValueError(f"bad {name} {v!r}: expected from {_fmt_dur(lo)} to {_fmt_dur(hi or 0)}")
+        return secs
+    return f
+
+
+def _fmt_dur(secs: float) -> str:
+    """Seconds -> the shortest exact ``N[s|m|h|d|w]`` form (for messages and --print-default)."""
+    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n and secs % n == 0:
+            return f"{int(secs // n)}{unit}"
+    return f"{secs:g}s"
 
 
 def _cidr(v: object) -> str:
@@ -168,6 +239,45 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         p.allow = [_val("policy.allow", _cidr, a) for a in pol["allow"]]
     if "ipv6_prefix" in pol:
         p.ipv6_prefix = _val("policy.ipv6_prefix", _int_range(16, 128), pol["ipv6_prefix"])
+    if "ban_action" in pol:
+        if pol["ban_action"] not in BAN_ACTIONS:
+            raise ConfigError(f"policy.ban_action: {pol['ban_action']!r} is not one of {', '.join(BAN_ACTIONS)}")
+        p.ban_action = pol["ban_action"]
+    if "recidive_factor" in pol:
+        p.recidive_factor = _val("policy.recidive_factor", _float_range(1, 100), pol["recidive_factor"])
+    for key, lo, hi in (("recidive_max", 1, 365 * 86400), ("recidive_window", 60, 365 * 86400),
+                        ("success_grace", 0, 3650 * 86400), ("whatif_window", WHATIF_MIN, WHATIF_MAX)):
+        if key in pol:
+            if key == "success_grace" and pol[key] in (0, "0"):
+                p.success_grace = 0.0  # 0 turns the grace off
+                continue
+            setattr(p, key, _val(f"policy.{key}", _dur(key, lo, hi), pol[key]))
+    for key, lo, hi in (("success_maxretry", 1, 1_000_000), ("user_maxretry", 1, 100000),
+                        ("history_max", 100, 10_000_000)):
+        if key in pol:
+            setattr(p, key, _val(f"policy.{key}", _int_range(lo, hi), pol[key]))
+    if "user_ips" in pol:  # 0 turns the per-username signal off
+        p.user_ips = _val("policy.user_ips", _int_range(0, 100000), pol["user_ips"])
+        if p.user_ips == 1:
+            raise ConfigError("policy.user_ips: 1 is not allowed: expected 0 (off) or 2-100000")
+    svcs = pol.get("services", {})
+    if not isinstance(svcs, dict):
+        raise ConfigError(f"policy.services: expected tables like [policy.services.ssh], got {svcs!r}")
+    for name, spec in svcs.items():
+        where = f"policy.services.{name}"
+        if name not in SERVICES:
+            raise ConfigError(f"unknown service {where!r} (allowed: {', '.join(SERVICES)})")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a table with maxretry, findtime, bantime")
+        _check_keys(spec, _SERVICE_KEYS, where + ".")
+        o = ServicePolicy()
+        if "maxretry" in spec:
+            o.maxretry = _val(where + ".maxretry", _int_range(1, 100000), spec["maxretry"])
+        if "findtime" in spec:
+            o.findtime = _val(where + ".findtime", lambda v: parse_duration(v, "findtime"), spec["findtime"])
+        if "bantime" in spec:
+            o.bantime = _val(where + ".bantime", lambda v: parse_duration(v, "bantime"), spec["bantime"])
+        p.services[name] = o
     limits = data.get("limits", {})
     if not isinstance(limits, dict):
         raise ConfigError("limits: expected tables like [limits.110]")
