@@ -175,7 +175,8 @@ class Clock:
                 return self._iso_ts(ts)
             if kind == TS_BSD:
                 v = self._bsd.get(ts)
-                if v is None:
+                # a cached year goes stale when the same date comes round again
+                if v is None or v + 365 * 86400 <= self.now():
                     v = self._bsd_ts(ts)
                     self._put(self._bsd, ts, v)
                 return v
@@ -249,7 +250,7 @@ class Clock:
         hh, mm, ss = int(ts[7:9]), int(ts[10:12]), int(ts[13:15])
         now = self.now()
         year = time.localtime(now).tm_year
-        for y in (year, year - 1):
+        for y in range(year, year - 9, -1):  # Feb 29 may need a few years back
             try:
                 v = time.mktime((y, mon, day, hh, mm, ss, 0, 0, -1))
             except (OverflowError, ValueError):

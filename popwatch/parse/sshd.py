@@ -115,6 +115,8 @@ class SshdRules:
         if c == "F":
             if msg.startswith("Failed "):
                 return self._failed_accepted(msg, conn)
+            return None
+        if c == "f":
             if msg.startswith("fatal: "):
                 return self._probe_rules(msg[7:])
             return None
