@@ -129,7 +129,7 @@ def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
         return NoFirewall(cfg.port_limits()), "firewall backends not available"
     try:
         return make_firewall(cfg.backend, ports=cfg.port_limits(), ipv6_prefix=cfg.policy.ipv6_prefix,
-                             dry_run=dry_run), None
+                             ban_action=cfg.policy.ban_action, dry_run=dry_run), None
     except NeedsRoot as e:
         return NoFirewall(cfg.port_limits()), str(e)
 
@@ -152,18 +152,34 @@ def run_watch(args: argparse.Namespace) -> int:
     from ..parse import Parser
     from ..persist import Persist
 
-    firewall, why_ro = _make_firewall(cfg, dry_run)
+    from ..persist import AlreadyRunning
+
     persist = None
-    if not dry_run and os.geteuid() == 0:
-        persist = Persist(cfg.state_dir)
+    if os.geteuid() == 0 and (not dry_run or cfg.state_dir.is_dir()):
+        try:
+            persist = Persist(cfg.state_dir, history_max=cfg.policy.history_max)
+            if not dry_run:
+                persist.lock()  # before any firewall change: one popwatch per state dir
+        except AlreadyRunning as e:
+            print(f"popwatch: {e}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"popwatch: state dir {cfg.state_dir}: {e.strerror}; bans will not persist",
+                  file=sys.stderr)
+            persist = None
+    firewall, why_ro = _make_firewall(cfg, dry_run)
     store = StateStore(clock=time.time)
     events_out = _open_events(args.events)
     monitor = Monitor(store=store, parser=Parser(now=time.time), sources=_make_sources(cfg, args),
                       firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
-                      dry_run=dry_run, events_out=events_out)
+                      dry_run=dry_run, events_out=events_out, policy=cfg.policy,
+                      default_ttl=cfg.policy.bantime)
     if why_ro:
         store.note(f"read-only: {why_ro}")
     monitor.start_firewall(cfg.port_limits())
+    for line in monitor.reconcile():
+        if args.no_tui:
+            print(f"popwatch: {line}", file=sys.stderr)
     mode = "dry-run" if dry_run else ("read-only" if why_ro or not firewall.can_write else "live")
     try:
         if args.no_tui:
