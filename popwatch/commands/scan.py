@@ -273,8 +273,10 @@ def run(args: argparse.Namespace) -> int:
         lineno = 0  # lines before the current block
         try:
             for block in iter_blocks(stream, on_chunk=on_chunk):
-                if "\r" in block:
+                if "\r" in block:  # CRLF files
                     block = block.replace("\r\n", "\n")
+                    if block.endswith("\r"):
+                        block = block[:-1]
                 lines = block.split("\n")
                 for ev in parse_many(lines, source, lineno + 1):
                     if as_json:
