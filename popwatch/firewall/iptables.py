@@ -91,6 +91,11 @@ class KernelFirewall(Firewall):
         except FirewallError as e:
             raise _maybe_root(e) from None
 
+    def _check_first(self) -> None:
+        """Refuse a change before reading anything (unless only describing it)."""
+        if not self._recording:
+            self._check_writable()
+
     def _check_writable(self) -> None:
         if self._writes_refused:
             raise FirewallError(self._writes_refused)
@@ -159,6 +164,7 @@ class KernelFirewall(Firewall):
 
     def ensure_base(self) -> None:
         """Sets, chain, ban match and jump; leaves the ports' rules as they are (CLI ``ban``)."""
+        self._check_first()
         with self._locked():
             self.ipset.ensure()
             for fam in self.families:
@@ -168,6 +174,7 @@ class KernelFirewall(Firewall):
                     self._apply(fam, work)
 
     def install(self, limits: list[PortLimit]) -> None:
+        self._check_first()
         with self._locked():
             self.ipset.ensure()
             states = {fam: self._state(fam, with_input=True) for fam in self.families}
@@ -183,6 +190,7 @@ class KernelFirewall(Firewall):
             self._remember_gens(gens)
 
     def uninstall(self) -> None:
+        self._check_first()
         with self._locked():
             for fam in self.families:
                 st = self._state(fam, with_input=True)
@@ -199,6 +207,7 @@ class KernelFirewall(Firewall):
         """Hook: the nft backend drops a filter table left completely empty."""
 
     def set_limit(self, limit: PortLimit) -> None:
+        self._check_first()
         with self._locked():
             states = {fam: self._state(fam) for fam in self.families}
             if not all(st.exists for st in states.values()):
