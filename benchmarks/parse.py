@@ -181,6 +181,13 @@ def generate(path: Path, lines: int, seed: int = 3) -> None:
         f.writelines(buf)
 
 
+def best(cmd: list[str], repeat: int, stdout_path: str = os.devnull) -> tuple[float, float, float, int]:
+    """:func:`measure` ``repeat`` times; the run with the least CPU time (peak RSS: the largest)."""
+    runs = [measure(cmd, stdout_path) for _ in range(max(1, repeat))]
+    wall, cpu, _rss, rc = min(runs, key=lambda r: r[1])
+    return wall, cpu, max(r[2] for r in runs), max(r[3] for r in runs)
+
+
 def measure(cmd: list[str], stdout_path: str = os.devnull) -> tuple[float, float, float, int]:
     """Run ``cmd``; (wall s, cpu s, peak RSS MB, exit code) of that one process."""
     with open(stdout_path, "wb") as out:
@@ -201,6 +208,8 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=200_000, help="lines to generate (default 200000)")
     ap.add_argument("--keep", type=Path, help="write the generated log here and keep it")
     ap.add_argument("--no-fail2ban", action="store_true", help="skip the fail2ban-regex baseline")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each command N times and keep its best CPU time (shared, noisy machines)")
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="pwbench-")
@@ -208,6 +217,8 @@ def main() -> int:
     t = time.perf_counter()
     generate(log, args.lines)
     size = log.stat().st_size
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; best of {max(1, args.repeat)} run(s) each")
     print(f"generated {args.lines} lines ({size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f} s: {log}")
 
     repo = Path(__file__).resolve().parent.parent
@@ -215,7 +226,7 @@ def main() -> int:
     pw_cmd = [sys.executable, "-m", "popwatch", "scan", "--json", str(log)]
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = f"{repo}{os.pathsep}{env_path}" if env_path else str(repo)
-    wall, cpu, rss, rc = measure(pw_cmd, str(out_json))
+    wall, cpu, rss, rc = best(pw_cmd, args.repeat, str(out_json))
     events = sum(1 for _ in open(out_json, "rb"))
     pw_rate = args.lines / cpu
     print(f"popwatch scan --json : {wall:6.2f} s wall, {cpu:6.2f} s CPU, {pw_rate:10,.0f} lines/CPU-s, "
@@ -230,7 +241,7 @@ def main() -> int:
     total_cpu = total_wall = 0.0
     peak = 0.0
     for flt in ("sshd", "dovecot"):
-        w, c, r, frc = measure([f2b, "--print-no-missed", "--print-no-ignored", str(log), flt])
+        w, c, r, frc = best([f2b, "--print-no-missed", "--print-no-ignored", str(log), flt], args.repeat)
         total_cpu += c
         total_wall += w
         peak = max(peak, r)
