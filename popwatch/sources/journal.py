@@ -267,6 +267,9 @@ class JournalSource(Source):
                             yield batch
                     finally:
                         await self._reap(proc)
+                        # the child is gone: its stderr ends soon; keep what it said last
+                        with contextlib.suppress(asyncio.TimeoutError, Exception):
+                            await asyncio.wait_for(asyncio.shield(err_task), 1.0)
                         err_task.cancel()
                         with contextlib.suppress(BaseException):
                             await err_task

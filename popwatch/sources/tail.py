@@ -61,6 +61,8 @@ FINGERPRINT = 64
 _COMPRESSED = (".gz", ".xz", ".bz2", ".zst", ".lz4", ".z", ".Z")
 #: names logrotate gives to rotated copies: auth.log.1, auth.log.2.gz, auth.log-20261127[.gz]
 _ROTATED = re.compile(r"(\.\d+|-\d{8}(\d{2})?)(\.(gz|xz|bz2|zst|lz4|Z))?$")
+#: what follows the live name in a rotated copy popwatch can read (plain or gzip)
+_ROTATED_SUFFIX = re.compile(r"(\.\d+|-\d{8}(\d{2})?)(\.gz)?$")
 
 _DIR_MASK = (
     ino.IN_CREATE | ino.IN_MOVED_TO | ino.IN_MOVED_FROM | ino.IN_DELETE | ino.IN_ATTRIB
@@ -137,13 +139,11 @@ def rotated_siblings(path: str, *, compressed: bool = True) -> list[str]:
         return []
     found: list[tuple[float, str]] = []
     for n in names:
-        if n == base or not (n.startswith(base + ".") or n.startswith(base + "-")):
+        if not n.startswith(base) or not _ROTATED_SUFFIX.match(n[len(base):]):
             continue
         p = os.path.join(d, n)
         if not compressed and is_compressed(p):
             continue
-        if is_compressed(p) and not p.endswith(".gz"):
-            continue  # only gzip is read; other formats are skipped
         try:
             st = os.stat(p)
         except OSError:
@@ -590,9 +590,10 @@ class _Follower:
     def _salvage(self, cur: _Reader) -> list[tuple[int | None, str]]:
         """Read what followed our offset from a rotated copy whose bytes before it match."""
         n = len(cur.fp)
-        for cand in rotated_siblings(self.path, compressed=False)[:3]:
+        for cand in rotated_siblings(self.path)[:3]:  # the copy may be gzipped already
             try:
-                with open(cand, "rb") as f:
+                opener = gzip.open if cand.endswith(".gz") else open
+                with opener(cand, "rb") as f:  # type: ignore[operator]
                     f.seek(cur.offset - n)
                     if f.read(n) != cur.fp:
                         continue
@@ -607,7 +608,7 @@ class _Follower:
                     cur.split.flush(got)
                     self.salvaged += len(got)
                     return got
-            except OSError:
+            except (OSError, EOFError, gzip.BadGzipFile):
                 continue
         return []
 
@@ -664,6 +665,7 @@ class _FollowSource(Source):
         self._last_data = 0.0
         self._busy = False
         self._rr = 0
+        self._dir_dirty = False  # a watched directory changed since the last glob scan
 
     # -- inotify plumbing
     def _setup(self) -> None:
@@ -680,7 +682,10 @@ class _FollowSource(Source):
     def _on_inotify(self) -> None:
         if self._ino is None:
             return
+        dir_wds = set(self._dir_wds.values())
         for ev in self._ino.read():
+            if ev.wd in dir_wds or ev.mask & ino.IN_Q_OVERFLOW:
+                self._dir_dirty = True
             if ev.mask & ino.IN_IGNORED:
                 self._forget_wd(ev.wd)
         if self._wake is not None:
@@ -851,8 +856,11 @@ class GlobSource(_FollowSource):
 
     async def _refresh(self) -> None:
         now = time.monotonic()
-        if self._started and now - self._last_scan < 0.2:
+        # rescan when the directory changed, else now and then (globbed directories, polling)
+        every = 2.0 if self._ino is not None else 0.5
+        if self._started and not self._dir_dirty and now - self._last_scan < every:
             return
+        self._dir_dirty = False
         self._last_scan = now
         paths = sorted(p for p in _glob.glob(self.pattern)
                        if not is_compressed(p) and not _ROTATED.search(p))

@@ -395,3 +395,28 @@ async def test_a_fifo_is_an_error_not_a_hang(tmp_path, sources) -> None:
     assert await nothing_more(tap, 0.3) == []
     h = src.health()
     assert (h.state, h.detail) == ("error", "not a regular file")
+
+
+async def test_copytruncate_salvage_from_an_already_gzipped_copy(tmp_path, sources) -> None:
+    p = tmp_path / "mail.log"
+    write(p, "a\n", "w")
+    src, tap = sources(FileSource(p, from_start=True))
+    assert texts(await take(tap, 1)) == ["a"]
+    write(p, "b\n")
+    with open(p, "rb") as f, gzip.open(f"{p}.1.gz", "wb") as g:
+        g.write(f.read())
+    os.truncate(p, 0)
+    write(p, "c\n")
+    write(tmp_path / "mail.log.swp", "not a rotated copy\n", "w")
+    assert texts(await take(tap, 2)) == ["b", "c"]
+
+
+def test_rotated_siblings_names_and_order(tmp_path) -> None:
+    from popwatch.sources.tail import rotated_siblings
+    now = time.time()
+    for i, name in enumerate(["auth.log.1", "auth.log.2.gz", "auth.log-20261127", "auth.log.swp",
+                              "auth.log.3.xz", "auth.logger", "auth.log-20261120.gz"]):
+        write(tmp_path / name, "", "w")
+        os.utime(tmp_path / name, (now - i * 100, now - i * 100))
+    got = [os.path.basename(p) for p in rotated_siblings(str(tmp_path / "auth.log"))]
+    assert got == ["auth.log.1", "auth.log.2.gz", "auth.log-20261127", "auth.log-20261120.gz"]
