@@ -1,9 +1,10 @@
 """``popwatch scan FILE... [--json] [--all]``: offline detection over log files, like
 fail2ban-regex but for every supported service at once.
 
-Files are read in binary chunks, decoded with invalid UTF-8 replaced, and split into lines
-with a hard cap per line (a 1 GB line never sits in memory: past the cap the rest of that
-line is skipped). ``.gz`` files are decompressed on the fly; ``-`` is standard input.
+Files are read in binary chunks, decoded with invalid UTF-8 replaced, and split into lines;
+memory per line is bounded (a 1 GB line never sits in memory: past ``4 * LINE_CAP`` bytes
+without a newline the rest of that line is skipped, and the parser ignores messages over
+8 KiB). ``.gz`` files are decompressed on the fly; ``-`` is standard input.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..model import AuthEvent, FAILURE_KINDS, iso
 from ..parse import Parser
 
 CHUNK = 1 << 20
-#: characters kept of one line; the parser ignores messages over 8 KiB anyway
+#: line length unit for the reader's bound (the parser ignores messages over 8 KiB anyway)
 LINE_CAP = 64 * 1024
 #: show a progress bar for files bigger than this (when stderr is a terminal)
 PROGRESS_MIN = 4 * 1024 * 1024

@@ -164,3 +164,17 @@ def test_scan_registered_in_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["scan", "--help"])
     out = capsys.readouterr().out
     assert "--json" in out and "--all" in out
+
+
+def test_progress_bar_only_on_a_terminal(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import popwatch.commands.scan as scan_mod
+
+    f = tmp_path / "big.log"
+    f.write_text((SEED + "\n") * 5000)
+    monkeypatch.setattr(scan_mod, "PROGRESS_MIN", 1000)
+    rc, _out, err = scan(capsys, str(f))
+    assert rc == 0 and err == ""               # captured stderr is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    rc, out, err = scan(capsys, str(f))
+    assert rc == 0 and "100.0%" in err and "200.57.91.104" in out
