@@ -7,6 +7,9 @@ Memory: one :class:`Attacker` per IP with a handful of slots (no per-event lists
 ``max_ips`` of them (least recently seen evicted first, banned ones kept), a bounded event ring
 and bounded per-user stats. The top-K view is maintained incrementally: a snapshot merges the
 previous top-K with the IPs that changed since, so a tick costs O(changed + K), not O(IPs).
+That includes the rate sort, whose values decay with time (a rolling re-check, see
+:class:`_View`). The /24 (IPv4) and /64 (IPv6) roll-up is kept
+the same way, aggregated as events arrive.
 """
 
 from __future__ import annotations
@@ -29,16 +32,23 @@ _PROBE = str(Kind.PROBE)
 USERS_PER_IP = 16
 RATE_WINDOW = 60.0
 SORT_KEYS = ("failures", "rate", "last")
+#: candidates a view keeps beyond the K it shows (fewer full passes for the rate sort)
+VIEW_SLACK = 2
+#: entries per tick the rate views re-check (see :class:`_View`)
+SCAN_SLICE = 2000
+#: ban/unban history entries kept for the detail view
+BAN_LOG = 2000
 
 
 class Attacker:
     """Per-IP aggregate. Few slots, no containers but a small capped user dict."""
 
     __slots__ = ("ip", "failures", "first", "last", "users", "nusers", "services", "successes",
-                 "last_success", "win", "cur", "prev", "probes")
+                 "last_success", "win", "cur", "prev", "probes", "net")
 
     def __init__(self, ip: str, ts: float) -> None:
         self.ip = ip
+        self.net: Net | None = None
         self.failures = 0
         self.first = ts
         self.last = ts
@@ -89,6 +99,26 @@ class Attacker:
         users[user] = None
 
 
+class Net(Attacker):
+    """A /24 (IPv4) or /64 (IPv6) roll-up: the same aggregate over every attacker in it."""
+
+    __slots__ = ("nips",)
+
+    def __init__(self, key: str, ts: float) -> None:
+        super().__init__(key, ts)
+        self.nips = 0
+
+
+def net_of(ip: str) -> str:
+    """The roll-up key of an address: ``a.b.c.0/24`` or the ``/64`` of an IPv6 address."""
+    if ":" not in ip:
+        return ip[: ip.rfind(".")] + ".0/24"
+    try:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    except ValueError:
+        return ip
+
+
 @dataclass(frozen=True, slots=True)
 class AttackerRow:
     ip: str
@@ -103,6 +133,8 @@ class AttackerRow:
     ban_left: float | None       # seconds, None = permanent (only when banned)
     successes: int
     probes: int
+    nips: int = 1                # roll-up rows: addresses in the network
+    banned_ips: int = 0          # roll-up rows: how many of them are banned
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +175,186 @@ class Snapshot:
     sort: str = "failures"
     filter: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    rollup: bool = False
+    #: per service with failures in the last minute: (service, top IP, its share 0..1, failures/min)
+    shares: tuple[tuple[str, str, float, float], ...] = ()
+    #: packets dropped by the ban match, per second, and its history
+    ban_dropped_s: float = 0.0
+    ban_dropped_hist: tuple[float, ...] = ()
+    full_passes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BanLogEntry:
+    ts: float
+    action: str                  # ban | unban | expire
+    ip: str
+    origin: str = ""
+    reason: str = ""
+    expires: float | None = None
+
+
+class _SvcWindow:
+    """Failures per minute of one service (two-bucket sliding window, like :class:`Attacker`)."""
+
+    __slots__ = ("win", "cur", "prev")
+
+    def __init__(self) -> None:
+        self.win = 0
+        self.cur = 0
+        self.prev = 0
+
+    def add(self, n: int, ts: float) -> None:
+        w = int(ts // RATE_WINDOW)
+        if w > self.win:
+            self.prev = self.cur if w == self.win + 1 else 0
+            self.cur = 0
+            self.win = w
+        elif w < self.win:
+            if w == self.win - 1:
+                self.prev += n
+            return
+        self.cur += n
+
+    def rate(self, now: float) -> float:
+        w = int(now // RATE_WINDOW)
+        frac = (now - w * RATE_WINDOW) / RATE_WINDOW
+        if w == self.win:
+            return self.cur + self.prev * (1.0 - frac)
+        if w == self.win + 1:
+            return self.cur * (1.0 - frac)
+        return 0.0
+
+
+def _key_fn(sort: str, now: float) -> Callable[[Attacker], float]:
+    if sort == "rate":
+        # Attacker.rate inlined: this runs for every candidate of every tick
+        w = int(now // RATE_WINDOW)
+        left = 1.0 - (now - w * RATE_WINDOW) / RATE_WINDOW
+        return lambda a: (a.cur + a.prev * left if a.win == w else a.cur * left if a.win == w - 1 else 0.0)
+    if sort == "last":
+        return lambda a: a.last
+    return lambda a: a.failures
+
+
+def _counts(a: Attacker) -> bool:
+    return bool(a.failures or a.probes)
+
+
+def make_filter(flt: str) -> Callable[[Attacker], bool] | None:
+    """A predicate for the ``/`` filter: IP or network prefix, CIDR, service name, or part of a
+    username (case-insensitive). None for an empty filter."""
+    f = flt.strip().lower()
+    if not f:
+        return None
+    net = None
+    if "/" in f:
+        try:
+            net = ipaddress.ip_network(f, strict=False)
+        except ValueError:
+            net = None
+    if net is not None:
+        def in_net(a: Attacker) -> bool:
+            try:
+                if "/" in a.ip:
+                    other = ipaddress.ip_network(a.ip)
+                    return other.version == net.version and other.overlaps(net)  # type: ignore[arg-type]
+                addr = ipaddress.ip_address(a.ip)
+                return addr.version == net.version and addr in net
+            except ValueError:
+                return False
+        return in_net
+    bit = _SVC_BIT.get(f, 0)
+
+    def match(a: Attacker) -> bool:
+        return (a.ip.startswith(f) or bool(bit and a.services & bit)
+                or any(f in u.lower() for u in a.users))
+    return match
+
+
+class _View:
+    """Incremental top-K of one population (addresses or networks) for one sort and filter.
+
+    It keeps ``K * VIEW_SLACK`` candidates and, per tick, re-ranks only them plus what changed
+    since the last tick, so a tick costs O(changed + K), never O(population):
+
+    * failures and last seen only grow, and only with an event; an entry that changed is a
+      candidate, so the candidates always hold the true top-K (exact);
+    * a rate decays without events, and entries in different minute windows decay at different
+      speeds, so an entry that dropped out can come back ahead without changing. A rolling scan
+      re-checks ``SCAN_SLICE`` entries per tick (all of 100,000 every 50 ticks), which bounds
+      how long such an entry can be missing; nothing else ever walks the whole population.
+
+    A full pass happens only when the view is new (sort, filter or roll-up changed) or when the
+    candidates run short (evictions).
+    """
+
+    def __init__(self, sort: str, pred: Callable[[Attacker], bool] | None) -> None:
+        self.sort = sort
+        self.pred = pred
+        self.top: list[str] = []
+        self.dirty: set[str] = set()
+        self.members: set[str] | None = None if pred is None else set()
+        self.fresh = True
+        self.full_passes = 0
+        self._scan: list[str] = []
+        self._scan_pos = 0
+
+    def _full(self, pop: dict[str, Attacker], k: int, now: float) -> list[Attacker]:
+        key = _key_fn(self.sort, now)
+        pred = self.pred
+        if pred is None:
+            cands = [a for a in pop.values() if _counts(a)]
+        else:
+            cands = [a for a in pop.values() if _counts(a) and pred(a)]
+            self.members = {a.ip for a in cands}
+        best = heapq.nlargest(k * VIEW_SLACK, cands, key=key)
+        self.top = [a.ip for a in best]
+        self.dirty.clear()
+        self.fresh = False
+        self.full_passes += 1
+        return best[:k]
+
+    def _scan_slice(self, pop: dict[str, Attacker]) -> list[str]:
+        if self._scan_pos >= len(self._scan):
+            self._scan = list(pop)
+            self._scan_pos = 0
+        out = self._scan[self._scan_pos:self._scan_pos + SCAN_SLICE]
+        self._scan_pos += SCAN_SLICE
+        return out
+
+    def get(self, pop: dict[str, Attacker], k: int, now: float, population: int) -> list[Attacker]:
+        """The top ``k``; ``population`` is how many entries count (to detect a short top)."""
+        if self.fresh:
+            return self._full(pop, k, now)
+        key = _key_fn(self.sort, now)
+        pred = self.pred
+        members = self.members
+        fresh_ids = self.dirty
+        if self.sort == "rate":
+            fresh_ids = fresh_ids.union(self._scan_slice(pop))
+        fresh_ids.difference_update(self.top)
+        get = pop.get
+        cands = [a for i in self.top if (a := get(i)) is not None]
+        if pred is None:
+            cands += [a for i in fresh_ids if (a := get(i)) is not None and (a.failures or a.probes)]
+        else:
+            for ip in fresh_ids:
+                a = get(ip)
+                if a is not None and (a.failures or a.probes) and pred(a):
+                    members.add(ip)  # type: ignore[union-attr]
+                    cands.append(a)
+        self.dirty = set()
+        if members is not None:
+            population = len(members)
+        ranked = heapq.nlargest(k * VIEW_SLACK, cands, key=key)
+        if len(ranked) < min(k * VIEW_SLACK, population):
+            return self._full(pop, k, now)
+        self.top = [a.ip for a in ranked]
+        return ranked[:k]
+
+    def count(self, population: int) -> int:
+        return population if self.members is None else len(self.members)
 
 
 class _UserStat:
@@ -184,8 +396,16 @@ class StateStore:
         self._rates: dict[int, tuple[float, float]] = {}
         self._totals: dict[int, PortCounters] = {}
         self._dirty: set[str] = set()
-        self._top: list[str] = []
-        self._top_key = ""
+        self.nets: dict[str, Net] = {}
+        self._dirty_nets: set[str] = set()
+        self._views: dict[tuple[bool, str, str], _View] = {}
+        self._svc: dict[str, _SvcWindow] = {}
+        self._dirty_users: set[str] = set()
+        self._top_users: list[str] = []
+        self._users_bound = 0
+        self.ban_log: deque[BanLogEntry] = deque(maxlen=BAN_LOG)
+        self._ban_drop_rate = 0.0
+        self._ban_drop_hist: deque[float] = deque(maxlen=history)
         self._eps = 0.0
         self._eps_mark = (clock(), 0)
         self._protected_cache: dict[str, str | None] = {}
@@ -195,6 +415,9 @@ class StateStore:
         """Aggregate a batch of events. Returns how many were taken."""
         attackers = self.attackers
         dirty = self._dirty
+        dirty_nets = self._dirty_nets
+        nets = self.nets
+        svc_win = self._svc
         ring = self.events.append
         svc_bit = _SVC_BIT
         fails = _FAILS
@@ -208,6 +431,11 @@ class StateStore:
                 ring(ev)
             if is_fail and ev.user:
                 self._add_user(ev.user, ip, ev.ts, ev.attempts)
+            if is_fail and ev.attempts:
+                sw = svc_win.get(ev.service)
+                if sw is None:
+                    sw = svc_win[ev.service] = _SvcWindow()
+                sw.add(ev.attempts, ev.ts)
             if ip is None:
                 if is_fail:
                     self.failures_total += ev.attempts
@@ -222,25 +450,39 @@ class StateStore:
                     attackers[ip] = a
                     continue
                 a = attackers[ip] = Attacker(ip, ev.ts)
-            if ev.ts > a.last:
-                a.last = ev.ts
-            elif ev.ts < a.first:
-                a.first = ev.ts
-            a.services |= svc_bit.get(ev.service, 0)
+            net = a.net
+            if net is None:
+                key = net_of(ip)
+                net = nets.get(key)
+                if net is None:
+                    net = nets[key] = Net(key, ev.ts)
+                net.nips += 1
+                a.net = net
+            for x in (a, net):
+                if ev.ts > x.last:
+                    x.last = ev.ts
+                elif ev.ts < x.first:
+                    x.first = ev.ts
+                x.services |= svc_bit.get(ev.service, 0)
             if (is_fail or kind == _PROBE) and not (a.failures or a.probes):
                 self.n_attackers += 1
             if is_fail:
                 if ev.attempts:
                     a.add_failures(ev.attempts, ev.ts)
+                    net.add_failures(ev.attempts, ev.ts)
                     self.failures_total += ev.attempts
                 if ev.user:
                     a.add_user(ev.user)
+                    net.add_user(ev.user)
             elif kind == _SUCCESS:
                 a.successes += 1
                 a.last_success = max(a.last_success, ev.ts)
+                net.successes += 1
             elif kind == _PROBE:
                 a.probes += 1
+                net.probes += 1
             dirty.add(ip)
+            dirty_nets.add(net.ip)
         if n:
             self.events_total += n
             self.version += 1
@@ -255,6 +497,7 @@ class StateStore:
                 self._evict_users()
             st = self.users[user] = _UserStat()
         st.failures += attempts
+        self._dirty_users.add(user)
         if ip is not None and len(st.ips) < 1000:
             st.ips.add(ip)
         if ts > st.last:
@@ -270,13 +513,25 @@ class StateStore:
                 self.n_attackers -= 1
             del self.attackers[a.ip]
             self._dirty.discard(a.ip)
+            net = a.net
+            if net is not None:
+                net.nips -= 1
+                if net.nips <= 0:
+                    del self.nets[net.ip]
+                    self._dirty_nets.discard(net.ip)
         gone = {a.ip for a in victims}
-        self._top = [ip for ip in self._top if ip not in gone]
+        for (rollup, _, _), view in self._views.items():
+            if view.members is not None:
+                if rollup:
+                    view.members.intersection_update(self.nets)
+                else:
+                    view.members -= gone
 
     def _evict_users(self) -> None:
         excess = len(self.users) - int(self.max_users * 0.9)
         for user, _ in heapq.nsmallest(excess, self.users.items(), key=lambda kv: kv[1].last):
             del self.users[user]
+            self._dirty_users.discard(user)
 
     # ---------------------------------------------------------------- counters
     def add_counters(self, sample: CounterSample) -> None:
@@ -293,6 +548,9 @@ class StateStore:
         dt = sample.mono - prev.mono
         if dt <= 0:
             return
+        b0, b1 = prev.banned_dropped, sample.banned_dropped
+        self._ban_drop_rate = (b1 - b0 if b1 >= b0 else b1) / dt
+        self._ban_drop_hist.append(self._ban_drop_rate)
         for port, c in sample.ports.items():
             p = prev.ports.get(port)
             if p is None:
@@ -308,21 +566,34 @@ class StateStore:
     # ---------------------------------------------------------- bans / limits
     def set_ban(self, ban: Ban) -> None:
         self.bans[ban.ip] = ban
-        self._dirty.add(ban.ip)
+        self._touch(ban.ip)
+        self.ban_log.append(BanLogEntry(self.clock(), "ban", ban.ip, ban.origin, ban.reason, ban.expires))
         self.version += 1
 
-    def remove_ban(self, ip: str) -> Ban | None:
+    def remove_ban(self, ip: str, *, action: str = "unban") -> Ban | None:
         b = self.bans.pop(ip, None)
-        self._dirty.add(ip)
+        self._touch(ip)
+        if b is not None:
+            self.ban_log.append(BanLogEntry(self.clock(), action, ip))
         self.version += 1
         return b
+
+    def _touch(self, ip: str) -> None:
+        self._dirty.add(ip)
+        a = self.attackers.get(ip)
+        if a is not None and a.net is not None:
+            self._dirty_nets.add(a.net.ip)
 
     def expire_bans(self) -> list[Ban]:
         now = self.clock()
         gone = [b for b in self.bans.values() if b.expires is not None and b.expires <= now]
         for b in gone:
-            self.remove_ban(b.ip)
+            self.remove_ban(b.ip, action="expire")
         return gone
+
+    def ban_history(self, ip: str) -> list[BanLogEntry]:
+        """Bans and unbans of ``ip`` seen by this process (for the detail view)."""
+        return [e for e in self.ban_log if e.ip == ip]
 
     def set_limit(self, limit: PortLimit) -> None:
         self.limits[limit.port] = limit
@@ -355,74 +626,94 @@ class StateStore:
         return "watching", None
 
     def row(self, a: Attacker, now: float) -> AttackerRow:
+        if isinstance(a, Net):
+            return self.net_row(a, now)
         state, left = self.state_of(a, now)
         svcs = tuple(s for s in _SERVICES if a.services & _SVC_BIT[s])
         return AttackerRow(a.ip, a.failures, a.rate(now), tuple(a.users), a.nusers, svcs, a.first,
                            a.last, state, left, a.successes, a.probes)
 
-    @staticmethod
-    def _sort_key(sort: str, now: float) -> Callable[[Attacker], float]:
-        if sort == "rate":
-            return lambda a: a.rate(now)
-        if sort == "last":
-            return lambda a: a.last
-        return lambda a: a.failures
-
-    def top(self, k: int, sort: str = "failures") -> list[Attacker]:
-        """Top-K attackers by ``sort``, incrementally: previous top-K plus what changed."""
-        now = self.clock()
-        key = self._sort_key(sort, now)
+    def net_row(self, n: Net, now: float) -> AttackerRow:
+        """A roll-up row: banned when the network itself is, else counts its banned addresses."""
+        svcs = tuple(s for s in _SERVICES if n.services & _SVC_BIT[s])
+        banned = 0
         attackers = self.attackers
-        if sort != self._top_key or len(self._top) < min(k, self.n_attackers) or sort == "rate":
-            # full pass: on sort change, when the top is short, and for rates (they decay)
-            cands: Iterable[Attacker] = (a for a in attackers.values() if a.failures or a.probes)
+        for ip in self.bans:
+            a = attackers.get(ip)
+            if a is not None and a.net is n:
+                banned += 1
+        b = self.bans.get(n.ip)
+        if b is not None and (b.expires is None or b.expires > now):
+            state, left = "banned", (None if b.expires is None else b.expires - now)
         else:
-            ids = set(self._top)
-            ids.update(self._dirty)
-            cands = [a for i in ids if (a := attackers.get(i)) is not None and (a.failures or a.probes)]
-        best = heapq.nlargest(k, cands, key=key)
-        self._top = [a.ip for a in best]
-        self._top_key = sort
-        self._dirty.clear()
-        return best
+            why = self.protected(n.ip)
+            state, left = ("protected" if why else "watching"), None
+        return AttackerRow(n.ip, n.failures, n.rate(now), tuple(n.users), n.nusers, svcs, n.first, n.last,
+                           state, left, n.successes, n.probes, nips=n.nips, banned_ips=banned)
+
+    def _view(self, rollup: bool, sort: str, flt: str) -> _View:
+        key = (rollup, sort, flt.strip().lower())
+        view = self._views.pop(key, None)
+        if view is None:
+            view = _View(sort, make_filter(flt))
+        self._views[key] = view  # most recently used last
+        while len(self._views) > 6:
+            del self._views[next(iter(self._views))]
+        return view
+
+    def _feed_views(self) -> None:
+        """Hand what changed since the last tick to every live view."""
+        d, dn = self._dirty, self._dirty_nets
+        if d or dn:
+            for (rollup, _, _), view in self._views.items():
+                view.dirty |= dn if rollup else d
+            d.clear()
+            dn.clear()
+
+    def top(self, k: int, sort: str = "failures", flt: str = "", rollup: bool = False) -> tuple[list[Attacker], int]:
+        """Top ``k`` addresses (or networks) by ``sort`` among those matching ``flt``, and how
+        many match. Incremental: O(changed + k) per call, see :class:`_View`."""
+        view = self._view(rollup, sort, flt)
+        self._feed_views()
+        now = self.clock()
+        if rollup:
+            pop: dict[str, Attacker] = self.nets  # type: ignore[assignment]
+            population = len(self.nets)
+        else:
+            pop = self.attackers
+            population = self.n_attackers
+        best = view.get(pop, k, now, population)
+        return best, view.count(population)
 
     def matching(self, flt: str) -> list[Attacker]:
-        """Attackers whose IP, prefix (CIDR), user or service matches ``flt`` (full scan)."""
-        f = flt.strip().lower()
-        if not f:
-            return [a for a in self.attackers.values() if a.failures or a.probes]
-        net = None
-        if "/" in f:
-            try:
-                net = ipaddress.ip_network(f, strict=False)
-            except ValueError:
-                net = None
-        bit = _SVC_BIT.get(f, 0)
+        """Attackers whose IP, prefix (CIDR), user or service matches ``flt`` (full scan; for
+        mass actions, never per tick)."""
+        pred = make_filter(flt)
+        return [a for a in self.attackers.values() if _counts(a) and (pred is None or pred(a))]
+
+    def shares(self, now: float, best: list[Attacker] | None = None) -> list[tuple[str, str, float, float]]:
+        """Per service: the top attacker by rate and its share of the last minute's failures.
+        ``best``: addresses already ranked by rate (saves a second view on the rate sort)."""
         out = []
-        for a in self.attackers.values():
-            if not (a.failures or a.probes):
+        if best is None:
+            best, _ = self.top(20, "rate")
+        for svc, win in self._svc.items():
+            total = win.rate(now)
+            if total <= 0:
                 continue
-            if net is not None:
-                try:
-                    if ipaddress.ip_address(a.ip) in net:
-                        out.append(a)
-                except ValueError:
-                    pass
-                continue
-            if a.ip.startswith(f) or (bit and a.services & bit) or any(f in u.lower() for u in a.users):
-                out.append(a)
+            bit = _SVC_BIT.get(svc, 0)
+            for a in best:
+                if a.services & bit:
+                    r = a.rate(now)
+                    if r > 0:
+                        out.append((svc, a.ip, min(1.0, r / total), total))
+                    break
         return out
 
     def snapshot(self, *, k: int = 200, sort: str = "failures", flt: str = "", events: int = 60,
-                 users: int = 20) -> Snapshot:
+                 users: int = 20, rollup: bool = False) -> Snapshot:
         now = self.clock()
-        if flt:
-            matched = self.matching(flt)
-            best = heapq.nlargest(k, matched, key=self._sort_key(sort, now))
-            shown_of = len(matched)
-        else:
-            best = self.top(k, sort)
-            shown_of = self.n_attackers
+        best, shown_of = self.top(k, sort, flt, rollup)
         rows = tuple(self.row(a, now) for a in best)
         ports = []
         for port in sorted(self.limits):
@@ -448,15 +739,41 @@ class StateStore:
                 tail_l.append(e)
             i -= 1
         tail = tuple(reversed(tail_l))
-        top_users = heapq.nlargest(users, self.users.items(), key=lambda kv: kv[1].failures)
+        top_users = self.top_users(users)
         return Snapshot(
             version=self.version, now=now, rows=rows, total_ips=self.n_attackers, shown_of=shown_of,
-            ports=tuple(ports), events=tail, bans=tuple(sorted(self.bans.values(), key=lambda b: b.created)),
+            ports=tuple(ports), events=tail, bans=tuple(self.bans.values()),
             sources=tuple(self.sources.values()),
             users=tuple(UserRow(u, s.failures, len(s.ips), s.last) for u, s in top_users),
             events_per_s=self._eps, failures_total=self.failures_total, events_total=self.events_total,
-            sort=sort, filter=flt, notes=tuple(self.notes[-3:]),
+            sort=sort, filter=flt, notes=tuple(self.notes[-3:]), rollup=rollup,
+            shares=tuple(self.shares(now, best if sort == "rate" and not flt and not rollup else None)), ban_dropped_s=self._ban_drop_rate,
+            ban_dropped_hist=tuple(self._ban_drop_hist),
+            full_passes=sum(v.full_passes for v in self._views.values()),
         )
+
+    def top_users(self, k: int) -> list[tuple[str, _UserStat]]:
+        """The most tried usernames, incrementally (failures only grow; see :class:`_View`)."""
+        us = self.users
+        keep = k * VIEW_SLACK
+        names = set(self._top_users) | self._dirty_users
+        self._dirty_users.clear()
+        cands = [(u, st) for u in names if (st := us.get(u)) is not None]
+        ranked = heapq.nlargest(keep, cands, key=lambda kv: kv[1].failures)
+        short = len(ranked) < min(k, len(us))
+        if short or (len(ranked) >= k and len(ranked) < len(us) and ranked[k - 1][1].failures < self._users_bound):
+            ranked = heapq.nlargest(keep, us.items(), key=lambda kv: kv[1].failures)
+            self._users_bound = 0
+            if len(us) > keep:
+                kept = {u for u, _ in ranked}
+                self._users_bound = max((st.failures for u, st in us.items() if u not in kept), default=0)
+        else:
+            kept = {u for u, _ in ranked}
+            for u, st in cands:
+                if u not in kept and st.failures > self._users_bound:
+                    self._users_bound = st.failures
+        self._top_users = [u for u, _ in ranked]
+        return ranked[:k]
 
     def events_of(self, ip: str) -> list[AuthEvent]:
         """The events in the ring from ``ip`` (for the detail view)."""
