@@ -127,12 +127,10 @@ class Parser:
         event = self._event
         parse_text = self.parse_text
         ts_iso, ts_bsd = _prefix.TS_ISO, _prefix.TS_BSD
-        lineno = first_lineno - 1
-        for text in lines:
-            lineno += 1
+        for lineno, text in enumerate(lines, first_lineno):
             m = fast(text)
             if m is not None:
-                route = tags_get(m.group(4), unseen)
+                route = tags_get(m[4], unseen)
                 if route is None:
                     continue
                 if route is unseen:

@@ -111,7 +111,9 @@ class SshdRules:
         """One sshd message (prefix removed). ``conn`` identifies the sshd process."""
         if msg.endswith(" [preauth]"):
             msg = msg[:-10]
-        c = msg[:1]
+        if not msg:
+            return None
+        c = msg[0]
         if c == "F":
             if msg.startswith("Failed "):
                 return self._failed_accepted(msg, conn)
