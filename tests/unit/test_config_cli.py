@@ -105,3 +105,73 @@ def test_help_describes_every_subcommand():
         assert sub in r.stdout
         h = run(sub, "--help")
         assert h.returncode == 0 and "--no-tui" in h.stdout and "--backend" in h.stdout
+
+
+# ------------------------------------------------------------------ policy keys, print-default
+
+from popwatch.commands.configcmd import default_toml  # noqa: E402
+from popwatch.config import Config  # noqa: E402
+
+
+def test_print_default_round_trips_to_the_built_in_defaults(tmp_path):
+    r = run("config", "--print-default")
+    assert r.returncode == 0 and r.stdout == default_toml()
+    p = tmp_path / "default.toml"
+    p.write_text(r.stdout)
+    cfg = load(p, required=True)
+    cfg.source_path = None
+    assert cfg == Config()
+    chk = run("--config", str(p), "config", "--check")
+    assert chk.returncode == 0 and "ok" in chk.stdout
+
+
+def test_print_default_documents_every_key():
+    text = default_toml()
+    from popwatch.config import _POLICY_KEYS, _TOP_KEYS, _LIMIT_KEYS, _SERVICE_KEYS
+    for k in _TOP_KEYS | _POLICY_KEYS | _LIMIT_KEYS | _SERVICE_KEYS:
+        assert f"\n{k} = " in text or f"\n# {k} = " in text or f"[{k}" in text or f"[policy.{k}" in text, k
+
+
+def test_commented_examples_in_the_default_are_valid(tmp_path):
+    text = default_toml()
+    import re
+    uncommented = "\n".join(l[2:] if re.match(r"^# (\[[a-z0-9.]+\]$|[a-z_]+ = )", l) else l
+                            for l in text.splitlines())
+    p = tmp_path / "all.toml"
+    p.write_text(uncommented)
+    cfg = load(p, required=True)
+    assert cfg.journal is True and cfg.policy.for_service("ssh") == (3, 3600, 86400)
+    assert cfg.limit_for(110).mode == "global"
+
+
+def test_new_policy_keys():
+    cfg = from_dict({"policy": {"ban_action": "reject", "recidive_factor": 3, "recidive_max": "2w",
+                                "success_grace": "7d", "success_maxretry": 40, "user_ips": 0,
+                                "whatif_window": "24h", "services": {"ssh": {"maxretry": 2}}}})
+    p = cfg.policy
+    assert (p.ban_action, p.recidive_factor, p.recidive_max, p.success_grace) == ("reject", 3.0, 14 * 86400, 7 * 86400)
+    assert p.user_ips == 0 and p.whatif_window == 86400 and p.for_service("ssh") == (2, 600, 3600)
+    assert p.for_service("pop3") == (5, 600, 3600)
+    assert from_dict({"policy": {"success_grace": 0}}).policy.success_grace == 0
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"policy": {"ban_action": "nuke"}}, ["policy.ban_action", "nuke", "drop"]),
+    ({"policy": {"recidive_factor": 0.5}}, ["policy.recidive_factor", "0.5"]),
+    ({"policy": {"whatif_window": "1m"}}, ["policy.whatif_window", "1m", "15m"]),
+    ({"policy": {"whatif_window": "2d"}}, ["policy.whatif_window", "2d", "1d"]),
+    ({"policy": {"user_ips": 1}}, ["policy.user_ips", "1"]),
+    ({"policy": {"success_maxretry": -3}}, ["policy.success_maxretry", "-3"]),
+    ({"policy": {"services": {"telnet": {}}}}, ["policy.services.telnet", "ssh"]),
+    ({"policy": {"services": {"ssh": {"maxretry": 0}}}}, ["policy.services.ssh.maxretry", "0"]),
+    ({"policy": {"services": {"ssh": {"bantme": "1h"}}}}, ["policy.services.ssh.", "bantme", "bantime"]),
+    ({"policy": {"services": {"ssh": {"findtime": "forever"}}}}, ["policy.services.ssh.findtime", "forever"]),
+    ({"policy": {"history_max": 5}}, ["policy.history_max", "5"]),
+])
+def test_bad_new_values_name_key_value_and_allowed(data, words):
+    with pytest.raises(ConfigError) as e:
+        from_dict(data)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)

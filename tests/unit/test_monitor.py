@@ -138,3 +138,199 @@ def test_corrupt_state_file_is_set_aside(tmp_path):
     assert p.load_bans() == []
     assert p.problems and "corrupt" in p.problems[0]
     assert not (d / "bans.json").exists() and list(d.glob("bans.json.corrupt-*"))
+
+
+# ---------------------------------------------------------------------------- policy paths
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from popwatch.config import PolicyConfig  # noqa: E402
+from popwatch.model import Ban, RawLine  # noqa: E402
+
+
+def dove(ip: str, n: int, i: int = 0, user: str = "root") -> str:
+    return (f"2026-11-28T05:02:{i % 60:02d}.574142+00:00 srv dovecot: pop3-login: Disconnected: "
+            f"Connection closed (auth failed, {n} attempts in 152 secs): user=<{user}>, method=LOGIN, "
+            f"rip={ip}, lip=192.0.2.1, session=<s{i}x{ip}>")
+
+
+def pmon(tmp_path=None, **pol):
+    clock = Clock()
+    sim = SimFirewall(clock=clock)
+    policy = _replace(PolicyConfig(), **pol)
+    mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim,
+                  protector=Protector(allow=["192.0.2.0/24"], ssh={"198.51.100.99"}),
+                  persist=Persist(tmp_path / "state") if tmp_path else None, mono=clock, policy=policy)
+    mon.start_firewall([PortLimit(110)])
+    return mon, sim, clock
+
+
+def raw(*lines):
+    return [RawLine(l, "mail.log", i) for i, l in enumerate(lines, 1)]
+
+
+def test_auto_ban_in_ingest_with_reason_in_the_audit(tmp_path):
+    mon, sim, clock = pmon(tmp_path, maxretry=5, auto_ban=True)
+    mon.ingest(raw(dove("203.0.113.10", 3, 1)))
+    assert sim.bans() == {}
+    mon.ingest(raw(dove("203.0.113.10", 3, 2)))          # 6 >= 5: banned at once
+    assert set(sim.bans()) == {"203.0.113.10"} and mon.store.bans["203.0.113.10"].origin == "auto"
+    audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    [a] = [a for a in audit if a["action"] == "ban"]
+    assert a["origin"] == "auto" and "6 failed attempts within 10m" in a["reason"]
+    assert a["change"] and a["detail"]["rule"] == "maxretry" and a["detail"]["count"] == 6
+    assert a["expires"] == clock.t + 3600
+    hist = (tmp_path / "state" / "history.jsonl").read_text().splitlines()
+    assert len(hist) == 1 and mon.auto_latency and mon.auto_latency[0][0] == "203.0.113.10"
+
+
+async def test_auto_ban_while_running_goes_through_the_firewall_thread(tmp_path):
+    mon, sim, clock = pmon(tmp_path, maxretry=2, auto_ban=True)
+    mon._running = True
+    mon.ingest(raw(dove("203.0.113.11", 2, 1)))
+    assert "203.0.113.11" in mon._pending               # in flight, not yet in the store
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if "203.0.113.11" in mon.store.bans:
+            break
+    assert set(sim.bans()) == {"203.0.113.11"} and not mon._pending
+    mon.ingest(raw(dove("203.0.113.11", 5, 2)))          # already banned: no second decision
+    await asyncio.sleep(0.05)
+    audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert [a["action"] for a in audit] == ["ban"]
+    mon.flush()
+    assert [b["ip"] for b in json.loads((tmp_path / "state" / "bans.json").read_text())["bans"]] == ["203.0.113.11"]
+    mon.close()
+
+
+def test_auto_ban_toggle_off_by_default_and_audited(tmp_path):
+    mon, sim, clock = pmon(tmp_path, maxretry=2)
+    assert mon.auto_ban is False
+    mon.ingest(raw(dove("203.0.113.12", 5, 1)))
+    assert sim.bans() == {}
+    assert mon.store.state_of(mon.store.attackers["203.0.113.12"], clock.t)[0] == "near"
+    assert mon.set_auto_ban() is True and mon.auto_ban
+    mon.ingest(raw(dove("203.0.113.12", 1, 2)))
+    assert "203.0.113.12" in sim.bans()
+    assert mon.set_auto_ban(False) is False
+    acts = [json.loads(l)["action"] for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert acts == ["auto-ban", "ban", "auto-ban"]
+
+
+def test_auto_ban_dry_run_applies_nothing(tmp_path):
+    mon, sim, clock = pmon(tmp_path, maxretry=1, auto_ban=True)
+    mon.dry_run = True
+    mon.ingest(raw(dove("203.0.113.13", 5, 1)))
+    assert sim.bans() == {} and mon.store.bans == {}
+    assert any("dry run: would ban 203.0.113.13" in n for n in mon.store.notes)
+    assert not (tmp_path / "state" / "audit.jsonl").exists()
+
+
+def test_recidive_through_the_monitor(tmp_path):
+    mon, sim, clock = pmon(tmp_path, maxretry=1, auto_ban=True, bantime=600, recidive_factor=3)
+    mon.ingest(raw(dove("203.0.113.14", 1, 1)))
+    assert mon.store.bans["203.0.113.14"].expires == clock.t + 600
+    clock.t += 700
+    mon.store.expire_bans()
+    mon.ingest(raw(dove("203.0.113.14", 1, 2)))
+    assert mon.store.bans["203.0.113.14"].expires == clock.t + 1800
+    # a restart remembers: the history file feeds recidive
+    mon2, sim2, _ = pmon(tmp_path, maxretry=1, auto_ban=True, bantime=600, recidive_factor=3)
+    assert mon2.autoban.previous_bans("203.0.113.14", clock.t) == 2
+
+
+def test_login_history_survives_a_restart_and_gives_grace(tmp_path):
+    ok_line = ("2026-11-28T05:24:45.700289+00:00 srv dovecot: pop3-login: Login: user=<test>, "
+               "method=LOGIN, rip=198.51.100.20, lip=192.0.2.1, mpid=10781, session=<wwULYU9h1NjLAHEK>")
+    mon, sim, clock = pmon(tmp_path, maxretry=3, success_maxretry=20, auto_ban=True)
+    mon.ingest(raw(ok_line))
+    mon.flush()
+    mon2, sim2, clock2 = pmon(tmp_path, maxretry=3, success_maxretry=20, auto_ban=True)
+    mon2.ingest(raw(dove("198.51.100.20", 10, 1)))
+    assert sim2.bans() == {}
+    mon2.ingest(raw(dove("198.51.100.20", 10, 2)))
+    assert "198.51.100.20" in sim2.bans()
+
+
+def test_undo_walks_back_through_human_actions(tmp_path):
+    mon, sim, clock = pmon(tmp_path)
+    mon.ban("203.0.113.20", ttl=600, origin="key")
+    clock.t += 100
+    mon.unban("203.0.113.20", origin="key")
+    new = PortLimit(110, "global", Rate.parse("2/second"), 3)
+    mon.set_limit(new, origin="key")
+    r = mon.undo()                                       # the limit goes back to count
+    assert "undid limit 110" in r.message and sim.limits()[110] == PortLimit(110)
+    r = mon.undo()                                       # the unban: banned again, time left 500 s
+    assert sim.bans() == {"203.0.113.20": 500} and mon.store.bans["203.0.113.20"].expires == clock.t + 500
+    r = mon.undo()                                       # the ban: lifted
+    assert sim.bans() == {} and "203.0.113.20" not in mon.store.bans
+    with pytest.raises(Refused, match="nothing to undo"):
+        mon.undo()
+    audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert sum(1 for a in audit if a.get("undoes")) == 3
+
+
+def test_undo_skips_auto_bans_unless_asked(tmp_path):
+    mon, sim, clock = pmon(tmp_path, maxretry=1, auto_ban=True)
+    mon.ban("203.0.113.21", ttl=600, origin="key")
+    mon.ingest(raw(dove("203.0.113.22", 1, 1)))
+    assert set(sim.bans()) == {"203.0.113.21", "203.0.113.22"}
+    mon.undo()
+    assert set(sim.bans()) == {"203.0.113.22"}
+    mon.undo(include_auto=True)
+    assert sim.bans() == {}
+
+
+async def test_async_undo_and_in_memory_log_without_state_dir():
+    mon, sim, clock = pmon(None)
+    await mon.aban("203.0.113.23", ttl=60)
+    r = await mon.aundo()
+    assert r.ok and sim.bans() == {}
+    mon.close()
+
+
+def test_reconcile_restores_adopts_and_drops(tmp_path):
+    d = tmp_path / "state"
+    clock = Clock()
+    Persist(d).save_bans([Ban("203.0.113.30", clock.t - 100, clock.t + 500, "a", "key"),    # restore
+                          Ban("203.0.113.31", clock.t - 100, clock.t - 1, "b", "auto"),     # expired
+                          Ban("203.0.113.32", clock.t - 100, None, "c", "cli"),             # in kernel
+                          Ban("192.0.2.9", clock.t - 100, None, "d", "cli")])               # protected now
+    sim = SimFirewall(clock=clock)
+    sim.ban("203.0.113.32")
+    sim.ban("203.0.113.33", 900)                      # a ban popwatch never recorded
+    mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim,
+                  protector=Protector(allow=["192.0.2.0/24"]), persist=Persist(d), mono=clock)
+    msgs = mon.reconcile()
+    assert msgs[0].startswith("bans on start: 1 restored, 2 already in the kernel, 1 expired")
+    assert sim.bans() == {"203.0.113.30": 500, "203.0.113.32": None, "203.0.113.33": 900}
+    assert sim.log.count("ban 203.0.113.32") == 1     # adopted, not added again
+    assert set(mon.store.bans) == {"203.0.113.30", "203.0.113.32", "203.0.113.33"}
+    assert mon.store.bans["203.0.113.33"].origin == "kernel"
+    saved = {b.ip for b in Persist(d).load_bans()}
+    assert saved == {"203.0.113.30", "203.0.113.32", "203.0.113.33"}
+
+
+def test_kernel_sync_follows_cli_changes(tmp_path):
+    mon, sim, clock = pmon(tmp_path)
+    mon.ban("203.0.113.40", ttl=600)
+    sim.unban("203.0.113.40")                         # another process lifted it
+    sim.ban("203.0.113.41", 60)                       # and banned another
+    clock.t += 1
+    mon._sync_from_kernel(sim.bans(), clock.t)
+    assert set(mon.store.bans) == {"203.0.113.41"}
+
+
+def test_what_if_from_the_monitor_window():
+    mon, sim, clock = pmon(None)
+    mon.ingest(raw(*[dove("203.0.113.50", 2, i) for i in range(5)], *[dove("203.0.113.51", 1, i) for i in range(3)]))
+    r = mon.what_if("maxretry=4,findtime=10m")
+    assert {b.ip for b in r.banned} == {"203.0.113.50"}
+    r = mon.what_if("maxretry=3")
+    assert {b.ip for b in r.banned} == {"203.0.113.50", "203.0.113.51"}
+    assert sim.bans() == {}                              # nothing applied
+    r = mon.what_if("port=110,rate=1/minute,burst=1")
+    assert r.dropped
+    with pytest.raises(ValueError):
+        mon.what_if("maxretry=lots")
