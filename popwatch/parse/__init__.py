@@ -2,6 +2,15 @@
 
     parser = Parser(now=time.time)        # stateful only for de-duplication, bounded memory
     ev = parser.parse(raw: RawLine) -> AuthEvent | None
+    for ev in parser.parse_many(lines, source, first_lineno): ...   # batches (scan)
+
+Formats: RFC 3339 and BSD syslog, RFC 5424, dovecot ``log_path`` files, bare ``sshd -E``
+lines and journald fields (see prefix.py); daemons: OpenSSH (sshd.py), dovecot (dovecot.py),
+postfix smtpd SASL and courier (mail.py).
+
+``attempts`` on an event is the number of failed attempts it adds to the count; lines that
+repeat an attempt already counted (the pam_unix twin of ``Failed password``, dovecot's
+summary after ``auth_verbose`` lines) carry 0 or only the remainder.
 
 Dispatch is on the daemon tag (sshd, dovecot, postfix/..., courier), never by trying every
 rule: the prefix is split with string slicing, the tag picks one rule set, and that rule set
@@ -15,9 +24,9 @@ not an address (a reverse-DNS name) is kept in ``host`` and never becomes ``ip``
 
 from __future__ import annotations
 
+import re
 import time
 from functools import lru_cache
-import re
 from typing import Callable, Iterable, Iterator, Mapping
 
 from ..addr import normalize_ip
