@@ -844,10 +844,12 @@ class GlobSource(_FollowSource):
         self.name = self.pattern
         self._started = False
         self._last_scan = 0.0
-        self._seen: set[tuple[int, int]] = set()
+        # paths skipped because they named a file we already read (renamed), with that file's
+        # identity: skipped while the path still names it (inode numbers are reused, paths too)
+        self._aliases: dict[str, tuple[int, int]] = {}
 
-    def _known_keys(self) -> set[tuple[int, int]]:
-        keys = set(self._seen)
+    def _open_keys(self) -> set[tuple[int, int]]:
+        keys: set[tuple[int, int]] = set()
         for f in self.followers:
             if f.cur is not None:
                 keys.add(f.cur.key)
@@ -864,21 +866,28 @@ class GlobSource(_FollowSource):
         self._last_scan = now
         paths = sorted(p for p in _glob.glob(self.pattern)
                        if not is_compressed(p) and not _ROTATED.search(p))
+        matched = set(paths)
+        # a match that is gone and fully drained is forgotten
+        self.followers = [f for f in self.followers
+                          if f.path in matched or f.cur is not None or f.retired]
         have = {f.path for f in self.followers}
-        known = self._known_keys()
-        for f in self.followers:
-            if f.cur is not None:
-                self._seen.add(f.cur.key)
+        open_keys = self._open_keys()
+        aliases: dict[str, tuple[int, int]] = {}
         for p in paths:
-            if p in have or not os.path.isfile(p):
+            if p in have:
                 continue
             try:
                 st = os.stat(p)
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) in known:
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in open_keys or self._aliases.get(p) == key:
+                aliases[p] = key  # a file we read, under a new name
                 continue
             self.followers.append(_Follower(self, p, initial=not self._started))
+        self._aliases = aliases
         self._started = True
 
     def _dirs(self) -> Iterable[str]:

@@ -420,3 +420,27 @@ def test_rotated_siblings_names_and_order(tmp_path) -> None:
         os.utime(tmp_path / name, (now - i * 100, now - i * 100))
     got = [os.path.basename(p) for p in rotated_siblings(str(tmp_path / "auth.log"))]
     assert got == ["auth.log.1", "auth.log.2.gz", "auth.log-20261127", "auth.log-20261120.gz"]
+
+
+async def test_glob_renamed_match_is_not_read_again_and_gone_matches_are_dropped(tmp_path, sources) -> None:
+    write(tmp_path / "a.log", "a1\n", "w")
+    write(tmp_path / "b.log", "b1\n", "w")
+    src, tap = sources(GlobSource(str(tmp_path / "*.log*"), rotate_grace=0.2))
+    assert await nothing_more(tap, 0.2) == []
+    os.rename(tmp_path / "a.log", tmp_path / "a.log.old")  # still matches the glob
+    write(tmp_path / "a.log.old", "a2\n")
+    os.unlink(tmp_path / "b.log")
+    got = await take(tap, 1)
+    assert [(os.path.basename(ln.source), ln.text) for ln in got] == [("a.log", "a2")]
+    extra: list[RawLine] = []
+    for _ in range(50):  # the old descriptor closes after the grace, then a rescan drops both
+        if not src.followers:
+            break
+        src._dir_dirty = True  # rescan now rather than at the 2 s safety poll
+        src._wake.set()
+        extra += await nothing_more(tap, 0.1)
+    assert src.followers == []
+    src._dir_dirty = True
+    extra += await nothing_more(tap, 0.5)
+    assert extra == []  # a.log.old is not read again from its start
+    assert src.health().state == "waiting"
