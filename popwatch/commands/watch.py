@@ -138,8 +138,26 @@ def _make_sources(cfg: Config, args: argparse.Namespace) -> list[Any]:
     from ..sources.discover import discover
 
     logs = list(args.log) or list(cfg.logs)
+    kw: dict[str, Any] = {"from_start": args.from_start}
     backfill = getattr(args, "backfill", None)
-    return discover(logs, True if args.journal else cfg.journal, from_start=args.from_start, backfill=backfill)
+    if backfill:  # the sources take the last N lines or the last DURATION seconds
+        if str(backfill).strip().isdigit():
+            kw["backfill_lines"] = int(backfill)
+        else:
+            kw["backfill_seconds"] = _duration(str(backfill))
+    return discover(logs, True if args.journal else cfg.journal, **kw)
+
+
+async def _headless(monitor: Monitor, duration: float | None) -> None:
+    """Run until ``duration`` or SIGTERM/SIGINT, then shut down cleanly (state flushed)."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(_run_for(monitor, duration))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def run_watch(args: argparse.Namespace) -> int:
@@ -183,7 +201,7 @@ def run_watch(args: argparse.Namespace) -> int:
     mode = "dry-run" if dry_run else ("read-only" if why_ro or not firewall.can_write else "live")
     try:
         if args.no_tui:
-            asyncio.run(_run_for(monitor, args.duration))
+            asyncio.run(_headless(monitor, args.duration))
         else:
             from ..ui.app import make_app
 
