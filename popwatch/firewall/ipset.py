@@ -12,8 +12,8 @@ module; it re-parses them with :mod:`ipaddress` before anything runs.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -61,11 +61,22 @@ class SetEntry:
 
 
 def _entry(entry: str) -> SetEntry:
-    if "/" in entry:
-        net = ipaddress.ip_network(entry, strict=True)
-        return SetEntry(net.version, net.network_address.packed, net.prefixlen)
-    ip = ipaddress.ip_address(entry)
-    return SetEntry(ip.version, ip.packed, None)
+    """A canonical entry (``a.b.c.d``, ``x::/64``) -> bytes for netlink; ValueError otherwise."""
+    addr, _, cidr = entry.partition("/")
+    for fam, af in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+        try:
+            packed = socket.inet_pton(af, addr)
+        except OSError:
+            continue
+        if not cidr:
+            return SetEntry(fam, packed, None)
+        if not cidr.isdigit() or not 0 < int(cidr) <= len(packed) * 8:
+            break
+        return SetEntry(fam, packed, int(cidr))
+    raise ValueError(f"not an address or network: {entry!r}")
+
+
+_SAFE = re.compile(r"^[0-9a-f.:]{2,39}(/\d{1,3})?$")
 
 
 class NetlinkIpset:
@@ -215,7 +226,8 @@ class Ipset:
         """Bulk add ``(set, entry, timeout)`` in one ``ipset restore``; returns the count."""
         lines = []
         for set_name, entry, timeout in items:
-            _entry(entry)
+            if set_name not in (SET4, SET6) or not _SAFE.match(entry):  # canonical entries only
+                raise FirewallError(f"refusing ipset entry {entry!r}")
             lines.append(f"add {set_name} {entry} timeout {int(timeout)}\n")
         if lines:
             self._run([self.binary, "-exist", "restore"], "".join(lines))

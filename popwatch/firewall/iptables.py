@@ -15,10 +15,13 @@ plan is read and applied.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import ipaddress
 import os
 import shlex
+import socket
+import struct
 import subprocess
 import time
 from contextlib import contextmanager
@@ -337,6 +340,94 @@ class KernelFirewall(Firewall):
 
     def close(self) -> None:
         self.ipset.close()
+        nft = getattr(self, "_nft", None)
+        if nft is not None:
+            nft.close()
+
+
+class NftCounters:
+    """Read the per-rule counters of one chain straight from nf_tables over netlink (one
+    ``NFT_MSG_GETRULE`` dump, ~0.1 ms in process, vs ~3 ms for a fork+exec of ``iptables -S``).
+    Returns ``[(handle, packets, bytes), ...]`` in chain order; the rules' meaning still comes
+    from ``iptables -S``, cached by rule handles (handles are never reused within a table)."""
+
+    _SUBSYS, _GETRULE, _NEWRULE = 10, 7, 6
+    _DUMP = 0x300 | 0x1  # NLM_F_DUMP | NLM_F_REQUEST
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._seq = 0
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    @staticmethod
+    def _attr(atype: int, payload: bytes) -> bytes:
+        ln = 4 + len(payload)
+        return struct.pack("=HH", ln, atype) + payload + b"\0" * ((4 - ln % 4) % 4)
+
+    @staticmethod
+    def _attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, bytes]]:
+        while off + 4 <= end:
+            ln, atype = struct.unpack_from("=HH", buf, off)
+            if ln < 4:
+                return
+            yield atype & 0x3FFF, buf[off + 4:off + ln]
+            off += (ln + 3) & ~3
+
+    def rules(self, family: int, table: str = "filter", chain: str = R.CHAIN) -> list[tuple[int, int, int]]:
+        if self._sock is None:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+            s.bind((0, 0))
+            s.settimeout(5.0)
+            self._sock = s
+        self._seq += 1
+        seq = self._seq
+        body = (struct.pack("=BBH", 2 if family == 4 else 10, 0, 0)
+                + self._attr(1, table.encode() + b"\0") + self._attr(2, chain.encode() + b"\0"))
+        self._sock.send(struct.pack("=IHHII", 16 + len(body), (self._SUBSYS << 8) | self._GETRULE,
+                                    self._DUMP, seq, 0) + body)
+        out: list[tuple[int, int, int]] = []
+        while True:
+            buf = self._sock.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(buf):
+                ln, typ, _fl, rseq, _pid = struct.unpack_from("=IHHII", buf, off)
+                if ln < 16:
+                    raise OSError("bad netlink message")
+                if rseq == seq:
+                    if typ == 3:  # NLMSG_DONE
+                        return out
+                    if typ == 2:  # NLMSG_ERROR
+                        (err,) = struct.unpack_from("=i", buf, off + 16)
+                        if err:
+                            raise OSError(-err, os.strerror(-err))
+                    elif typ == (self._SUBSYS << 8) | self._NEWRULE:
+                        out.append(self._rule(buf, off + 20, off + ln))
+                off += (ln + 3) & ~3
+
+    def _rule(self, buf: bytes, off: int, end: int) -> tuple[int, int, int]:
+        handle = pkts = byts = 0
+        for atype, val in self._attrs(buf, off, end):
+            if atype == 3:  # NFTA_RULE_HANDLE
+                (handle,) = struct.unpack(">Q", val)
+            elif atype == 4:  # NFTA_RULE_EXPRESSIONS
+                for _, elem in self._attrs(val, 0, len(val)):
+                    name, data = b"", b""
+                    for et, ev in self._attrs(elem, 0, len(elem)):
+                        if et == 1:
+                            name = ev.rstrip(b"\0")
+                        elif et == 2:
+                            data = ev
+                    if name == b"counter":
+                        for ct, cv in self._attrs(data, 0, len(data)):
+                            if ct == 1:
+                                (byts,) = struct.unpack(">Q", cv)
+                            elif ct == 2:
+                                (pkts,) = struct.unpack(">Q", cv)
+        return handle, pkts, byts
 
 
 class IptablesFirewall(KernelFirewall):
@@ -357,6 +448,8 @@ class IptablesFirewall(KernelFirewall):
         if flavour == "legacy":
             self.name = "legacy-binaries"
         super().__init__(**kw)  # type: ignore[arg-type]
+        self._nft: NftCounters | None = NftCounters() if flavour == "nft" and kw.get("netlink", True) else None
+        self._layout: dict[int, tuple[tuple[int, ...], list[R.ParsedRule]]] = {}
 
     def _w(self) -> list[str]:
         return ["-w", str(self.wait)]
@@ -387,6 +480,7 @@ class IptablesFirewall(KernelFirewall):
         self._write([restore, *self._w(), "--noflush", "-c"], R.render_restore(work.ops))
         if self._recording:
             return
+        self._layout.pop(family, None)
         # read back: the kernel must now hold exactly the planned chain
         after = self._state(family)
         want = R.expected_keys(work)
@@ -394,6 +488,35 @@ class IptablesFirewall(KernelFirewall):
             raise FirewallError(f"{restore}: the chain read back differs from what was written")
 
     def _poll_rules(self) -> dict[R.Family, list[R.ParsedRule]]:
+        if self.flavour == "nft" and self._nft is not None:
+            try:
+                return {fam: self._poll_nft(fam) for fam in self.families}
+            except OSError:
+                self._nft.close()
+                self._nft = None  # fall back to the binaries for good
+        return self._poll_binaries()
+
+    def _poll_nft(self, family: R.Family) -> list[R.ParsedRule]:
+        assert self._nft is not None
+        try:
+            live = self._nft.rules(family)
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # no table/chain: nothing installed
+                return []
+            raise
+        handles = tuple(h for h, _, _ in live)
+        cached = self._layout.get(family)
+        if cached is None or cached[0] != handles:
+            st = self._state(family)          # what the rules mean, from iptables -S
+            again = self._nft.rules(family)
+            if tuple(h for h, _, _ in again) != handles or len(st.rules) != len(handles):
+                return st.rules                # changed meanwhile: use the slow read this time
+            cached = (handles, st.rules)
+            self._layout[family] = cached
+        return [R.ParsedRule(r.args, p, b, r.role, r.port, r.target, r.limit, r.hl_name)
+                for r, (_, p, b) in zip(cached[1], live)]
+
+    def _poll_binaries(self) -> dict[R.Family, list[R.ParsedRule]]:
         procs = {}
         for fam in self.families:
             procs[fam] = subprocess.Popen([self.bins[fam][0], *self._w(), "-S", R.CHAIN, "-v"],

@@ -21,6 +21,7 @@ No binary fallback for rules was needed.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -102,6 +103,8 @@ class IptcFirewall(KernelFirewall):
         self.xtables_lock = xtables_lock
         self.retries = retries
         self._iptc = load_iptc()
+        #: per family: the chain's rule fingerprints and what they mean (see _poll_rules)
+        self._layout: dict[int, tuple[tuple[bytes, ...], list[R.ParsedRule]]] = {}
 
     # ------------------------------------------------------------------ iptc plumbing
     def _table(self, family: R.Family) -> Any:
@@ -308,13 +311,42 @@ class IptcFirewall(KernelFirewall):
         else:
             chain.append_rule(rule)
 
+    def _raw_counters(self, t: Any, family: R.Family) -> list[tuple[bytes, int, int]]:
+        """(rule bytes without counters, packets, bytes) for each rule of the chain, straight
+        from libiptc's entries: no python-iptables Rule objects (building those costs ~0.2 ms
+        a rule, which made a poll 5 ms)."""
+        from iptc import ip4tc, ip6tc  # type: ignore[import-untyped]
+
+        etype = ip4tc.ipt_entry if family == 4 else ip6tc.ip6t_entry
+        off = etype.counters.offset
+        out = []
+        if not t.is_chain(R.CHAIN):
+            return out
+        e = t.first_rule(R.CHAIN)
+        while e:
+            raw = ctypes.string_at(ctypes.addressof(e), e.next_offset)
+            out.append((raw[:off] + raw[off + 16:], int(e.counters.pcnt), int(e.counters.bcnt)))
+            e = t.next_rule(e)
+        return out
+
     def _poll_rules(self) -> dict[R.Family, list[R.ParsedRule]]:
         def poll() -> dict[R.Family, list[R.ParsedRule]]:
             out: dict[R.Family, list[R.ParsedRule]] = {}
             for fam in self.families:
                 t = self._table(fam)
                 self._refresh(t)
-                out[fam] = self._read_chain(t, fam).rules
+                live = self._raw_counters(t, fam)
+                prints = tuple(fp for fp, _, _ in live)
+                cached = self._layout.get(fam)
+                if cached is None or cached[0] != prints:
+                    rules = self._read_chain(t, fam).rules  # same snapshot: consistent with live
+                    if len(rules) != len(prints):
+                        out[fam] = rules
+                        continue
+                    cached = (prints, rules)
+                    self._layout[fam] = cached
+                out[fam] = [R.ParsedRule(r.args, p, b, r.role, r.port, r.target, r.limit, r.hl_name)
+                            for r, (_, p, b) in zip(cached[1], live)]
             return out
         return _on_iptc_thread(poll)
 

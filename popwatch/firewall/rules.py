@@ -29,6 +29,7 @@ import ipaddress
 import math
 import re
 import shlex
+import socket
 from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
@@ -320,6 +321,9 @@ def ban_entry(target: str, *, allow_net: bool = False, ipv6_prefix: int = 64) ->
     (IPv4 networks at most /24: popwatch4 is hash:ip and stores each address)."""
     from ..addr import AddressError
 
+    fast = _fast_entry(str(target), ipv6_prefix)
+    if fast is not None:
+        return fast
     try:
         obj: IPAddress | IPNetwork = parse_target(str(target), allow_net=allow_net)
     except AddressError as e:
@@ -338,6 +342,40 @@ def ban_entry(target: str, *, allow_net: bool = False, ipv6_prefix: int = 64) ->
     if net6.prefixlen > ipv6_prefix:  # a network inside one /prefix: ban the /prefix
         net6 = ipaddress.IPv6Network(f"{net6.network_address}/{ipv6_prefix}", strict=False)
     return BanEntry(6, SET6, str(net6), str(obj), net6.prefixlen)
+
+
+_ZERO12 = b"\0" * 12
+_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def _fast_entry(text: str, ipv6_prefix: int) -> BanEntry | None:
+    """The common case (one plain address) without :mod:`ipaddress` (~30x faster, for bulk
+    loads): ``inet_pton`` accepts exactly the strict textual forms (no hostnames, no octal or
+    hex parts, no zones, no prefixes). Anything else, and the rare forms whose canonical
+    spelling ``inet_ntop`` writes differently from :mod:`ipaddress` (``::a.b.c.d``), goes the
+    slow, fully checked way (return None)."""
+    t = text.strip()
+    try:
+        packed = socket.inet_pton(socket.AF_INET, t)
+        a = socket.inet_ntop(socket.AF_INET, packed)
+        return BanEntry(4, SET4, a, a, None)
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, t)
+    except OSError:
+        return None
+    if packed.startswith(_ZERO12):
+        return None
+    if packed.startswith(_MAPPED):
+        a = socket.inet_ntop(socket.AF_INET, packed[12:])
+        return BanEntry(4, SET4, a, a, None)
+    n = int.from_bytes(packed, "big")
+    masked = (n >> (128 - ipv6_prefix) << (128 - ipv6_prefix)).to_bytes(16, "big")
+    if masked.startswith(_ZERO12):
+        return None
+    return BanEntry(6, SET6, f"{socket.inet_ntop(socket.AF_INET6, masked)}/{ipv6_prefix}",
+                    socket.inet_ntop(socket.AF_INET6, packed), ipv6_prefix)
 
 
 def ttl_seconds(ttl: float | None) -> int:
