@@ -135,6 +135,25 @@ async def idle_cpu(path: str | None, seconds: float, use_inotify: bool = True) -
     return 100 * (c1 - c0) / (t1 - t0)
 
 
+async def catch_up(path: str, lines: int) -> tuple[float, float]:
+    """Lines/s and MB/s when reading a backlog of ``lines`` lines (``from_start``)."""
+    line = ("2026-11-28T05:00:21.664766+00:00 mx sshd[23619]: Failed password for invalid user "
+            "admin from 203.0.113.12 port 46396 ssh2\n")
+    with open(path, "w") as f:
+        f.write(line * lines)
+    size = os.path.getsize(path)
+    src = FileSource(path, from_start=True)
+    n = 0
+    t0 = time.perf_counter()
+    async for batch in src.batches():
+        n += len(batch)
+        if n >= lines:
+            break
+    dt = time.perf_counter() - t0
+    await src.aclose()
+    return n / dt, size / dt / 1e6
+
+
 def show(name: str, r: dict[str, float]) -> None:
     print(f"{name:<34} n={r['n']:>4.0f}  median {r['median']:6.2f} ms  p99 {r['p99']:7.2f} ms  "
           f"max {r['max']:7.2f} ms  in {r['lines_per_s']:8.0f} lines/s  cpu {r['cpu_pct']:5.1f} %")
@@ -156,6 +175,8 @@ async def main() -> None:
         show("idle, polling fallback", await latency(path, use_inotify=False, probes=args.probes // 2, rate=0))
         show(f"{args.rate} lines/s, polling fallback", await latency(
             path, use_inotify=False, probes=args.probes // 2, rate=args.rate))
+        lps, mbps = await catch_up(os.path.join(d, "backlog.log"), 500_000)
+        print(f"catching up a 500k-line backlog: {lps:,.0f} lines/s ({mbps:.0f} MB/s)")
         s = args.idle_seconds
         print(f"idle CPU over {s:.0f} s, inotify follower:  {await idle_cpu(path, s):.3f} % of a core")
         print(f"idle CPU over {s / 3:.0f} s, polling follower:  "
