@@ -912,6 +912,22 @@ class GlobSource(_FollowSource):
         return SourceHealth(self.name, "waiting", "no matching file yet", lines)
 
 
+def backfill_kwargs(value: str | int | None) -> dict[str, float | int]:
+    """``--backfill`` value -> FileSource/JournalSource keyword: ``"500"`` or 500 means the last
+    500 lines, ``"10m"``/``"90s"``/``"2h"`` the last so long. Raises ValueError."""
+    if value is None or value == "" or value == 0:
+        return {}
+    if isinstance(value, int) or str(value).strip().isdigit():
+        n = int(value)
+        if n < 0:
+            raise ValueError(f"bad backfill {value!r}: expected N lines or a duration like 10m")
+        return {"backfill_lines": n}
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*", str(value).lower())
+    if not m:
+        raise ValueError(f"bad backfill {value!r}: expected N lines or a duration like 10m")
+    return {"backfill_seconds": float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]}
+
+
 def make_file_sources(patterns: Iterable[str | os.PathLike[str]], **kw: object) -> list[Source]:
     """One source per pattern: :class:`GlobSource` for globs, :class:`FileSource` otherwise."""
     out: list[Source] = []

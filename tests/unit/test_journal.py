@@ -315,3 +315,12 @@ async def test_many_entries_while_following_arrive_once_in_order(tmp_path, taps)
     got = await pending
     assert [int(m.split()[5][1:]) for m in msgs(got)] == list(range(6000))
     assert src.health().lines == 6000
+
+
+def test_argv_makes_journal_paths_absolute(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    src = JournalSource(["sshd"], files=["rel.journal"], directory="jdir", extra_args=["--merge"])
+    assert src.argv(["--no-tail"]) == [
+        "journalctl", "-o", "json", "--all", "--no-pager", "-q", "--merge",
+        f"--file={tmp_path}/rel.journal", f"--directory={tmp_path}/jdir", "-f", "--no-tail",
+        "SYSLOG_IDENTIFIER=sshd", "+", "_SYSTEMD_UNIT=sshd.service"]

@@ -444,3 +444,15 @@ async def test_glob_renamed_match_is_not_read_again_and_gone_matches_are_dropped
     extra += await nothing_more(tap, 0.5)
     assert extra == []  # a.log.old is not read again from its start
     assert src.health().state == "waiting"
+
+
+def test_backfill_kwargs() -> None:
+    from popwatch.sources.tail import backfill_kwargs
+    assert backfill_kwargs("500") == {"backfill_lines": 500}
+    assert backfill_kwargs(20) == {"backfill_lines": 20}
+    assert backfill_kwargs("10m") == {"backfill_seconds": 600.0}
+    assert backfill_kwargs("1.5h") == {"backfill_seconds": 5400.0}
+    assert backfill_kwargs(None) == {} and backfill_kwargs("0") == {"backfill_lines": 0}
+    for bad in ("ten", "10x", "-5", "m"):
+        with pytest.raises(ValueError):
+            backfill_kwargs(bad)
