@@ -250,7 +250,11 @@ class Monitor:
             self._save_bans_now()
 
     def _banned_or_pending(self, ip: str) -> bool:
-        return ip in self.store.bans or ip in self._pending
+        if ip in self._pending:
+            return True
+        b = self.store.bans.get(ip)
+        # a ban the kernel has timed out but the poll has not expired yet does not count
+        return b is not None and (b.expires is None or b.expires > self.clock() + 0.5)
 
     def _entry(self, target: str, allow_net: bool) -> str:
         """The kernel entry a ban of ``target`` becomes (IPv6: its /64)."""

@@ -31,7 +31,13 @@ from .policy import ssh_clients
 
 def who() -> dict[str, Any]:
     """Who acted: the human behind sudo, and the SSH client of the session."""
-    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME") or "?"
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or os.environ.get("LOGNAME")
+    if not user:
+        try:
+            import pwd
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except (KeyError, ImportError):
+            user = f"uid {os.getuid()}"
     return {"user": user, "ssh_client": sorted(ssh_clients())}
 
 
