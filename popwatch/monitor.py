@@ -77,6 +77,10 @@ class Monitor:
         self._fw = ThreadPoolExecutor(max_workers=1, thread_name_prefix="popwatch-fw")
         self._tasks: list[asyncio.Task[None]] = []
         self.on_events: list[Callable[[list[AuthEvent]], Awaitable[None] | None]] = []
+        #: after every audited action (ban, unban, limit, expire, restore, undo, refused bans with
+        #: ok=False): cb(action, target, fields). Called on the firewall thread or the loop: keep it
+        #: cheap and thread-safe (exporters, the CrowdSec bridge); exceptions are swallowed.
+        self.on_action: list[Callable[[str, str, dict[str, Any]], None]] = []
         self.lines_in = 0
         self._ended: set[str] = set()
         self._running = False
@@ -234,6 +238,11 @@ class Monitor:
             rec = self.persist.audit(action, target, **kw)
         else:
             rec = {"id": f"{time.time_ns():x}", "action": action, "target": target, **kw}
+        for cb in self.on_action:
+            try:
+                cb(action, target, kw)
+            except Exception:  # noqa: BLE001 - an exporter must never break an action
+                pass
         if action in UNDOABLE or action == "undo":
             self._actions.append(rec)
             del self._actions[:-1000]
