@@ -53,6 +53,7 @@ Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
 _ATTEMPTS = re.compile(r"\(auth failed, (\d+) attempts?")
 _METHOD_TAIL = re.compile(r", method=[^,\s]*$")
 _SESSION = re.compile(r", session=<([^>\s]*)>")
+_SESSION_ANY = re.compile(r"session=<[^<>]*>")
 # 2.3 auth prefix after `DRIVER(`: `user,IP[,master][,<session>]): `
 _AUTH23 = re.compile(r",([0-9A-Fa-f:.]+)(?:,master)?(?:,<([A-Za-z0-9+/=]*)>)?\): ")
 # 2.4 auth prefix after `auth(` / `auth-worker(`: `user,IP[,mech...])[<pid>][<session>]: `
@@ -110,6 +111,10 @@ class DovecotRules:
         if r < 0:
             return None
         tail = right[r + 6:]
+        if ">" in tail and ">" in _SESSION_ANY.sub("", tail):
+            # dovecot writes no `>` after rip= but in session=<...>: this `rip=` was inside
+            # the user name (a line without a real rip=, e.g. a UNIX socket client)
+            return None
         e = tail.find(",")
         ip = tail if e < 0 else tail[:e]
         userpart = right[:r]

@@ -247,3 +247,12 @@ def test_injection_still_finds_real_address(name: str, payload: str) -> None:
     assert ev is not None
     assert ev.ip == REAL
     assert ev.user == payload
+
+
+def test_dovecot_line_without_real_rip_does_not_take_one_from_the_user() -> None:
+    # a client on a UNIX socket has no rip= at all; the user name supplies a fake one
+    for fake_tail in (f"x>, rip={FAKE}, lip=192.0.2.1", f"x>, method=PLAIN, rip={FAKE}, lip=192.0.2.1"):
+        line = (f"{TS} dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): "
+                f"user=<{fake_tail}>, method=PLAIN, session=<abc>")
+        (ev,) = _parse(line)
+        assert ev is None or ev.ip is None
