@@ -409,6 +409,9 @@ class StateStore:
         self._eps = 0.0
         self._eps_mark = (clock(), 0)
         self._protected_cache: dict[str, str | None] = {}
+        #: CrowdSec decisions seen on the LAPI (popwatch/crowdsec.py): address or CIDR -> a short
+        #: label for the row, e.g. "cscli" or "popwatch/auto; not in this host's set"
+        self.fleet_bans: dict[str, str] = {}
 
     # ----------------------------------------------------------------- ingest
     def add_events(self, events: Iterable[AuthEvent]) -> int:
@@ -598,6 +601,18 @@ class StateStore:
     def set_limit(self, limit: PortLimit) -> None:
         self.limits[limit.port] = limit
         self.version += 1
+
+    def set_fleet_bans(self, bans: dict[str, str]) -> None:
+        """Replace the fleet-wide (CrowdSec) bans shown on rows: "banned fleet-wide (label)"."""
+        if bans != self.fleet_bans:
+            old = self.fleet_bans
+            self.fleet_bans = dict(bans)
+            for ip in old.keys() ^ bans.keys():
+                self._touch(ip)
+            for ip in bans.keys() & old.keys():
+                if bans[ip] != old[ip]:
+                    self._touch(ip)
+            self.version += 1
 
     def set_source(self, health: SourceHealth) -> None:
         if self.sources.get(health.name) != health:
