@@ -87,7 +87,7 @@ def _firewall(cfg: Config, dry_run: bool) -> Firewall:
 
     try:
         return make_firewall(cfg.backend, limits=cfg.port_limits(), ipv6_prefix=cfg.policy.ipv6_prefix,
-                             dry_run=dry_run)
+                             dry_run=dry_run, allow=cfg.policy.allow)
     except NeedsRoot as e:
         raise _Exit(EXIT_ROOT, str(e)) from None
     except FirewallError as e:

@@ -86,6 +86,22 @@ def popwatch_in_legacy(proc: Path = Path("/proc/net")) -> bool:
     return False
 
 
+def default_exempt(allow: Iterable[str] = ()) -> list[str]:
+    """Loopback, the SSH client(s) of this session, the host's own addresses, the allow-list."""
+    from ..policy import host_addresses, ssh_clients
+
+    out = list(allow)
+    try:
+        out += sorted(ssh_clients())
+    except Exception:  # noqa: BLE001 - best effort: protection must never stop popwatch
+        pass
+    try:
+        out += sorted(host_addresses())
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
 def both_message() -> str:
     return ("popwatch's rules exist in both the nf_tables and the legacy iptables backend; "
             "refusing to change anything until you pick one: run `popwatch --backend nft "
@@ -97,9 +113,14 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
                   limits: list[PortLimit] | None = None, ban_action: str = "drop",
                   ipv6_prefix: int = 64, dry_run: bool = False, lock_path: str | None = DEFAULT_LOCK,
                   xtables_lock: str = "/run/xtables.lock", check_both: bool = True,
-                  allow_legacy_on_nft: bool = False, **sim_kw: Any) -> Firewall:
+                  allow_legacy_on_nft: bool = False, allow: Iterable[str] = (),
+                  exempt: Iterable[str] | None = None, **sim_kw: Any) -> Firewall:
     """Build the backend named ``backend``. Raises :class:`NeedsRoot` without CAP_NET_ADMIN
-    (kernel backends, unless ``dry_run``) and :class:`FirewallError` for impossible choices."""
+    (kernel backends, unless ``dry_run``) and :class:`FirewallError` for impossible choices.
+
+    ``exempt``: sources popwatch must never ban or limit (written to the popwatchx4/x6 sets
+    at install). By default: loopback, this session's SSH client, the host's own addresses
+    and ``allow`` (the config's allow-list), as :mod:`popwatch.policy` finds them."""
     if backend not in BACKENDS:
         raise FirewallError(f"bad backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     lims = list(limits or [p if isinstance(p, PortLimit) else PortLimit(int(p)) for p in (ports or [])])
@@ -123,8 +144,10 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
     if chosen == "legacy" and flavour == "nft" and not allow_legacy_on_nft:
         raise FirewallError("this host's iptables is the nf_tables flavour: python-iptables would "
                             "write invisible legacy tables here; use --backend nft (or auto)")
+    if exempt is None:
+        exempt = default_exempt(allow)
     common: dict[str, Any] = dict(ban_action=ban_action, ipv6_prefix=ipv6_prefix, dry_run=dry_run,
-                                  lock_path=lock_path)
+                                  lock_path=lock_path, exempt=exempt)
     fw: Any
     if chosen == "nft":
         from .iptables import IptablesFirewall

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from .base import FirewallError
-from .rules import SET4, SET6
+from .rules import SET4, SET6, SETX4, SETX6
 
 MAXELEM = 262144
 
@@ -170,12 +170,42 @@ class Ipset:
         if SET6 not in have:
             self._run([self.binary, "create", SET6, "hash:net", "family", "inet6", "timeout", "0",
                        "maxelem", str(MAXELEM), "-exist"], None)
+        for name, fam in ((SETX4, "inet"), (SETX6, "inet6")):
+            if name not in have:
+                self._run([self.binary, "create", name, "hash:net", "family", fam, "-exist"], None)
+
+    def set_exempt(self, nets: Iterable[str]) -> None:
+        """Replace the protected-sources sets atomically (fill a new set, ``swap``, destroy).
+        ``nets`` are canonical addresses or networks (see ``rules.exempt_entries``)."""
+        by = {SETX4: [], SETX6: []}  # type: dict[str, list[str]]
+        for n in nets:
+            e = _entry(n)
+            by[SETX4 if e.family == 4 else SETX6].append(n)
+        lines = []
+        for name, fam in ((SETX4, "inet"), (SETX6, "inet6")):
+            tmp = name + "-new"
+            lines.append(f"create {tmp} hash:net family {fam} -exist\n")
+            lines.append(f"flush {tmp}\n")
+            lines += [f"add {tmp} {n}\n" for n in sorted(set(by[name]))]
+            lines.append(f"swap {tmp} {name}\n")
+            lines.append(f"destroy {tmp}\n")
+        self._run([self.binary, "-exist", "restore"], "".join(lines))
+
+    def exempt(self) -> list[str]:
+        """The protected sources currently in the kernel."""
+        out: list[str] = []
+        have = self._names_or(set())
+        for name in (SETX4, SETX6):
+            if name in have:
+                out += [l.split()[2] for l in self._read([self.binary, "save", name], None).splitlines()
+                        if l.startswith(f"add {name} ")]
+        return out
 
     def destroy(self) -> list[str]:
         """Destroy popwatch's sets; returns warnings for sets still referenced elsewhere."""
         warns: list[str] = []
-        have = set(self._names_or({SET4, SET6}))
-        for name in (SET4, SET6):
+        have = set(self._names_or({SET4, SET6, SETX4, SETX6}))
+        for name in (SET4, SET6, SETX4, SETX6, SETX4 + "-new", SETX6 + "-new"):
             if name in have:
                 try:
                     self._run([self.binary, "destroy", name], None)

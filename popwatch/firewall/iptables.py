@@ -54,7 +54,7 @@ class KernelFirewall(Firewall):
 
     def __init__(self, *, ban_action: str = "drop", ipv6_prefix: int = 64, dry_run: bool = False,
                  lock_path: str | None = DEFAULT_LOCK, ipv6: bool = True, netlink: bool = True,
-                 ipset_binary: str = "ipset", wait: int = 10) -> None:
+                 ipset_binary: str = "ipset", wait: int = 10, exempt: Iterable[str] | None = None) -> None:
         if ban_action not in R.BAN_ACTIONS:
             raise FirewallError(f"bad ban action {ban_action!r}: expected drop or reject")
         if not 16 <= int(ipv6_prefix) <= 128:
@@ -73,6 +73,8 @@ class KernelFirewall(Firewall):
         self._writes_refused: str | None = None
         self.ipset = Ipset(self._write, self._read, binary=ipset_binary, netlink=netlink)
         self.ipset.dry_run = dry_run
+        #: protected sources written to popwatchx4/x6 by install/ensure_base (None: leave as is)
+        self.exempt: list[str] | None = None if exempt is None else R.exempt_entries(exempt)
 
     # ------------------------------------------------------------------ plumbing
     def _read(self, argv: Sequence[str], stdin: str | None = None) -> str:
@@ -170,6 +172,7 @@ class KernelFirewall(Firewall):
         self._check_first()
         with self._locked():
             self.ipset.ensure()
+            self._fill_exempt()
             for fam in self.families:
                 st = self._state(fam, with_input=True)
                 work = R.plan_base(st, fam, self.ban_action)
@@ -180,6 +183,7 @@ class KernelFirewall(Firewall):
         self._check_first()
         with self._locked():
             self.ipset.ensure()
+            self._fill_exempt()
             states = {fam: self._state(fam, with_input=True) for fam in self.families}
             gens = self._next_gens(states)
             for fam, st in states.items():
@@ -205,6 +209,21 @@ class KernelFirewall(Firewall):
                 self._after_uninstall(fam)
             for w in self.ipset.destroy():
                 self._warn(w)
+
+    def _fill_exempt(self) -> None:
+        if self.exempt is not None:
+            self.ipset.set_exempt(self.exempt)
+
+    def set_exempt(self, targets: Iterable[str]) -> None:
+        """Replace the protected sources (loopback is always added): packets from them leave
+        popwatch's chain at its first rule, so they are never banned or rate-limited."""
+        self._check_first()
+        self.exempt = R.exempt_entries(targets)
+        self._fill_exempt()
+
+    def exempted(self) -> list[str]:
+        """The protected sources in the kernel."""
+        return self.ipset.exempt()
 
     def _after_uninstall(self, family: R.Family) -> None:
         """Hook: the nft backend drops a filter table left completely empty."""

@@ -7,6 +7,7 @@ rule read back can be fed to ``iptables-restore`` again.
 Layout, per family (``4`` = iptables, ``6`` = ip6tables)::
 
     -A INPUT -j POPWATCH                                         (once, at the top)
+    -A POPWATCH -m set --match-set popwatchx4 src -j RETURN       (protected sources)
     -A POPWATCH -m set --match-set popwatch4 src -j DROP          (the ban match)
     -A POPWATCH <new tcp to P> -j RETURN                          (mode count)
     -A POPWATCH <new tcp to P> -m limit --limit R ... -j RETURN   (mode global)
@@ -39,6 +40,10 @@ from .base import FirewallError, PortLimit, Rate
 CHAIN = "POPWATCH"
 SET4 = "popwatch4"
 SET6 = "popwatch6"
+#: protected sources (loopback, the admin's SSH client, the host's own addresses, the
+#: allow-list): RETURNed before anything else, so popwatch never bans or rate-limits them
+SETX4 = "popwatchx4"
+SETX6 = "popwatchx6"
 JUMP: tuple[str, ...] = ("-j", CHAIN)
 Family = Literal[4, 6]
 BanAction = Literal["drop", "reject"]
@@ -48,7 +53,7 @@ MAX_V4_NET_PREFIX = 24
 #: ipset's own cap on a timeout (seconds); 0 means permanent in a set created with ``timeout 0``
 MAX_TIMEOUT = 2147483
 
-Role = Literal["ban", "pass", "drop", "other"]
+Role = Literal["exempt", "ban", "pass", "drop", "other"]
 
 
 def new_tcp(port: int) -> list[str]:
@@ -101,6 +106,17 @@ class RuleSpec:
         return f"{head}{op} {CHAIN}{pos} " + " ".join(shlex.quote(a) for a in self.args)
 
 
+def exempt_rules(family: Family) -> list[RuleSpec]:
+    """Protected sources leave the chain first: never banned, never limited."""
+    return [RuleSpec(("-m", "set", "--match-set", SETX4 if family == 4 else SETX6, "src", "-j", "RETURN"),
+                     "exempt")]
+
+
+def head_rules(family: Family, ban_action: str = "drop") -> list[RuleSpec]:
+    """The rules at the top of the chain, before the ports' rules: exempt, then ban."""
+    return exempt_rules(family) + ban_rules(family, ban_action)
+
+
 def ban_rules(family: Family, ban_action: str = "drop") -> list[RuleSpec]:
     """The ban match: one rule (drop) or two (reject: tcp-reset for tcp, ICMP otherwise)."""
     sset = SET4 if family == 4 else SET6
@@ -140,7 +156,7 @@ def port_rules(limit: PortLimit, family: Family, *, gen: int = 1, ipv6_prefix: i
 def chain_rules(limits: Iterable[PortLimit], family: Family, *, ban_action: str = "drop",
                 ipv6_prefix: int = 64, gens: dict[int, int] | None = None) -> list[RuleSpec]:
     """The whole POPWATCH chain for one family, in order."""
-    out = ban_rules(family, ban_action)
+    out = head_rules(family, ban_action)
     for lim in limits:
         out += port_rules(lim, family, gen=(gens or {}).get(lim.port, 1), ipv6_prefix=ipv6_prefix)
     return out
@@ -210,6 +226,8 @@ def classify(args: list[str], ban_sets: tuple[str, ...] = (SET4, SET6)) -> tuple
     mset = _opt(args, "--match-set")
     if mset in ban_sets and target in ("DROP", "REJECT"):
         return "ban", None, None, None
+    if mset in (SETX4, SETX6) and target == "RETURN":
+        return "exempt", None, None, None
     dport = _opt(args, "--dport")
     if dport is None or not dport.isdigit():
         return "other", None, None, None
@@ -378,6 +396,27 @@ def _fast_entry(text: str, ipv6_prefix: int) -> BanEntry | None:
                     socket.inet_ntop(socket.AF_INET6, packed), ipv6_prefix)
 
 
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def exempt_entries(targets: Iterable[str]) -> list[str]:
+    """Protected addresses/networks -> canonical set entries (``::ffff:a.b.c.d`` -> v4), plus
+    loopback. Junk is skipped (protection is best effort, never a reason to fail)."""
+    out: list[str] = []
+    for t in [*LOOPBACK, *targets]:
+        try:
+            net = ipaddress.ip_network(str(t).strip().strip("[]").split("%", 1)[0], strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and \
+                net.network_address.ipv4_mapped is not None:
+            net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}", strict=False)
+        text = str(net.network_address) if net.prefixlen == net.max_prefixlen and net.version == 4 else str(net)
+        if text not in out:
+            out.append(text)
+    return out
+
+
 def ttl_seconds(ttl: float | None) -> int:
     """A ban ttl -> ipset ``timeout`` value (0 = permanent); at least 1 s."""
     if ttl is None or ttl <= 0:
@@ -502,13 +541,14 @@ def _same(rules: list[ParsedRule], specs: list[RuleSpec]) -> bool:
 
 
 def plan_base(state: ChainState, family: Family, ban_action: str = "drop") -> _Work:
-    """Ensure the chain, its ban match at the top and one jump from INPUT; ports untouched."""
-    want = ban_rules(family, ban_action)
+    """Ensure the chain, its exempt and ban matches at the top and one jump from INPUT; the
+    ports' rules are left as they are."""
+    want = head_rules(family, ban_action)
     work = _Work(state)
     if not state.exists:
         work.ops.append(Op("new_chain"))
         work.rules = []
-    lead = [i for i, r in enumerate(work.rules) if r.role == "ban"]
+    lead = [i for i, r in enumerate(work.rules) if r.role in ("exempt", "ban")]
     if lead != list(range(len(want))) or not _same([work.rules[i] for i in lead], want):
         work.replace_block(lead, want, at=0)
     if state.jumps == 0:

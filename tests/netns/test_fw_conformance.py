@@ -345,3 +345,18 @@ def test_sim_conformance(case: str) -> None:
             with pytest.raises((ValueError, RuntimeError)):
                 fw.ban(text, 60)
         assert fw.bans() == {}
+
+
+def test_poll_follows_changes_made_by_another_process(lab: Lab, backend: str, fw: Any, lock: str) -> None:
+    """Polls cache what each rule means (by nf_tables handle / libiptc entry bytes); a retune
+    by another popwatch process (`popwatch limit` while the TUI runs) must be picked up."""
+    fw.install(LIMITS)
+    lab.listen()
+    assert lab.burst("c0", 110, 3).ok == 3
+    assert fw.counters()["110"] == {"port": 110, "passed": 3, "dropped": 0}
+    other = make_fw(lab, backend, lock)
+    other.set_limit(PortLimit(110, "global", Rate.parse("1/minute"), 1))
+    r = lab.burst("c0", 110, 3)
+    assert (r.ok, r.timeout) == (1, 2)
+    assert fw.counters()["110"] == {"port": 110, "passed": 4, "dropped": 2}
+    assert fw.limits()["110"]["mode"] == "global"

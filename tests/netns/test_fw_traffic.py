@@ -118,3 +118,20 @@ def test_retune_takes_effect_at_once(lab: Lab, served: Any) -> None:
     assert lab.burst("c0", 22, 8).ok == 6
     c = fw.counters()["22"]
     assert c == {"port": 22, "passed": 8, "dropped": 4}
+
+
+def test_protected_sources_are_never_limited_or_banned(lab: Lab, backend: str) -> None:
+    """Sources in popwatchx4/x6 (the admin's SSH client, the allow-list, the host itself)
+    RETURN before the ban match and the limits."""
+    c1 = lab.hosts["c1"]
+    fw = make_fw(lab, backend, f"/tmp/{lab.name}-x.lock", exempt=[c1.v4, c1.v6])
+    fw.install([PortLimit(22, "global", SLOW, 1)])
+    lab.listen()
+    assert sorted(fw.exempted()) == sorted(["127.0.0.0/8", "::1", c1.v4, c1.v6])  # as ipset prints them
+    assert lab.burst("c0", 22, 4).ok == 1                # limited
+    assert lab.burst("c1", 22, 4).ok == 4                # protected: not limited
+    assert lab.burst("c1", 22, 3, family=6).ok == 3
+    fw.ban(c1.v4, 600)                                     # even a ban (policy refuses this anyway)
+    assert lab.burst("c1", 22, 2).ok == 2
+    fw.set_exempt([])                                      # only loopback now
+    assert lab.burst("c1", 22, 2).timeout == 2

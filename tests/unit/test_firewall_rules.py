@@ -12,6 +12,7 @@ LIMITS = [PortLimit(110), PortLimit(143, "global", Rate.parse("5/second"), 10),
 
 # what `iptables -S POPWATCH -v` (1.8.9) printed for LIMITS, captured in a namespace
 S_OUTPUT = """-N POPWATCH
+-A POPWATCH -m set --match-set popwatchx4 src -c 40 2400 -j RETURN
 -A POPWATCH -m set --match-set popwatch4 src -c 12 720 -j DROP
 -A POPWATCH -p tcp -m tcp --dport 110 --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -c 7 420 -j RETURN
 -A POPWATCH -p tcp -m tcp --dport 143 --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -m limit --limit 5/sec --limit-burst 10 -c 3 180 -j RETURN
@@ -37,7 +38,7 @@ def test_never_accept_and_v6_variants() -> None:
             text = " ".join(" ".join(s.args) for s in R.chain_rules(LIMITS, fam, ban_action=action))  # type: ignore[arg-type]
             assert "ACCEPT" not in text
     v6 = [" ".join(s.args) for s in R.chain_rules(LIMITS, 6, ipv6_prefix=56)]
-    assert "--match-set popwatch6 src" in v6[0]
+    assert "--match-set popwatch6 src" in v6[1]
     assert "--hashlimit-srcmask 56" in v6[-2]
     reject = R.ban_rules(6, "reject")
     assert reject[0].args[-2:] == ("--reject-with", "tcp-reset") and reject[0].args[:2] == ("-p", "tcp")
@@ -48,7 +49,7 @@ def test_never_accept_and_v6_variants() -> None:
 
 def test_parse_roles_counters_limits() -> None:
     st = state()
-    assert [r.role for r in st.rules] == ["ban", "pass", "pass", "drop", "pass", "drop"]
+    assert [r.role for r in st.rules] == ["exempt", "ban", "pass", "pass", "drop", "pass", "drop"]
     assert st.limits() == {110: PortLimit(110), 143: LIMITS[1], 22: LIMITS[2]}
     assert st.gens() == {22: 4}
     ports, banned = R.counters_by_port(st.rules)
@@ -74,7 +75,8 @@ def test_plan_fresh_install() -> None:
     text = R.render_restore(work.ops)
     assert text.startswith("*filter\n:POPWATCH - [0:0]\n") and text.endswith("COMMIT\n")
     assert "-I INPUT 1 -j POPWATCH" in text
-    assert text.count("-A POPWATCH") == 6 and "-D " not in text
+    assert text.count("-A POPWATCH") == 7 and "-D " not in text
+    assert "-A POPWATCH -m set --match-set popwatchx4 src -j RETURN\n[0:0] -A POPWATCH -m set --match-set popwatch4" in text
 
 
 def test_plan_adopts_identical_rules() -> None:
@@ -88,13 +90,13 @@ def test_plan_retune_one_port_carries_counters() -> None:
     new = PortLimit(143, "per-source", Rate.parse("2/second"), 4)
     R.plan_ports(work, [new], 4, gens={143: 1})
     kinds = [(op.kind, op.index) for op in work.ops]
-    assert kinds == [("delete", 4), ("delete", 3), ("insert", 3), ("insert", 4)]
+    assert kinds == [("delete", 5), ("delete", 4), ("insert", 4), ("insert", 5)]
     ins = [op for op in work.ops if op.kind == "insert"]
     assert ins[0].counters == (3, 180) and ins[1].counters == (5, 300)
     assert "--hashlimit-name pw143_1" in ins[0].restore_line()
-    assert ins[0].restore_line().startswith("[3:180] -I POPWATCH 3 ")
+    assert ins[0].restore_line().startswith("[3:180] -I POPWATCH 4 ")
     # the other ports' rules are not touched
-    assert [R.sem_key(r.args) for r in work.rules][4:] == [R.sem_key(r.args) for r in state().rules][4:]
+    assert [R.sem_key(r.args) for r in work.rules][5:] == [R.sem_key(r.args) for r in state().rules][5:]
 
 
 def test_plan_mode_switch_to_count_and_back() -> None:
@@ -119,8 +121,8 @@ def test_plan_base_fixes_jumps_and_ban_action() -> None:
     work = R.plan_base(st, 4, "reject")
     kinds = [op.kind for op in work.ops]
     assert kinds.count("jump_delete") == 3 and kinds.count("jump_insert") == 1
-    assert [r.role for r in work.rules[:2]] == ["ban", "ban"]
-    assert work.rules[0].pkts == 12  # the ban counter carried to the new ban rule
+    assert [r.role for r in work.rules[:3]] == ["exempt", "ban", "ban"]
+    assert work.rules[1].pkts == 12 and work.rules[0].pkts == 40  # counters carried by role
 
 
 def test_uninstall_plan() -> None:
@@ -177,3 +179,21 @@ def test_hashlimit_expiry_covers_refill() -> None:
     assert R.hashlimit_expire_ms(PortLimit(22, "per-source", Rate.parse("5/second"), 10)) == 10_000
     assert R.hashlimit_expire_ms(PortLimit(22, "per-source", Rate.parse("1/minute"), 3)) == 181_000
     assert R.parse_hashlimit_name("pw110_12") == (110, 12) and R.parse_hashlimit_name("other") is None
+
+
+def test_plan_base_adds_exempt_rule_to_an_older_chain() -> None:
+    old = R.ChainState(exists=True, rules=[r for r in R.parse_chain(S_OUTPUT) if r.role != "exempt"], jumps=1,
+                       jump_first=True)
+    work = R.plan_base(old, 4)
+    assert [r.role for r in work.rules[:2]] == ["exempt", "ban"]
+    assert work.rules[1].pkts == 12  # the ban rule's counter survives
+    assert all(op.kind in ("delete", "insert") for op in work.ops)
+
+
+def test_exempt_entries() -> None:
+    got = R.exempt_entries(["192.0.2.1", "::ffff:203.0.113.77", "2001:db8::5", "junk", "fe80::1%eth0",
+                            "198.51.100.0/24", "192.0.2.1"])
+    assert got == ["127.0.0.0/8", "::1/128", "192.0.2.1", "203.0.113.77", "2001:db8::5/128", "fe80::1/128",
+                   "198.51.100.0/24"]
+    rules = R.chain_rules([], 6)
+    assert rules[0].args == ("-m", "set", "--match-set", "popwatchx6", "src", "-j", "RETURN")
