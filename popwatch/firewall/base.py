@@ -152,10 +152,8 @@ class PortLimit:
         if self.mode == "count":
             return "counting only: every new connection passes; press m to pick a limit"
         if self.mode == "global":
-            return (f"global {self.rate}: {per_day:,.0f} tries/day shared by everyone; "
-                    f"attackers and users race for the same tokens")
-        return (f"per-source {self.rate}: {per_day:,.0f} tries/day for each address; "
-                f"one attacker cannot starve the others")
+            return f"global: at most {per_day:,.0f} new connections a day for everyone together"
+        return f"per-source: at most {per_day:,.0f} new connections a day from each address"
 
     def to_json(self) -> dict[str, object]:
         return {"port": self.port, "mode": self.mode, "rate": str(self.rate), "burst": self.burst}

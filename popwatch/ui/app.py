@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import socket
 
+from typing import Any
+
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -20,13 +22,22 @@ from textual.widgets import Footer, Input
 from ..firewall.base import MODES, PortLimit, Rate
 from ..monitor import Monitor
 from ..policy import Refused
-from ..store import SORT_KEYS, Snapshot
-from .screens import ConfirmScreen, DetailScreen, HelpScreen
+from ..store import SORT_KEYS, AttackerRow, Snapshot
+from .screens import ConfirmScreen, DetailScreen, HelpScreen, LimitScreen, WhatIfScreen
 from .widgets import AttackerTable, HeaderBar, LiveLog, PortsPanel, UsersPanel
 
 PORT_SERVICE = {110: "pop3", 995: "pop3", 143: "imap", 993: "imap", 22: "ssh", 25: "smtp",
                 465: "submission", 587: "submission", 4190: "sieve"}
 BURSTS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+#: actions that change the firewall: greyed out in the footer when popwatch cannot write
+ACTING = frozenset({"ban", "ban_all", "unban", "rate", "burst", "mode", "edit", "auto_ban", "undo"})
+#: policy actions and the Monitor methods they need (bound only when it has one of them)
+POLICY_ACTIONS = {"auto_ban": ("set_auto_ban",), "what_if": ("what_if",), "undo": ("aundo", "undo")}
+#: rows drawn in the attacker table (the rest are counted as hidden)
+TOP_K = 200
+
+_RATE = Binding.Group("Rate", compact=True)
+_BURST = Binding.Group("Burst", compact=True)
 
 
 class PopwatchApp(App[None]):
@@ -42,22 +53,40 @@ class PopwatchApp(App[None]):
     #ports { margin-bottom: 0; }
     #filter { dock: bottom; display: none; height: 1; border: none; padding: 0 1; }
     #filter.-show { display: block; }
+    Footer FooterLabel { margin: 0 1 0 0; }
     """
 
     BINDINGS = [
-        Binding("b", "ban", "Ban"),
-        Binding("u", "unban", "Unban"),
-        Binding("plus,equals_sign", "rate(1)", "Rate+", key_display="+"),
-        Binding("minus", "rate(-1)", "Rate-", key_display="-"),
-        Binding("right_square_bracket", "burst(1)", "Burst+", key_display="]"),
-        Binding("left_square_bracket", "burst(-1)", "Burst-", key_display="["),
-        Binding("m", "mode", "Mode"),
-        Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("s", "sort", "Sort"),
-        Binding("enter", "detail", "Detail", show=False),
-        Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("q", "quit", "Quit"),
+        Binding("b", "ban", "Ban", tooltip="ban the selected address (asks first)", id="ban"),
+        Binding("B", "ban_all", "Ban all", show=False, tooltip="ban every address matching the filter",
+                id="ban_all"),
+        Binding("u", "unban", "Unban", tooltip="lift the selected address's ban", id="unban"),
+        Binding("plus,equals_sign", "rate(1)", "Rate+", key_display="+", group=_RATE, id="rate_up"),
+        Binding("minus", "rate(-1)", "Rate-", key_display="-", group=_RATE, id="rate_down"),
+        Binding("right_square_bracket", "burst(1)", "Burst+", key_display="]", group=_BURST, id="burst_up"),
+        Binding("left_square_bracket", "burst(-1)", "Burst-", key_display="[", group=_BURST, id="burst_down"),
+        Binding("m", "mode", "Mode", tooltip="count only -> global -> per-source", id="mode"),
+        Binding("e", "edit", "Edit", tooltip="edit the selected port's limit and burst", id="edit"),
+        Binding("slash", "filter", "Filter", key_display="/", id="filter"),
+        Binding("s", "sort", "Sort", id="sort"),
+        Binding("r", "rollup", "/24", show=False, tooltip="roll addresses up into /24 and /64 networks",
+                id="rollup"),
+        Binding("v", "users", "Users", show=False, tooltip="show or hide the users-under-attack panel",
+                id="users"),
+        Binding("enter", "detail", "Detail", show=False, id="detail"),
+        Binding("a", "auto_ban", "Auto-ban", show=False, tooltip="switch automatic banning on or off",
+                id="auto_ban"),
+        Binding("w", "what_if", "What-if", show=False,
+                tooltip="replay recent events under another policy or limit; changes nothing", id="what_if"),
+        Binding("U", "undo", "Undo", show=False, tooltip="undo the last ban, unban or limit change",
+                id="undo"),
+        Binding("question_mark", "help", "Help", key_display="?", id="help"),
+        Binding("q", "quit", "Quit", id="quit"),
     ]
+    #: keys the help screen lists besides the bindings above
+    EXTRA_KEYS = [("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
+                  ("Tab", "next panel: attackers, ports"),
+                  ("Enter", "detail of the selected address (on a network: list its addresses)")]
 
     def __init__(self, monitor: Monitor, *, mode: str = "live", host: str | None = None,
                  tick: float = 0.5, run_monitor: bool = True, ban_ttl: float | None = 3600.0,
@@ -73,11 +102,18 @@ class PopwatchApp(App[None]):
         self.ban_ttl = ban_ttl
         self.sort = "failures"
         self.filter = ""
+        self.rollup = False
+        self.users_shown: bool | None = None  # None: automatic (shown when wide)
         self.snapshot: Snapshot | None = None
         self._version = -1
         self._ticks = 0
 
     # ------------------------------------------------------------------ layout
+    def _policy_ok(self, action: str) -> bool:
+        """Whether the Monitor offers the policy action (auto-ban, what-if, undo: issue 7)."""
+        need = POLICY_ACTIONS.get(action)
+        return need is None or any(callable(getattr(self.monitor, n, None)) for n in need)
+
     def compose(self) -> ComposeResult:
         yield HeaderBar(self.host, self.mode, self.monitor.firewall.name, id="header")
         with Horizontal(id="main"):
@@ -86,7 +122,7 @@ class PopwatchApp(App[None]):
                 t.border_title = "attackers"
                 yield t
                 p = PortsPanel(id="ports", classes="panel")
-                p.border_title = "ports (new connections/s)"
+                p.border_title = "ports: new connections/s, last 2 min"
                 yield p
                 log = LiveLog(id="log", classes="panel")
                 log.border_title = "live log"
@@ -96,10 +132,11 @@ class PopwatchApp(App[None]):
             yield u
         yield Input(placeholder="filter: IP, prefix (203.0.113.0/24), user or service; Enter applies, Esc clears",
                     id="filter")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one(AttackerTable).focus()
+        self._layout_users()
         self.refresh_view(force=True)
         self.set_interval(self.tick, self.refresh_view)
         if self.exit_after is not None:
@@ -108,8 +145,31 @@ class PopwatchApp(App[None]):
             self.run_worker(self.monitor.run(), name="monitor", group="monitor", exit_on_error=False)
 
     def on_resize(self) -> None:
+        self._layout_users()
+
+    def _layout_users(self) -> None:
         wide = self.size.width >= 120 and self.size.height >= 30
-        self.query_one("#users").display = wide
+        self.query_one("#users").display = wide if self.users_shown is None else self.users_shown
+
+    # ------------------------------------------------------------------ state
+    @property
+    def read_only(self) -> bool:
+        return self.mode == "read-only" or not self.monitor.firewall.can_write
+
+    def read_only_reason(self) -> str:
+        if self.monitor.firewall.name == "none":
+            why = "the firewall backend is 'none' (monitor only)"
+        else:
+            why = "popwatch is not running as root (needs CAP_NET_ADMIN)"
+        return f"read-only: {why}, so it cannot ban or change limits here; run it with sudo to act"
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Acting keys stay in the footer but greyed when read-only; :meth:`on_key` says why."""
+        if not self._policy_ok(action):
+            return False
+        if action in ACTING and self.read_only:
+            return None
+        return True
 
     # ------------------------------------------------------------------ render
     def refresh_view(self, force: bool = False) -> None:
@@ -119,43 +179,89 @@ class PopwatchApp(App[None]):
         if not force and self.store.version == self._version and self._ticks % 4:
             return
         self._version = self.store.version
-        snap = self.store.snapshot(k=200, sort=self.sort, flt=self.filter)
+        snap = self.store.snapshot(k=TOP_K, sort=self.sort, flt=self.filter, rollup=self.rollup)
         self.snapshot = snap
         with self.batch_update():
             table = self.query_one(AttackerTable)
-            table.set_rows(snap.rows, snap.now, snap.total_ips, snap.shown_of)
-            flt = f" filter {self.filter!r}" if self.filter else ""
-            table.border_title = Text(f"attackers: {snap.shown_of:,} of {snap.total_ips:,} IPs, by {snap.sort}{flt}")
-            self.query_one(PortsPanel).set_ports(snap.ports, self._shares(snap))
+            table.set_rows(snap.rows, snap.now, snap.total_ips, snap.shown_of, snap.rollup)
+            table.border_title = self._table_title(snap)
+            self.query_one(PortsPanel).set_ports(snap.ports, self._shares(snap), self._ban_drop(snap))
             self.query_one(LiveLog).set_snapshot(snap)
             self.query_one(UsersPanel).set_snapshot(snap)
-            self.query_one(HeaderBar).set_snapshot(snap)
+            header = self.query_one(HeaderBar)
+            header.flags = self._flags()
+            header.set_snapshot(snap)
+
+    def _table_title(self, snap: Snapshot) -> Text:
+        what = "networks (/24, /64)" if snap.rollup else "attackers"
+        hidden = snap.shown_of - len(snap.rows)
+        t = Text(f"{what}: {len(snap.rows):,} of {snap.shown_of:,}")
+        if hidden > 0:
+            t.append(f" ({hidden:,} hidden)")
+        t.append(f", by {snap.sort}")
+        if self.filter:
+            t.append(" matching ")
+            t.append(repr(self.filter))
+        return t
+
+    def _flags(self) -> list[tuple[str, str]]:
+        flags: list[tuple[str, str]] = []
+        if self.monitor.dry_run:
+            flags.append(("DRY-RUN", "bold yellow"))
+        if self.read_only and self.mode != "read-only":
+            flags.append(("READ-ONLY", "bold yellow"))
+        auto = getattr(self.monitor, "auto_ban", None)
+        if isinstance(auto, bool):
+            flags.append(("auto-ban:on" if auto else "auto-ban:off", "bold red" if auto else "dim"))
+        return flags
 
     def _shares(self, snap: Snapshot) -> dict[int, str]:
         """For each port: how much of the last minute's failures the top attacker made."""
+        by_svc = {svc: (ip, share, total) for svc, ip, share, total in snap.shares}
         out: dict[int, str] = {}
         for p in snap.ports:
             svc = PORT_SERVICE.get(p.port)
-            if svc is None:
+            if svc is None or svc not in by_svc:
                 continue
-            rates = [(r.rate, r.ip) for r in snap.rows if svc in r.services and r.rate > 0]
-            total = sum(r for r, _ in rates)
-            if total > 0:
-                top, ip = max(rates)
-                out[p.port] = f"top attacker {ip} made {top / total:.0%} of the last minute's {svc} failures"
+            ip, share, total = by_svc[svc]
+            banned = " (banned now)" if ip in self.store.bans else ""
+            out[p.port] = (f"top attacker {ip}{banned} took {share:.0%} of the last minute's "
+                           f"{total:,.0f} {svc} failures")
         return out
+
+    @staticmethod
+    def _ban_drop(snap: Snapshot) -> tuple[float, tuple[float, ...]] | None:
+        if not snap.bans and not any(snap.ban_dropped_hist):
+            return None
+        return snap.ban_dropped_s, snap.ban_dropped_hist
 
     # ----------------------------------------------------------------- helpers
     def _can_act(self) -> bool:
-        if self.mode == "read-only" or not self.monitor.firewall.can_write:
-            self.notify("read-only: popwatch cannot change the firewall here (needs root, or backend "
-                        "'none'); run it with sudo to ban and tune limits", severity="warning", markup=False)
+        if self.read_only:
+            self.notify(self.read_only_reason(), severity="warning", markup=False)
             return False
         return True
 
-    def _selected_ip(self) -> str | None:
-        row = self.query_one(AttackerTable).selected
-        return row.ip if row else None
+    def on_key(self, event: events.Key) -> None:
+        inp = self.query_one("#filter", Input)
+        if event.key == "escape" and inp.has_focus:
+            self.filter = ""
+            inp.remove_class("-show")
+            self.query_one(AttackerTable).focus()
+            self.refresh_view(force=True)
+            event.stop()
+            return
+        # a greyed (read-only) key never reaches its action: say why here instead
+        if self.read_only and len(self.screen_stack) == 1 and not isinstance(self.focused, Input):
+            for b in self.BINDINGS:
+                if isinstance(b, Binding) and event.key in b.key.split(","):
+                    if b.action.split("(")[0] in ACTING:
+                        self._can_act()
+                        event.stop()
+                    return
+
+    def _selected_row(self) -> AttackerRow | None:
+        return self.query_one(AttackerTable).selected
 
     def _selected_port(self) -> PortLimit | None:
         p = self.query_one(PortsPanel).selected()
@@ -163,21 +269,33 @@ class PopwatchApp(App[None]):
 
     # ----------------------------------------------------------------- actions
     def action_ban(self) -> None:
-        row = self.query_one(AttackerTable).selected
+        row = self._selected_row()
         if row is None:
             self.notify("no attacker selected", markup=False)
             return
         if not self._can_act():
             return
+        if self.rollup:
+            self.notify(f"{row.ip} is a network: press Enter to list its {row.nips} addresses, then B to "
+                        "ban them all", markup=False)
+            return
         why = self.monitor.protector.why_protected(row.ip)
         if why:
-            self.notify(f"refused: {why}. popwatch never bans it.", severity="error", markup=False)
+            self.notify(f"refused: {row.ip} is {why}. popwatch never bans it.", severity="error",
+                        markup=False)
+            return
+        if row.state == "banned":
+            self.notify(f"{row.ip} is already banned ({row.ban_left and int(row.ban_left // 60)} min left); "
+                        "u unbans", markup=False)
             return
         ttl = self.ban_ttl
         change = self.monitor.firewall.describe_ban(row.ip, ttl)
         body = Text()
         body.append(f"{row.ip}: {row.failures:,} failures, {row.nusers} users, {', '.join(row.services)}\n")
-        body.append(f"ban for {'ever' if ttl is None else f'{int(ttl // 60)} minutes'}; this will run:\n")
+        if row.successes:
+            body.append(f"note: this address also logged in successfully {row.successes} time(s)\n",
+                        style="bold yellow")
+        body.append(f"ban {'permanently' if ttl is None else f'for {int(ttl // 60)} minutes'}; this will run:\n")
         for c in change:
             body.append(f"  {c}\n", style="bold")
         if self.monitor.dry_run:
@@ -188,6 +306,47 @@ class PopwatchApp(App[None]):
                 self._do_ban(row.ip, f"manual: {row.failures} failures", ttl)
 
         self.push_screen(ConfirmScreen(f"Ban {row.ip}?", body), done)
+
+    def action_ban_all(self) -> None:
+        if not self._can_act():
+            return
+        if not self.filter:
+            self.notify("B bans every address matching the filter: set one first with / (an address "
+                        "prefix, a network, a user or a service)", markup=False)
+            return
+        matched = self.store.matching(self.filter)
+        protected, banned, todo = [], 0, []
+        for a in matched:
+            if a.ip in self.store.bans:
+                banned += 1
+            elif self.monitor.protector.why_protected(a.ip):
+                protected.append(a.ip)
+            else:
+                todo.append(a.ip)
+        body = Text()
+        body.append(f"{len(matched):,} addresses match {self.filter!r}:\n")
+        body.append(f"  {len(todo):,} will be banned", style="bold")
+        body.append(f" for {int(self.ban_ttl // 60)} minutes\n" if self.ban_ttl else " permanently\n")
+        if banned:
+            body.append(f"  {banned:,} are already banned (left as they are)\n")
+        if protected:
+            body.append(f"  {len(protected):,} are protected and skipped: ", style="green")
+            body.append(", ".join(protected[:5]) + (" …" if len(protected) > 5 else "") + "\n", style="green")
+        if todo:
+            body.append("each runs like:\n")
+            for c in self.monitor.firewall.describe_ban(todo[0], self.ban_ttl):
+                body.append(f"  {c}\n", style="bold")
+        if self.monitor.dry_run:
+            body.append("(dry run: nothing will be applied)\n", style="yellow")
+        if not todo:
+            self.notify(f"nothing to ban: {banned} already banned, {len(protected)} protected", markup=False)
+            return
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self._do_ban_all(todo, len(protected))
+
+        self.push_screen(ConfirmScreen(f"Ban {len(todo):,} addresses matching {self.filter!r}?", body), done)
 
     @work(group="fw", exit_on_error=False)
     async def _do_ban(self, ip: str, reason: str, ttl: float | None) -> None:
@@ -200,14 +359,32 @@ class PopwatchApp(App[None]):
             self.notify(f"ban failed: {e}", severity="error", markup=False)
         self.refresh_view(force=True)
 
+    @work(group="fw", exit_on_error=False)
+    async def _do_ban_all(self, ips: list[str], skipped: int) -> None:
+        ok = failed = 0
+        first_error = ""
+        for ip in ips:
+            try:
+                await self.monitor.aban(ip, ttl=self.ban_ttl, reason=f"mass ban: filter {self.filter!r}",
+                                        origin="key")
+                ok += 1
+            except Exception as e:  # noqa: BLE001 - count and go on
+                failed += 1
+                first_error = first_error or str(e)
+        msg = f"banned {ok:,} addresses" + (f", {skipped} protected skipped" if skipped else "")
+        if failed:
+            msg += f", {failed} failed ({first_error})"
+        self.notify(msg, severity="error" if failed else "information", markup=False)
+        self.refresh_view(force=True)
+
     def action_unban(self) -> None:
-        ip = self._selected_ip()
-        if ip is None or not self._can_act():
+        row = self._selected_row()
+        if row is None or not self._can_act():
             return
-        if ip not in self.store.bans:
-            self.notify(f"{ip} is not banned", markup=False)
+        if row.ip not in self.store.bans:
+            self.notify(f"{row.ip} is not banned", markup=False)
             return
-        self._do_unban(ip)
+        self._do_unban(row.ip)
 
     @work(group="fw", exit_on_error=False)
     async def _do_unban(self, ip: str) -> None:
@@ -227,46 +404,79 @@ class PopwatchApp(App[None]):
     async def _do_limit(self, new: PortLimit) -> None:
         try:
             r = await self.monitor.aset_limit(new, origin="key")
-            self.notify(r.message, markup=False, timeout=2)
+            self.notify(r.message, markup=False, timeout=3)
         except Exception as e:  # noqa: BLE001
             self.notify(f"limit change failed: {e}", severity="error", markup=False)
         self.refresh_view(force=True)
 
-    def action_rate(self, d: int) -> None:
+    def _port_or_say(self) -> PortLimit | None:
         lim = self._selected_port()
         if lim is None:
+            self.notify("no watched port", markup=False)
+        return lim
+
+    def action_rate(self, d: int) -> None:
+        lim = self._port_or_say()
+        if lim is None or not self._can_act():
+            return
+        if lim.mode == "count":
+            self.notify(f"port {lim.port} only counts: press m to pick global or per-source first "
+                        "(Tab selects a port)", markup=False)
             return
         new_rate: Rate = lim.rate.step(d > 0)
-        if lim.mode == "count":
-            self.notify(f"port {lim.port} only counts; press m to pick global or per-source first",
-                        markup=False)
+        if new_rate == lim.rate:
+            self.notify(f"port {lim.port}: {lim.rate} is already the {'highest' if d > 0 else 'lowest'} step; "
+                        "e edits any value", markup=False)
             return
         self._retune(lim.with_(rate=new_rate))
 
     def action_burst(self, d: int) -> None:
-        lim = self._selected_port()
-        if lim is None:
+        lim = self._port_or_say()
+        if lim is None or not self._can_act():
+            return
+        if lim.mode == "count":
+            self.notify(f"port {lim.port} only counts: press m to pick global or per-source first "
+                        "(Tab selects a port)", markup=False)
             return
         if d > 0:
             b = next((x for x in BURSTS if x > lim.burst), lim.burst)
         else:
             b = next((x for x in reversed(BURSTS) if x < lim.burst), lim.burst)
-        if lim.mode == "count":
-            self.notify(f"port {lim.port} only counts; press m to pick global or per-source first",
-                        markup=False)
+        if b == lim.burst:
+            self.notify(f"port {lim.port}: burst {b} is the end of the ladder; e edits any value", markup=False)
             return
         self._retune(lim.with_(burst=b))
 
     def action_mode(self) -> None:
-        lim = self._selected_port()
-        if lim is None:
+        lim = self._port_or_say()
+        if lim is None or not self._can_act():
             return
         nxt = MODES[(MODES.index(lim.mode) + 1) % len(MODES)]
         self._retune(lim.with_(mode=nxt))
 
+    def action_edit(self) -> None:
+        lim = self._port_or_say()
+        if lim is None or not self._can_act():
+            return
+
+        def done(new: PortLimit | None) -> None:
+            if new is not None and new != lim:
+                self._retune(new)
+
+        self.push_screen(LimitScreen(lim), done)
+
     def action_sort(self) -> None:
         self.sort = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
         self.refresh_view(force=True)
+
+    def action_rollup(self) -> None:
+        self.rollup = not self.rollup
+        self.refresh_view(force=True)
+
+    def action_users(self) -> None:
+        shown = self.query_one("#users").display
+        self.users_shown = not shown
+        self._layout_users()
 
     def action_filter(self) -> None:
         inp = self.query_one("#filter", Input)
@@ -281,30 +491,68 @@ class PopwatchApp(App[None]):
             self.query_one(AttackerTable).focus()
             self.refresh_view(force=True)
 
-    def on_key(self, event) -> None:  # noqa: ANN001
-        inp = self.query_one("#filter", Input)
-        if event.key == "escape" and inp.has_focus:
-            self.filter = ""
-            inp.remove_class("-show")
-            self.query_one(AttackerTable).focus()
-            self.refresh_view(force=True)
-            event.stop()
-
     def action_detail(self) -> None:
-        row = self.query_one(AttackerTable).selected
+        row = self._selected_row()
         if row is None:
             return
+        if self.rollup:
+            # a network: list its addresses (B then bans them all)
+            self.rollup = False
+            self.filter = row.ip
+            self.refresh_view(force=True)
+            self.notify(f"addresses in {row.ip}; B bans them all, Esc in / clears the filter", markup=False,
+                        timeout=4)
+            return
         self.push_screen(DetailScreen(row, self.store.events_of(row.ip), self.store.bans.get(row.ip),
-                                      self.store.clock(), self.monitor.protector.why_protected(row.ip)))
+                                      self.store.clock(), self.monitor.protector.why_protected(row.ip),
+                                      self.store.ban_history(row.ip)))
+
+    def help_keys(self) -> list[tuple[str, str]]:
+        keys = []
+        for b in self.BINDINGS:
+            if not isinstance(b, Binding) or not self._policy_ok(b.action):
+                continue
+            desc = b.tooltip or b.description
+            if b.description and b.tooltip:
+                desc = f"{b.description}: {b.tooltip}"
+            keys.append((b.key_display or b.key, desc))
+        return keys + self.EXTRA_KEYS
 
     def action_help(self) -> None:
-        keys = [(b.key_display or b.key, b.description) for b in self.BINDINGS if isinstance(b, Binding)]
-        keys += [("↑/↓ j/k", "move in the focused panel"), ("Tab", "next panel (attackers, ports)"),
-                 ("Enter", "detail of the selected IP")]
-        self.push_screen(HelpScreen(keys))
+        self.push_screen(HelpScreen(self.help_keys(), self.read_only_reason() if self.read_only else ""))
 
     async def action_quit(self) -> None:
         self.exit()
+
+    # ----------------------------------------------------- policy (issue 7)
+    def action_auto_ban(self) -> None:
+        if not self._can_act():
+            return
+        mon: Any = self.monitor
+        on = mon.set_auto_ban(None, origin="key")
+        self.notify(f"auto-ban {'on' if on else 'off'}", markup=False)
+        self.refresh_view(force=True)
+
+    def action_what_if(self) -> None:
+        port = self._selected_port()
+        self.push_screen(WhatIfScreen(self.monitor, port))
+
+    @work(group="fw", exit_on_error=False)
+    async def action_undo(self) -> None:
+        if not self._can_act():
+            return
+        mon: Any = self.monitor
+        try:
+            if callable(getattr(mon, "aundo", None)):
+                r = await mon.aundo()
+            else:
+                r = mon.undo()
+            self.notify(getattr(r, "message", None) or "undone", markup=False)
+        except Refused as e:
+            self.notify(str(e), markup=False)
+        except Exception as e:  # noqa: BLE001
+            self.notify(f"undo failed: {e}", severity="error", markup=False)
+        self.refresh_view(force=True)
 
 
 def make_app(monitor: Monitor, *, mode: str = "live", host: str | None = None, tick: float = 0.5,

@@ -24,6 +24,8 @@ from ..sanitize import clean, is_clean
 from ..store import AttackerRow, PortRow, Snapshot
 
 SPARK = "▁▂▃▄▅▆▇█"
+#: seconds of counter history a port sparkline covers, whatever its width
+SPARK_SPAN = 120
 SERVICE_STYLE = {"ssh": "bold cyan", "pop3": "bold magenta", "imap": "bold blue", "smtp": "bold yellow",
                  "submission": "bold yellow", "sieve": "green"}
 STATE_STYLE = {"banned": Style(color="black", bgcolor="red", bold=True),
@@ -61,9 +63,15 @@ def left(secs: float | None) -> str:
     return f"{secs / 3600:.0f}h"
 
 
-def sparkline(values: Sequence[float], width: int) -> str:
-    """Bars for the last ``width`` values, scaled from 0 to their max (0 draws the floor)."""
-    vals = list(values)[-width:]
+def sparkline(values: Sequence[float], width: int, span: int | None = None) -> str:
+    """Bars for the last ``span`` values (default ``width``), each bar the mean of its share of
+    them, scaled from 0 to their max (a gap is exactly 0)."""
+    vals = list(values)[-(span or width):]
+    if len(vals) > width:
+        n = -(-len(vals) // width)  # values per bar, rounded up; the oldest bar may be partial
+        first = len(vals) - n * (width - 1)
+        chunks = [vals[:first]] + [vals[i:i + n] for i in range(first, len(vals), n)]
+        vals = [sum(c) / len(c) for c in chunks if c]
     if not vals:
         return " " * width
     top = max(vals)
@@ -113,14 +121,23 @@ class AttackerTable(Widget, can_focus=True):
         self.now = _time.time()
         self.total = 0
         self.shown_of = 0
+        self.rollup = False
+        self._ipw = 15
         self._cache: dict[tuple[int, int, bool], Strip] = {}
 
     # ---- data
-    def set_rows(self, rows: tuple[AttackerRow, ...], now: float, total: int, shown_of: int) -> None:
+    def set_rows(self, rows: tuple[AttackerRow, ...], now: float, total: int, shown_of: int,
+                 rollup: bool = False) -> None:
+        if rollup != self.rollup:
+            self.cursor_ip = None
+            self.cursor = 0
+            self.top = 0
         self.rows = rows
         self.now = now
         self.total = total
         self.shown_of = shown_of
+        self.rollup = rollup
+        self._ipw = max([15] + [len(r.ip) for r in rows[:500]])
         self._cache.clear()
         if self.cursor_ip is not None:
             for i, r in enumerate(rows):
@@ -179,19 +196,22 @@ class AttackerTable(Widget, can_focus=True):
 
     # ---- drawing
     def _widths(self, width: int) -> tuple[int, int, int]:
-        """(ip, users, services) column widths for this terminal width."""
+        """(ip, users, services) column widths for this terminal width: the address column
+        grows for IPv6 (up to 39) while the users column keeps at least 12."""
         fixed = 6 + 7 + 6 + 6 + 5  # state, fails, rate, last, spaces
-        ipw = 15 if width < 100 else 24
         svcw = 9 if width < 100 else 16
+        ipw = max(15, min(self._ipw, 39, width - fixed - svcw - 13))
+        if width >= 100:
+            ipw = max(ipw, 24 if not self.rollup else 20)
         usersw = max(8, width - fixed - ipw - svcw - 1)
         return ipw, usersw, svcw
 
     def _header(self, width: int) -> Strip:
         ipw, usersw, svcw = self._widths(width)
-        hidden = self.shown_of - len(self.rows)
-        more = f" (+{hidden:,} more)" if hidden > 0 else ""
-        text = (f"{'STATE':<6}{'IP':<{ipw}} {'FAILS':>6} {'/MIN':>5} "
-                f"{('USERS' + more)[:usersw]:<{usersw}} {'SERVICES':<{svcw}} {'LAST':>5}")
+        first = "NETWORK" if self.rollup else "IP"
+        users = " IPS USERS" if self.rollup else "USERS (n: latest first)"
+        text = (f"{'STATE':<6}{first:<{ipw}} {'FAILS':>6} {'/MIN':>5} "
+                f"{users[:usersw]:<{usersw}} {'SERVICES':<{svcw}} {'LAST':>5}")
         return Strip([Segment(text[:width].ljust(width), Style(bold=True, underline=True))])
 
     def _row(self, r: AttackerRow, width: int, selected: bool) -> Strip:
@@ -200,6 +220,8 @@ class AttackerTable(Widget, can_focus=True):
         label = STATE_LABEL.get(r.state, r.state)
         if r.state == "banned":
             label = f"B {left(r.ban_left)}"
+        elif self.rollup and r.banned_ips:
+            label = f"{r.banned_ips}B"
         segs = [Segment(f"{label:<5}"[:5], STATE_STYLE.get(r.state, Style())), Segment(" ", base)]
         ip = r.ip if len(r.ip) <= ipw else r.ip[: ipw - 1] + "…"
         ip_style = base + Style(bold=True) if r.successes == 0 else base + Style(bold=True, color="green")
@@ -211,6 +233,8 @@ class AttackerTable(Widget, can_focus=True):
             users = f"{r.nusers}: {users}"
         if r.successes:
             users = f"✓login {users}"
+        if self.rollup:
+            users = f"{r.nips:>4} {users}"
         users = users if len(users) <= usersw else users[: usersw - 1] + "…"
         segs.append(Segment(f"{users:<{usersw}} ", base))
         svcs = ",".join(r.services)
@@ -227,7 +251,9 @@ class AttackerTable(Widget, can_focus=True):
         i = self.top + y - 1
         if i >= len(self.rows):
             if i == 0 and y == 1:
-                return Strip([Segment("no failed logins seen yet".ljust(width), Style(dim=True))])
+                msg = "nothing matches the filter (/ to change, Esc in it clears)" if self.shown_of == 0 and \
+                    self.total else "no failed logins seen yet"
+                return Strip([Segment(msg[:width].ljust(width), Style(dim=True))])
             return Strip.blank(width)
         sel = i == self.cursor
         key = (i, width, sel)
@@ -245,7 +271,7 @@ class PortsPanel(Widget, can_focus=True):
         Binding("down,j", "move(1)", "Down", show=False),
     ]
     DEFAULT_CSS = """
-    PortsPanel { height: auto; max-height: 8; }
+    PortsPanel { height: auto; max-height: 9; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     selected_port: reactive[int | None] = reactive(None, always_update=True)
@@ -254,12 +280,17 @@ class PortsPanel(Widget, can_focus=True):
         super().__init__(**kw)
         self.ports: tuple[PortRow, ...] = ()
         self.share: dict[int, str] = {}
+        self.ban_drop: tuple[float, tuple[float, ...]] | None = None
 
-    def set_ports(self, ports: tuple[PortRow, ...], share: dict[int, str] | None = None) -> None:
+    def set_ports(self, ports: tuple[PortRow, ...], share: dict[int, str] | None = None,
+                  ban_drop: tuple[float, tuple[float, ...]] | None = None) -> None:
         self.ports = ports
         self.share = share or {}
+        self.ban_drop = ban_drop
         if ports and self.selected_port not in {p.port for p in ports}:
-            self.selected_port = ports[0].port
+            # start on the first port that has a limit: that is the one to tune
+            limited = [p.port for p in ports if p.limit.mode != "count"]
+            self.selected_port = (limited or [ports[0].port])[0]
         self.refresh(layout=True)
 
     def action_move(self, d: int) -> None:
@@ -277,7 +308,8 @@ class PortsPanel(Widget, can_focus=True):
         return None
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
-        return max(1, len(self.ports) + 1)
+        extra = 1 if self.ban_drop is not None else 0
+        return max(1, len(self.ports) + extra + 1 + (1 if self.share.get(self.selected_port or 0) else 0))
 
     def render(self) -> Text:
         width = self.size.width or 80
@@ -286,22 +318,33 @@ class PortsPanel(Widget, can_focus=True):
         if not self.ports:
             out.append("no watched ports", style="dim")
             return out
+        focused = self.has_focus
         for p in self.ports:
             sel = p.port == self.selected_port
-            out.append(f"{p.port:>5} ", style="bold reverse" if sel else "bold")
-            out.append(f"{p.limit.describe():<23.23} ", style="reverse" if sel else "")
+            mark = "▶" if sel and focused else " "
+            out.append(f"{mark}{p.port:>5} ", style="bold reverse" if sel and focused else "bold")
+            out.append(f"{p.limit.describe():<22.22} ", style="reverse" if sel and focused else
+                       ("bold" if sel else ""))
             out.append(f"ok {rate(p.passed_s):>5}/s ", style="green")
-            out.append(sparkline(p.passed_hist, spark_w), style="green")
+            out.append(sparkline(p.passed_hist, spark_w, SPARK_SPAN), style="green")
             out.append(f" drop {rate(p.dropped_s):>5}/s ", style="red")
-            out.append(sparkline(p.dropped_hist, spark_w), style="red")
+            out.append(sparkline(p.dropped_hist, spark_w, SPARK_SPAN), style="red")
+            out.append("\n")
+        if self.ban_drop is not None:
+            v, hist = self.ban_drop
+            out.append(f" {'bans':>5} {'dropped by the ban list':<22} {'':>11} {' ' * spark_w}", style="dim")
+            out.append(f" drop {rate(v):>5}/s ", style="red")
+            out.append(sparkline(hist, spark_w, SPARK_SPAN), style="red")
             out.append("\n")
         sel = self.selected()
         if sel is not None:
-            line = sel.limit.meaning()
+            out.append(f"{sel.port}: ", style="bold")
+            out.append(sel.limit.meaning(), style="italic")
             extra = self.share.get(sel.port)
             if extra:
-                line = f"{line}; {extra}"
-            out.append(f"{sel.port}: {line}", style="italic")
+                out.append("\n")
+                out.append(f"{sel.port}: ", style="bold")
+                out.append(extra, style="italic")
         return out
 
 
@@ -309,7 +352,7 @@ class LiveLog(Widget):
     """The newest failures (and logins), newest at the bottom. Built from Text, never markup."""
 
     DEFAULT_CSS = """
-    LiveLog { height: 1fr; min-height: 3; max-height: 14; }
+    LiveLog { height: 1fr; min-height: 3; max-height: 14; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def __init__(self, **kw) -> None:  # noqa: ANN003
@@ -349,7 +392,7 @@ class UsersPanel(Widget):
     """Usernames tried across all IPs: a slow distributed attack on one mailbox shows here."""
 
     DEFAULT_CSS = """
-    UsersPanel { width: 34; height: 1fr; }
+    UsersPanel { width: 34; height: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def __init__(self, **kw) -> None:  # noqa: ANN003
@@ -375,7 +418,7 @@ class HeaderBar(Widget):
     """One line: host, mode, backend, sources and their health, events/s."""
 
     DEFAULT_CSS = """
-    HeaderBar { height: 1; background: $primary-background; }
+    HeaderBar { height: 1; background: $primary-background; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     HEALTH_STYLE = {"following": "green", "replay": "green", "journal": "green", "waiting": "yellow",
@@ -386,6 +429,7 @@ class HeaderBar(Widget):
         self.host = host
         self.mode = mode
         self.backend = backend
+        self.flags: list[tuple[str, str]] = []  # (text, style): auto-ban, dry run
         self.snapshot: Snapshot | None = None
 
     def set_snapshot(self, snap: Snapshot) -> None:
@@ -393,19 +437,34 @@ class HeaderBar(Widget):
         self.refresh()
 
     def render(self) -> Text:
+        full = self._line(compact=False)
+        if full.cell_len <= max(1, self.size.width):
+            return full
+        return self._line(compact=True)
+
+    def _line(self, compact: bool) -> Text:
+        """The header; ``compact`` drops labels so the figures fit at 80 columns."""
         out = Text(no_wrap=True, overflow="ellipsis")
-        out.append(" popwatch ", style="bold reverse")
+        if not compact:
+            out.append(" popwatch ", style="bold reverse")
         out.append(f" {safe(self.host, 40)} ", style="bold")
         mode_style = {"live": "bold green", "demo": "bold cyan", "read-only": "bold yellow",
                       "dry-run": "bold yellow"}.get(self.mode, "bold")
         out.append(f"{self.mode.upper()} ", style=mode_style)
         out.append(f"fw:{self.backend} ", style="dim")
+        for text, style in self.flags:
+            out.append(f"{text.replace('auto-ban:', 'auto:') if compact else text} ", style=style)
         snap = self.snapshot
         if snap is not None:
             for s in snap.sources:
-                out.append("● ", style=self.HEALTH_STYLE.get(s.state, ""))
+                out.append("●" if compact else "● ", style=self.HEALTH_STYLE.get(s.state, ""))
                 name = safe(s.name, 30).rsplit("/", 1)[-1]
-                out.append(f"{name}:{s.state} ", style="" if s.state in ("following", "replay", "journal") else "bold")
-            out.append(f"│ {snap.events_per_s:,.1f} ev/s │ {snap.total_ips:,} IPs │ {len(snap.bans)} bans",
+                ok = s.state in ("following", "replay", "journal")
+                if compact and ok:
+                    out.append(f"{name} ")
+                else:
+                    out.append(f"{name}:{s.state} ", style="" if ok else "bold")
+            sep = " " if compact else " │ "
+            out.append(f"│ {snap.events_per_s:,.1f} ev/s{sep}{snap.total_ips:,} IPs{sep}{len(snap.bans)} bans",
                        style="bold")
         return out

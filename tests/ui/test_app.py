@@ -134,7 +134,11 @@ async def test_detail_and_help_screens(demo):
         await pilot.press("escape")
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
-        assert ("b", "Ban") in app.screen.keys
+        keys = dict(app.screen.keys)
+        assert keys["b"].startswith("Ban") and keys["B"].startswith("Ban all") and "e" in keys
+        for b in app.BINDINGS:  # generated from the bindings: every shown key is listed
+            if b.show:
+                assert (b.key_display or b.key) in keys
         await pilot.press("escape")
         await pilot.press("q")
     assert app.return_code == 0
