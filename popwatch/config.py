@@ -125,6 +125,8 @@ class Config:
     limits: dict[int, PortLimit] = field(default_factory=dict)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source_path: Path | None = None
+    #: ``[crowdsec]`` (popwatch.crowdsec.CrowdSecConfig), None when absent
+    crowdsec: Any = None
 
     def limit_for(self, port: int) -> PortLimit:
         return self.limits.get(port) or PortLimit(port)
@@ -134,6 +136,8 @@ class Config:
 
 
 _TOP_KEYS = {"ports", "logs", "journal", "backend", "state_dir", "policy", "limits"}
+#: tables validated by their own modules ([crowdsec]: popwatch/crowdsec.py)
+_TABLE_KEYS = {"crowdsec"}
 _POLICY_KEYS = {"auto_ban", "maxretry", "findtime", "bantime", "allow", "ipv6_prefix", "ban_action",
                 "recidive_factor", "recidive_max", "recidive_window", "success_grace",
                 "success_maxretry", "user_ips", "user_maxretry", "whatif_window", "history_max",
@@ -203,7 +207,7 @@ def _cidr(v: object) -> str:
 
 def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
     """Build and validate a Config from parsed TOML."""
-    _check_keys(data, _TOP_KEYS, "")
+    _check_keys(data, _TOP_KEYS | _TABLE_KEYS, "")
     cfg = Config(source_path=source)
     if "ports" in data:
         cfg.ports = _val("ports", parse_ports, data["ports"])
@@ -295,6 +299,10 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         cfg.limits[port] = PortLimit(port, mode, rate, burst)
         if port not in cfg.ports:
             cfg.ports.append(port)
+    if "crowdsec" in data:
+        from .crowdsec import from_table
+
+        cfg.crowdsec = from_table(data["crowdsec"])
     return cfg
 
 
