@@ -1,0 +1,636 @@
+"""CrowdSec bridge: share popwatch's bans with a fleet through a CrowdSec Local API (LAPI).
+
+* Push (``machine_id`` + ``password``): popwatch logs in as a CrowdSec *machine*
+  (``POST /v1/watchers/login`` -> JWT; with ``register = true`` it first registers itself,
+  ``POST /v1/watchers``, and waits for ``cscli machines validate``) and sends every ban made on
+  this host (key, auto, CLI, undo) as an alert carrying one ``ban`` decision: scenario
+  ``popwatch/<origin>``, the ban's duration, the reason in the alert message. Every host's
+  bouncer then enforces it. A person's unban deletes the decision again (``push_unbans``).
+* Pull (``bouncer_key``): popwatch follows ``GET /v1/decisions/stream`` like a bouncer and
+  publishes the active ban decisions to ``StateStore.fleet_bans`` ("banned fleet-wide
+  (origin)"), checking each against this host's kernel set (``Firewall.bans()``). With
+  ``apply = true`` it also bans single addresses in its own set (origin ``crowdsec``; protected
+  addresses are refused as always) and lifts them when the decision goes away.
+
+The LAPI never blocks a local ban: bans are queued (bounded) and sent by a task that talks HTTP
+on a worker thread (urllib, standard library only), with timeouts and exponential backoff. Its
+state shows in the header as two sources, ``crowdsec push`` and ``crowdsec pull``, and in the
+store's notes when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import ipaddress
+import json
+import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from . import __version__
+from .config import ConfigError, parse_duration
+from .model import SourceHealth
+
+if TYPE_CHECKING:
+    from .monitor import Monitor
+
+#: ban origins never pushed: they came from the fleet, or were pushed when first made
+NO_PUSH = frozenset({"crowdsec", "kernel", "reconcile", "restore"})
+#: unbans by these origins delete the decision on the LAPI (a person changed their mind)
+UNBAN_PUSH = frozenset({"key", "cli", "undo"})
+#: what a permanent local ban becomes on the LAPI (CrowdSec decisions always have a duration)
+PERMANENT = 365 * 86400.0
+OUTBOX_MAX = 10_000
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
+PUSH_NAME, PULL_NAME = "crowdsec push", "crowdsec pull"
+_KEYS = {"url", "machine_id", "password", "password_file", "register", "bouncer_key", "bouncer_key_file",
+         "pull_interval", "timeout", "apply", "push_unbans"}
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass
+class CrowdSecConfig:
+    """``[crowdsec]``: push needs machine_id + password, pull needs bouncer_key."""
+
+    url: str = "http://127.0.0.1:8080/"
+    machine_id: str | None = None
+    password: str | None = None
+    register: bool = False
+    bouncer_key: str | None = None
+    pull_interval: float = 10.0
+    timeout: float = 5.0
+    apply: bool = False
+    push_unbans: bool = True
+
+    @property
+    def push(self) -> bool:
+        return bool(self.machine_id and self.password)
+
+    @property
+    def pull(self) -> bool:
+        return bool(self.bouncer_key)
+
+
+def _secret(d: dict[str, Any], key: str, where: str) -> str | None:
+    """``key`` or ``key_file`` (first line of the file)."""
+    if key in d and f"{key}_file" in d:
+        raise ConfigError(f"{where}{key}: give {key} or {key}_file, not both")
+    if key in d:
+        v = d[key]
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{where}{key}: expected a non-empty string")
+        return v.strip()
+    if f"{key}_file" in d:
+        p = Path(str(d[f"{key}_file"]))
+        try:
+            lines = p.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as e:
+            raise ConfigError(f"{where}{key}_file: {p}: {e.strerror}") from None
+        v = lines[0].strip() if lines else ""
+        if not v:
+            raise ConfigError(f"{where}{key}_file: {p} is empty")
+        return v
+    return None
+
+
+def from_table(d: object, where: str = "crowdsec.") -> CrowdSecConfig:
+    """Validate a ``[crowdsec]`` table. Raises ConfigError naming the key."""
+    if not isinstance(d, dict):
+        raise ConfigError("crowdsec: expected a table [crowdsec]")
+    for k in d:
+        if k not in _KEYS:
+            raise ConfigError(f"unknown key {where}{k!r} (allowed: {', '.join(sorted(_KEYS))})")
+    c = CrowdSecConfig()
+    if "url" in d:
+        u = urllib.parse.urlsplit(str(d["url"]))
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError(f"{where}url: {d['url']!r} is not an http(s):// URL of the Local API")
+        c.url = str(d["url"])
+    if not c.url.endswith("/"):
+        c.url += "/"
+    if "machine_id" in d:
+        m = d["machine_id"]
+        if not isinstance(m, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", m):
+            raise ConfigError(f"{where}machine_id: {m!r}: expected 1-64 letters, digits, . _ -")
+        c.machine_id = m
+    c.password = _secret(d, "password", where)
+    c.bouncer_key = _secret(d, "bouncer_key", where)
+    if bool(c.machine_id) != bool(c.password):
+        raise ConfigError(f"{where}machine_id and password go together (push needs both)")
+    for key in ("register", "apply", "push_unbans"):
+        if key in d:
+            if not isinstance(d[key], bool):
+                raise ConfigError(f"{where}{key}: expected true or false, got {d[key]!r}")
+            setattr(c, key, d[key])
+    for key, lo, hi in (("pull_interval", 1.0, 3600.0), ("timeout", 0.1, 120.0)):
+        if key in d:
+            try:
+                v = parse_duration(d[key], key)
+            except ValueError as e:
+                raise ConfigError(f"{where}{key}: {e}") from None
+            if not lo <= v <= hi:
+                raise ConfigError(f"{where}{key}: {d[key]!r}: expected from {lo:g}s to {hi:g}s")
+            setattr(c, key, v)
+    if not c.push and not c.pull:
+        raise ConfigError(f"{where[:-1]}: nothing to do: set machine_id + password (push) and/or "
+                          f"bouncer_key (pull)")
+    if c.apply and not c.pull:
+        raise ConfigError(f"{where}apply needs bouncer_key (decisions are pulled to be applied)")
+    return c
+
+
+# ----------------------------------------------------------------------------- helpers
+
+_GO_DUR = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """Go's ``time.Duration`` string (``3h59m58.5s``, ``-16.7ms``, ``0s``) -> seconds. ValueError."""
+    s = str(text).strip()
+    sign = -1.0 if s.startswith("-") else 1.0
+    s = s.lstrip("+-")
+    if s == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _GO_DUR.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _GO_UNIT[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ValueError(f"bad duration {text!r}")
+    return sign * total
+
+
+def go_duration(secs: float) -> str:
+    """Seconds -> a duration string the LAPI parses (whole seconds, at least 1s)."""
+    return f"{max(1, int(round(secs)))}s"
+
+
+def _iso(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _scope(target: str) -> tuple[str, str]:
+    """("Ip", addr) or ("Range", cidr) for a popwatch ban target (a /32 or /128 is an Ip)."""
+    if "/" in target:
+        net = ipaddress.ip_network(target, strict=False)
+        if net.num_addresses == 1:
+            return "Ip", str(net.network_address)
+        return "Range", str(net)
+    return "Ip", str(ipaddress.ip_address(target))
+
+
+class LapiError(Exception):
+    """A failed LAPI call. ``status`` is the HTTP status (None: no answer: down, slow, DNS)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def auth(self) -> bool:
+        return self.status in (401, 403)
+
+
+class Lapi:
+    """The few LAPI calls popwatch makes (synchronous; run them on a worker thread)."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self.timeout = timeout
+        self.user_agent = f"popwatch/{__version__}"
+
+    def _call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        h = {"User-Agent": self.user_agent, "Accept": "application/json", **(headers or {})}
+        if data is not None:
+            h["Content-Type"] = "application/json"
+        req = urllib.request.Request(urllib.parse.urljoin(self.url, path), data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 - configured URL
+                raw = r.read(64 << 20)
+        except urllib.error.HTTPError as e:
+            try:
+                detail = json.loads(e.read(4096) or b"{}")
+                msg = detail.get("message") or detail.get("error") or e.reason
+            except (ValueError, AttributeError, OSError):
+                msg = e.reason
+            raise LapiError(f"{method} {path}: HTTP {e.code}: {msg}", e.code) from None
+        except (urllib.error.URLError, OSError, socket.timeout) as e:
+            reason = getattr(e, "reason", e)
+            raise LapiError(f"{method} {path}: {reason or e.__class__.__name__}") from None
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise LapiError(f"{method} {path}: the answer is not JSON") from None
+
+    def register(self, machine_id: str, password: str) -> None:
+        self._call("POST", "v1/watchers", {"machine_id": machine_id, "password": password})
+
+    def login(self, machine_id: str, password: str, scenarios: list[str]) -> tuple[str, float]:
+        """(JWT, expiry epoch seconds)."""
+        r = self._call("POST", "v1/watchers/login",
+                       {"machine_id": machine_id, "password": password, "scenarios": scenarios})
+        if not isinstance(r, dict) or not r.get("token"):
+            raise LapiError("login: no token in the answer")
+        exp = time.time() + 3000.0
+        with contextlib.suppress(ValueError, TypeError):
+            exp = _dt.datetime.fromisoformat(str(r["expire"]).replace("Z", "+00:00")).timestamp()
+        return str(r["token"]), exp
+
+    def post_alerts(self, token: str, alerts: list[dict[str, Any]]) -> list[str]:
+        r = self._call("POST", "v1/alerts", alerts, {"Authorization": f"Bearer {token}"})
+        return [str(x) for x in r] if isinstance(r, list) else []
+
+    def delete_decisions(self, token: str, scope: str, value: str) -> int:
+        q = urllib.parse.urlencode({"ip" if scope == "Ip" else "range": value})
+        r = self._call("DELETE", f"v1/decisions?{q}", None, {"Authorization": f"Bearer {token}"})
+        try:
+            return int((r or {}).get("nbDeleted", 0))
+        except (TypeError, ValueError, AttributeError):
+            return 0
+
+    def stream(self, key: str, startup: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(new, deleted) decisions since the last call with this key (all active on startup)."""
+        r = self._call("GET", f"v1/decisions/stream?startup={'true' if startup else 'false'}", None,
+                       {"X-Api-Key": key})
+        if not isinstance(r, dict):
+            raise LapiError("decisions stream: unexpected answer")
+        return [d for d in r.get("new") or [] if isinstance(d, dict)], \
+            [d for d in r.get("deleted") or [] if isinstance(d, dict)]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetDecision:
+    value: str
+    scope: str
+    origin: str
+    scenario: str
+    expires: float
+    id: int
+
+    @property
+    def label(self) -> str:
+        """``popwatch/auto`` for popwatch's own pushes, else the origin (cscli, crowdsec, CAPI)."""
+        return self.scenario if self.scenario.startswith("popwatch/") else self.origin
+
+
+# ----------------------------------------------------------------------------- bridge
+
+class CrowdSecBridge:
+    """Push local bans to the LAPI, pull the fleet's decisions into the store."""
+
+    def __init__(self, cfg: CrowdSecConfig, monitor: "Monitor", *, lapi: Lapi | None = None,
+                 hostname: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.monitor = monitor
+        self.store = monitor.store
+        self.lapi = lapi or Lapi(cfg.url, timeout=cfg.timeout)
+        self.host = hostname or socket.gethostname()
+        self.clock = clock
+        self.outbox: deque[tuple[str, str, float | None, str, str]] = deque()
+        self.dropped = 0
+        self.pushed = 0
+        self.push_errors = 0
+        self.pull_errors = 0
+        self.push_ok: bool | None = None
+        self.pull_ok: bool | None = None
+        #: active ban decisions by address/CIDR (the longest one when there are several)
+        self.decisions: dict[str, FleetDecision] = {}
+        self._by_id: dict[int, FleetDecision] = {}
+        self.in_kernel: dict[str, bool] = {}
+        self.not_applied: dict[str, str] = {}
+        self._token: tuple[str, float] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._applied: set[str] = set()
+
+    # -------------------------------------------------------------- wiring
+    def attach(self) -> None:
+        """Hook into the Monitor: actions feed the push queue; the bridge's tasks run while
+        ``monitor.run()`` runs (on its loop, TUI or headless)."""
+        self.monitor.on_action.append(self.on_action)
+        inner = self.monitor.run
+
+        async def run_with_bridge() -> None:
+            task = asyncio.create_task(self.run(), name="crowdsec")
+            try:
+                await inner()
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.monitor.run = run_with_bridge  # type: ignore[method-assign]
+        if self.cfg.push:
+            self._health(PUSH_NAME, "waiting", f"{self.cfg.url} (not yet contacted)")
+        if self.cfg.pull:
+            self._health(PULL_NAME, "waiting", f"{self.cfg.url} (not yet contacted)")
+
+    def on_action(self, action: str, target: str, info: dict[str, Any]) -> None:
+        """Monitor.on_action (firewall thread or loop): queue, never block."""
+        if not self.cfg.push or info.get("ok", True) is False:
+            return
+        origin = str(info.get("origin") or "")
+        if action == "ban" and origin not in NO_PUSH:
+            self._queue(("ban", target, info.get("ttl"), str(info.get("reason") or ""), origin))
+        elif action == "unban" and self.cfg.push_unbans and origin in UNBAN_PUSH:
+            self._queue(("unban", target, None, "", origin))
+
+    def _queue(self, item: tuple[str, str, float | None, str, str]) -> None:
+        if len(self.outbox) >= OUTBOX_MAX:
+            self.outbox.popleft()
+            self.dropped += 1
+        self.outbox.append(item)
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: the queue waits for the next run
+                loop.call_soon_threadsafe(wake.set)
+
+    def _health(self, name: str, state: str, detail: str) -> None:
+        self.store.set_source(SourceHealth(name, state, detail))
+
+    def _transition(self, which: str, ok: bool, message: str) -> None:
+        """Note a change of push/pull state once (not every retry)."""
+        attr = f"{which}_ok"
+        if getattr(self, attr) != ok:
+            setattr(self, attr, ok)
+            self.store.note(message)
+
+    # -------------------------------------------------------------- tasks
+    async def run(self) -> None:
+        """Push and pull until cancelled; never raises otherwise."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self.outbox:
+            self._wake.set()
+        jobs = []
+        if self.cfg.push:
+            jobs.append(self._push_loop())
+        if self.cfg.pull:
+            jobs.append(self._pull_loop())
+        try:
+            await asyncio.gather(*jobs)
+        finally:
+            self._loop = None
+
+    async def _push_loop(self) -> None:
+        assert self._wake is not None
+        backoff = BACKOFF_MIN
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 5.0)
+            self._wake.clear()
+            while self.outbox:
+                batch = [self.outbox.popleft() for _ in range(min(100, len(self.outbox)))]
+                try:
+                    n = await asyncio.to_thread(self._push_sync, batch)
+                except LapiError as e:
+                    self.outbox.extendleft(reversed(batch))
+                    while len(self.outbox) > OUTBOX_MAX:
+                        self.outbox.pop()
+                        self.dropped += 1
+                    self.push_errors += 1
+                    state = "denied" if e.auth else "error"
+                    if e.status == 401 and "not validated" in str(e):
+                        state = "waiting"
+                    self._health(PUSH_NAME, state, f"{e}; {len(self.outbox)} queued, retry in {backoff:.0f}s")
+                    self._transition("push", False, f"CrowdSec push failing: {e} (local bans unaffected)")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+                except Exception as e:  # noqa: BLE001 - a bug here must not stop popwatch
+                    self._health(PUSH_NAME, "error", f"{e.__class__.__name__}: {e}")
+                    await asyncio.sleep(BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_MIN
+                self.pushed += n
+                self._health(PUSH_NAME, "following", f"{self.cfg.url}: {self.pushed} bans pushed")
+                self._transition("push", True, f"CrowdSec push: connected to {self.cfg.url} as "
+                                               f"{self.cfg.machine_id}")
+
+    def _jwt(self, renew: bool = False) -> str:
+        c = self.cfg
+        assert c.machine_id and c.password
+        if not renew and self._token is not None and self._token[1] - 60 > time.time():
+            return self._token[0]
+        scen = ["popwatch/key", "popwatch/auto", "popwatch/cli", "popwatch/undo"]
+        try:
+            self._token = self.lapi.login(c.machine_id, c.password, scen)
+        except LapiError as e:
+            if not (c.register and e.status == 401 and "not found" in str(e)):
+                raise
+            self.lapi.register(c.machine_id, c.password)
+            try:
+                self._token = self.lapi.login(c.machine_id, c.password, scen)
+            except LapiError as e2:
+                raise LapiError(f"registered machine {c.machine_id!r}: validate it on the LAPI host with "
+                                f"`cscli machines validate {c.machine_id}` ({e2})", e2.status) from None
+        return self._token[0]
+
+    def _push_sync(self, batch: list[tuple[str, str, float | None, str, str]]) -> int:
+        """Worker thread: send bans as alerts, unbans as decision deletions."""
+        bans = [b for b in batch if b[0] == "ban"]
+        alerts = [self.alert(t, ttl, reason, origin) for _, t, ttl, reason, origin in bans]
+        for attempt in (0, 1):
+            token = self._jwt(renew=attempt == 1)
+            try:
+                if alerts:
+                    self.lapi.post_alerts(token, alerts)
+                    alerts = []
+                for kind, t, _, _, _ in batch:
+                    if kind == "unban":
+                        self.lapi.delete_decisions(token, *_scope(t))
+                break
+            except LapiError as e:
+                if e.status != 401 or attempt == 1:  # 401: the JWT expired; log in again once
+                    raise
+        return len(bans)
+
+    def alert(self, target: str, ttl: float | None, reason: str, origin: str) -> dict[str, Any]:
+        """One alert with one ban decision, as the LAPI (1.4+) takes it."""
+        scope, value = _scope(target)
+        now = _iso(self.clock())
+        scenario = f"popwatch/{origin or 'cli'}"
+        why = (reason or f"{origin} ban").replace("\n", " ")[:200]
+        source: dict[str, Any] = {"scope": scope, "value": value}
+        if scope == "Ip":
+            source["ip"] = value
+        else:
+            source["range"] = value
+        return {
+            "scenario": scenario, "scenario_hash": "", "scenario_version": __version__,
+            "message": f"popwatch on {self.host}: {why}",
+            "events_count": 1, "start_at": now, "stop_at": now, "capacity": 0, "leakspeed": "0",
+            "simulated": False, "remediation": True,
+            "events": [{"timestamp": now, "meta": [{"key": "reason", "value": why},
+                                                   {"key": "popwatch_host", "value": self.host},
+                                                   {"key": "popwatch_origin", "value": origin}]}],
+            "source": source,
+            "decisions": [{"duration": go_duration(PERMANENT if ttl is None else float(ttl)),
+                           "origin": "crowdsec", "scenario": scenario, "scope": scope, "type": "ban",
+                           "value": value}],
+        }
+
+    async def _pull_loop(self) -> None:
+        c = self.cfg
+        assert c.bouncer_key
+        startup = True
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                new, deleted = await asyncio.to_thread(self.lapi.stream, c.bouncer_key, startup)
+            except LapiError as e:
+                self.pull_errors += 1
+                self._health(PULL_NAME, "denied" if e.auth else "error", f"{e}; retry in {backoff:.0f}s")
+                self._transition("pull", False, f"CrowdSec pull failing: {e}")
+                startup = True  # resynchronise from scratch once it answers again
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            except Exception as e:  # noqa: BLE001
+                self._health(PULL_NAME, "error", f"{e.__class__.__name__}: {e}")
+                await asyncio.sleep(BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            self.merge(new, deleted, startup)
+            startup = False
+            try:
+                await self._verify_and_apply()
+            except Exception as e:  # noqa: BLE001 - keep pulling
+                self.store.note(f"CrowdSec: checking decisions against the kernel failed: {e}")
+            self.publish()
+            self._health(PULL_NAME, "following", f"{c.url}: {len(self.decisions)} fleet bans, "
+                         f"{sum(self.in_kernel.values())} in this host's set")
+            self._transition("pull", True, f"CrowdSec pull: following {c.url} decisions")
+            await asyncio.sleep(c.pull_interval)
+
+    def merge(self, new: list[dict[str, Any]], deleted: list[dict[str, Any]], startup: bool) -> None:
+        """Apply one stream answer to :attr:`decisions` (ban decisions on Ip/Range scopes)."""
+        now = self.clock()
+        by_id = self._by_id
+        if startup:
+            by_id.clear()
+        for d in deleted:
+            i = d.get("id")
+            if isinstance(i, int):
+                by_id.pop(i, None)
+            else:  # no id: every decision on that value
+                for k in [k for k, fd in by_id.items() if fd.value == str(d.get("value", ""))]:
+                    del by_id[k]
+        for d in new:
+            if str(d.get("type", "")).lower() != "ban":
+                continue
+            scope = str(d.get("scope", ""))
+            try:
+                if scope.lower() == "ip":
+                    value, scope = str(ipaddress.ip_address(str(d.get("value")))), "Ip"
+                elif scope.lower() == "range":
+                    value, scope = str(ipaddress.ip_network(str(d.get("value")), strict=False)), "Range"
+                else:
+                    continue
+                left = parse_go_duration(str(d.get("duration", "0s")))
+            except ValueError:
+                continue
+            if left <= 0:
+                continue
+            i = d.get("id")
+            if not isinstance(i, int):
+                i = -1 - len(by_id)  # no id (not seen from a real LAPI): keep it apart
+            by_id[i] = FleetDecision(value, scope, str(d.get("origin", "")), str(d.get("scenario", "")),
+                                     now + left, i)
+        for k in [k for k, fd in by_id.items() if fd.expires <= now]:
+            del by_id[k]
+        out: dict[str, FleetDecision] = {}
+        for fd in by_id.values():  # one per address: the one that lasts longest
+            cur = out.get(fd.value)
+            if cur is None or fd.expires > cur.expires:
+                out[fd.value] = fd
+        self.decisions = out
+
+    async def _verify_and_apply(self) -> None:
+        mon = self.monitor
+        loop = asyncio.get_running_loop()
+        fw_exec = getattr(mon, "_fw", None)  # the firewall's own thread (python-iptables)
+        if self.cfg.apply:
+            await self._apply()
+        kernel = await loop.run_in_executor(fw_exec, mon.firewall.bans) if mon.firewall.can_write else {}
+        entry = getattr(mon, "_entry", None)
+        out: dict[str, bool] = {}
+        for v, fd in self.decisions.items():
+            e = v
+            if entry is not None:
+                e = entry(v, fd.scope == "Range")
+            out[v] = v in kernel or e in kernel
+        self.in_kernel = out
+
+    async def _apply(self) -> None:
+        """``apply = true``: ban fleet addresses in popwatch's own set; lift what we applied."""
+        mon, now = self.monitor, self.clock()
+        for v, fd in list(self.decisions.items()):
+            if fd.scope != "Ip" or v in self.store.bans or v in self.not_applied:
+                continue
+            try:
+                r = await mon.aban(v, ttl=max(1.0, fd.expires - now), reason=f"fleet: {fd.scenario}"[:200],
+                                   origin="crowdsec")
+                if r.ban is not None:
+                    self._applied.add(v)
+            except Exception as e:  # noqa: BLE001 - Refused (protected), FirewallError
+                self.not_applied[v] = str(e)
+                self.store.note(f"CrowdSec decision on {v} not applied here: {e}")
+        for v in list(self._applied):
+            if v not in self.decisions:
+                self._applied.discard(v)
+                b = self.store.bans.get(v)
+                if b is not None and b.origin == "crowdsec":
+                    with contextlib.suppress(Exception):
+                        await mon.aunban(v, origin="crowdsec")
+        for v in [v for v in self.not_applied if v not in self.decisions]:
+            del self.not_applied[v]
+
+    def publish(self) -> None:
+        """Give the rows their "banned fleet-wide (label)" (on the loop)."""
+        out = {}
+        for v, fd in self.decisions.items():
+            lab = fd.label
+            if not self.in_kernel.get(v, False):
+                lab += "; not in this host's set"
+            out[v] = lab
+        self.store.set_fleet_bans(out)
+
+    # -------------------------------------------------------------- metrics
+    def metric_families(self) -> Iterator[Any]:
+        """For :class:`popwatch.metrics.PopwatchCollector.extra`."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily("popwatch_crowdsec_up", "1 when the last LAPI call of this direction "
+                               "worked", labels=["direction"])
+        if self.cfg.push:
+            up.add_metric(["push"], 1 if self.push_ok else 0)
+        if self.cfg.pull:
+            up.add_metric(["pull"], 1 if self.pull_ok else 0)
+        yield up
+        yield CounterMetricFamily("popwatch_crowdsec_pushed_bans", "Bans sent to the LAPI", value=self.pushed)
+        yield GaugeMetricFamily("popwatch_crowdsec_push_queue", "Bans waiting to be sent", value=len(self.outbox))
+        yield CounterMetricFamily("popwatch_crowdsec_push_dropped", "Queued bans dropped (queue full)",
+                                  value=self.dropped)
+        g = GaugeMetricFamily("popwatch_crowdsec_fleet_bans", "Active fleet ban decisions, by whether this "
+                              "host's kernel set has them", labels=["in_kernel"])
+        ink = dict(self.in_kernel)
+        n_in = sum(1 for v in list(self.decisions) if ink.get(v))
+        g.add_metric(["true"], n_in)
+        g.add_metric(["false"], len(self.decisions) - n_in)
+        yield g
