@@ -340,3 +340,59 @@ class _Union(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return self.registry.collect()
+
+
+# ----------------------------------------------------------------------- command line
+
+def add_arguments(p: Any) -> None:
+    """``--metrics``, ``--metrics-textfile``, ``--metrics-allow-remote`` on a subcommand parser."""
+    p.add_argument("--metrics", metavar="[HOST:]PORT", help="serve Prometheus metrics over HTTP, e.g. "
+                   f"127.0.0.1:{DEFAULT_PORT} (loopback only unless --metrics-allow-remote)")
+    p.add_argument("--metrics-textfile", metavar="PATH", help="also write the metrics to PATH every 10 s "
+                   "(atomically) for node_exporter's textfile collector; PATH should end in .prom")
+    p.add_argument("--metrics-allow-remote", action="store_true", help="allow --metrics on a non-loopback "
+                   "address (the endpoint has no authentication: firewall it)")
+
+
+def start_exporters(monitor: "Monitor", args: Any, cfg: Any = None) -> Callable[[], None]:
+    """Start what the options and config ask for: the metrics endpoint/textfile and the CrowdSec
+    bridge (``[crowdsec]``). Returns the function that stops them. Raises
+    :class:`popwatch.cli.UsageError` for a bad address or one that cannot be bound."""
+    from .cli import UsageError
+
+    listen = getattr(args, "metrics", None)
+    textfile = getattr(args, "metrics_textfile", None)
+    try:
+        where = parse_listen(listen, allow_remote=bool(getattr(args, "metrics_allow_remote", False))) \
+            if listen else None
+    except MetricsError as e:
+        raise UsageError(str(e)) from None
+    metrics: Metrics | None = None
+    if where is not None or textfile:
+        metrics = Metrics(monitor)
+    bridge = None
+    cs = getattr(cfg, "crowdsec", None) if cfg is not None else None
+    if cs is not None:
+        from .crowdsec import CrowdSecBridge
+
+        bridge = CrowdSecBridge(cs, monitor)
+        bridge.attach()
+        if metrics is not None:
+            metrics.collector.extra.append(bridge.metric_families)
+    if metrics is not None:
+        what = ""
+        try:
+            if where is not None:
+                what = f"{where[0]}:{where[1]}"
+                metrics.serve(*where)
+            if textfile:
+                what = textfile
+                metrics.start_textfile(textfile)
+        except OSError as e:
+            metrics.close()
+            raise UsageError(f"metrics: cannot use {what}: {e.strerror or e}") from None
+
+    def stop() -> None:
+        if metrics is not None:
+            metrics.close()
+    return stop

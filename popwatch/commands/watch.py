@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from ..config import Config, parse_duration, parse_ports
 from ..demo import build_demo
+from ..metrics import add_arguments as add_metrics_arguments, start_exporters
 from ..firewall.base import NeedsRoot
 from ..monitor import Monitor
 from ..policy import Protector
@@ -61,6 +62,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     w.add_argument("--backfill", metavar="N|DURATION", help="on start, read the last N lines or the last "
                    "DURATION (e.g. 10m) of each file to fill the table")
     w.add_argument("--duration", type=_duration, metavar="S", help="stop after S seconds (headless runs, tests)")
+    add_metrics_arguments(w)
     w.set_defaults(func=run_watch)
 
     d = sub.add_parser("demo", parents=[common], help="a simulated attack on real log lines; no root needed",
@@ -71,6 +73,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     d.add_argument("--duration", type=_duration, metavar="S", help="stop after S seconds (default: forever; "
                    "with --no-tui, 10)")
     d.add_argument("--seed", type=int, default=2009, help="random seed of the scenario (default 2009)")
+    add_metrics_arguments(d)
     d.set_defaults(func=run_demo)
 
 
@@ -93,18 +96,22 @@ async def _run_for(monitor: Monitor, duration: float | None) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     if args.no_tui:
         monitor, _ = build_demo(speed=args.speed, seed=args.seed, events_out=sys.stdout)
+        stop_exporters = start_exporters(monitor, args)
         try:
             asyncio.run(_run_for(monitor, args.duration if args.duration is not None else 10.0))
         finally:
+            stop_exporters()
             monitor.close()
         return 0
     monitor, _ = build_demo(speed=args.speed, seed=args.seed)
+    stop_exporters = start_exporters(monitor, args)
     from ..ui.app import make_app
 
     app = make_app(monitor, mode="demo", host="mail1 (demo)", exit_after=args.duration)
     try:
         app.run()
     finally:
+        stop_exporters()
         monitor.close()
     return 0
 
@@ -200,6 +207,11 @@ def run_watch(args: argparse.Namespace) -> int:
             print(f"popwatch: {line}", file=sys.stderr)
     mode = "dry-run" if dry_run else ("read-only" if why_ro or not firewall.can_write else "live")
     try:
+        stop_exporters = start_exporters(monitor, args, cfg)  # --metrics, [crowdsec]
+    except BaseException:
+        monitor.close()
+        raise
+    try:
         if args.no_tui:
             asyncio.run(_headless(monitor, args.duration))
         else:
@@ -208,6 +220,7 @@ def run_watch(args: argparse.Namespace) -> int:
             app = make_app(monitor, mode=mode, exit_after=args.duration)
             app.run()
     finally:
+        stop_exporters()
         monitor.close()
         if events_out is not None and events_out is not sys.stdout:
             events_out.close()
