@@ -24,6 +24,7 @@ APT_PACKAGES = [
     "iptables", "ipset", "nftables", "iproute2", "procps", "kmod",
     "dovecot-core", "dovecot-pop3d", "dovecot-imapd", "openssh-server", "openssh-client", "rsyslog",
     "hydra", "fail2ban", "systemd-journal-remote", "tmux", "python3-venv",
+    "prometheus", "crowdsec",
 ]
 
 
@@ -48,6 +49,12 @@ def apt_install() -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     # Do not let package scripts start the daemons on this host: the tests start their own
     # instances inside network namespaces.
+    capi = Path("/etc/crowdsec/online_api_credentials.yaml")
+    if "crowdsec" in missing and not capi.exists():
+        # crowdsec's postinst registers with the Central API unless this file is non-empty;
+        # there is no network here, and the tests run their own loopback-only LAPI
+        capi.parent.mkdir(parents=True, exist_ok=True)
+        capi.write_text("# no Central API: offline test host (tests/run.py)\n")
     rcd = Path("/usr/sbin/policy-rc.d")
     made_rcd = False
     if not rcd.exists():
