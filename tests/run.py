@@ -47,14 +47,14 @@ def apt_install() -> None:
         return
     say(f"installing system packages: {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    # Do not let package scripts start the daemons on this host: the tests start their own
-    # instances inside network namespaces.
     capi = Path("/etc/crowdsec/online_api_credentials.yaml")
     if "crowdsec" in missing and not capi.exists():
         # crowdsec's postinst registers with the Central API unless this file is non-empty;
         # there is no network here, and the tests run their own loopback-only LAPI
         capi.parent.mkdir(parents=True, exist_ok=True)
         capi.write_text("# no Central API: offline test host (tests/run.py)\n")
+    # Do not let package scripts start the daemons on this host: the tests start their own
+    # instances inside network namespaces.
     rcd = Path("/usr/sbin/policy-rc.d")
     made_rcd = False
     if not rcd.exists():
