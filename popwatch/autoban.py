@@ -195,21 +195,28 @@ class AutoBan:
 
     # -------------------------------------------------------------- users
     def _note_user(self, user: str, ip: str, ts: float, findtime: float) -> int:
-        """Distinct addresses that tried ``user`` within findtime (after adding this one)."""
+        """Distinct addresses that tried ``user`` within findtime (after adding this one).
+        Amortised O(1): the dict is kept in order of last try, oldest first."""
         d = self.user_ips.get(user)
         if d is None:
             if len(self.user_ips) >= self.max_users:
                 self._prune_users(ts, findtime)
             d = self.user_ips[user] = {}
-        d[ip] = max(ts, d.get(ip, 0.0))
+        else:
+            old = d.pop(ip, None)
+            if old is not None and old > ts:
+                ts = old
+        d[ip] = ts
         cutoff = ts - findtime
+        while d:
+            first = next(iter(d))
+            if d[first] > cutoff:
+                break
+            del d[first]
         cap = max(4 * self.policy.user_ips, 64)
-        if len(d) > cap:
-            for k in [k for k, t in d.items() if t <= cutoff]:
-                del d[k]
-            while len(d) > cap:
-                del d[next(iter(d))]
-        return sum(1 for t in d.values() if t > cutoff)
+        while len(d) > cap:
+            del d[next(iter(d))]
+        return len(d)
 
     def _prune_users(self, now: float, findtime: float) -> None:
         cutoff = now - findtime

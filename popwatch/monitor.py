@@ -40,6 +40,8 @@ from .whatif import EventWindow, WhatIfReport, what_if as _what_if
 
 #: lines ingested per slice before yielding to the event loop (keeps keys responsive)
 INGEST_SLICE = 2000
+#: lines parsed between auto-ban checks within one batch
+AUTOBAN_STEP = 128
 #: polls between kernel/store ban syncs (CLI bans and unbans made while we run)
 SYNC_EVERY = 5
 #: actions `undo` can revert
@@ -75,6 +77,8 @@ class Monitor:
         self.clock = store.clock
         self.policy = policy or PolicyConfig()
         self._fw = ThreadPoolExecutor(max_workers=1, thread_name_prefix="popwatch-fw")
+        # audit/history writes of auto-bans (fsync) off the firewall thread: the next ban waits for no disk
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="popwatch-io")
         self._tasks: list[asyncio.Task[None]] = []
         self.on_events: list[Callable[[list[AuthEvent]], Awaitable[None] | None]] = []
         #: after every audited action (ban, unban, limit, expire, restore, undo, refused bans with
@@ -90,7 +94,7 @@ class Monitor:
         #: (ip, crossing event ts, monotonic at the crossing, monotonic when in the kernel)
         self.auto_latency: deque[tuple[str, float, float, float]] = deque(maxlen=10_000)
         self.window = EventWindow(self.policy.whatif_window)
-        self.autoban = AutoBan(self.policy, protected=self.protector.why_protected,
+        self.autoban = AutoBan(self.policy, protected=self.protector.protected_ip,
                                is_banned=self._banned_or_pending, enabled=auto_ban)
         store.protected = self.protector.why_protected
         if store.near_threshold is None:
@@ -138,6 +142,7 @@ class Monitor:
 
     def close(self) -> None:
         self._fw.shutdown(wait=True, cancel_futures=False)
+        self._io.shutdown(wait=True, cancel_futures=False)
         self.flush()
         self.firewall.close()
         if self.persist is not None:
@@ -174,12 +179,19 @@ class Monitor:
         """Parse and store one batch (sync; used by sources' task and by tests). Auto-ban
         decisions go to the firewall thread from here, before anything else is done."""
         parse = self.parser.parse
-        events = [ev for ev in map(parse, batch) if ev is not None]
+        feed = self.autoban.feed
+        events: list[AuthEvent] = []
+        # parse and count in small steps, so a crossing goes to the firewall thread before
+        # the rest of a big batch is parsed
+        for i in range(0, len(batch), AUTOBAN_STEP):
+            evs = [ev for ev in map(parse, batch[i:i + AUTOBAN_STEP]) if ev is not None]
+            if evs:
+                decisions = feed(evs)
+                if decisions:
+                    self._fire(decisions)
+                events.extend(evs)
         self.lines_in += len(batch)
         if events:
-            decisions = self.autoban.feed(events)
-            if decisions:
-                self._fire(decisions)
             self.store.add_events(events)
             self.window.add(events)
             out = self.events_out
@@ -224,15 +236,18 @@ class Monitor:
                 self.flush()
             except OSError as e:
                 self.store.note(f"state dir: {e}")
-            if n % 30 == 1:
-                # long-lived state to the permanent generation: full GCs stop scanning it
-                gc.collect(1)
-                gc.freeze()
+            # long-lived state to the permanent generation, every poll: full collections stop
+            # scanning the store (a full GC over 100k records stalls ingest and auto-ban ~100 ms)
+            gc.collect(1)
+            gc.freeze()
             await asyncio.sleep(self.poll_interval)
 
     # ------------------------------------------------------------------ audit/state
-    def _audit(self, action: str, target: str, **kw: Any) -> dict[str, Any] | None:
+    def _audit(self, action: str, target: str, *, defer: bool = False, **kw: Any) -> dict[str, Any] | None:
         if self.dry_run:
+            return None
+        if self.persist is not None and defer:
+            self._io.submit(self._audit_io, action, target, kw)
             return None
         if self.persist is not None:
             rec = self.persist.audit(action, target, **kw)
@@ -247,6 +262,15 @@ class Monitor:
             self._actions.append(rec)
             del self._actions[:-1000]
         return rec
+
+    def _audit_io(self, action: str, target: str, kw: dict[str, Any], ban: Ban | None = None) -> None:
+        try:
+            if self.persist is not None:
+                self.persist.audit(action, target, **kw)
+                if ban is not None:
+                    self.persist.add_history(ban)
+        except OSError as e:
+            self.store.note(f"audit log: {e}")
 
     def _save_bans_now(self) -> None:
         if self.persist is not None and not self.dry_run:
@@ -299,9 +323,13 @@ class Monitor:
         extra: dict[str, Any] = {"ttl": ttl, "expires": ban.expires}
         if detail:
             extra["detail"] = detail
-        self._audit("ban", target, origin=origin, reason=reason, change=change, **extra)
-        if self.persist is not None:
-            self.persist.add_history(ban)
+        if origin == "auto" and self.persist is not None:  # the disk after the kernel, off this thread
+            self._io.submit(self._audit_io, "ban", target,
+                            dict(origin=origin, reason=reason, change=change, **extra), ban)
+        else:
+            self._audit("ban", target, origin=origin, reason=reason, change=change, **extra)
+            if self.persist is not None:
+                self.persist.add_history(ban)
         left = "permanently" if ttl is None else f"for {_human(ttl)}"
         return ActionResult(True, f"banned {target} {left}", tuple(change), ban)
 

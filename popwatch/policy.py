@@ -22,6 +22,10 @@ from typing import Iterable, Mapping
 from .addr import IPAddress, IPNetwork, parse_target
 
 
+_MAPPED = b"\0" * 10 + b"\xff\xff"
+_MAPPED_NET = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 class Refused(Exception):
     """An action refused by policy (CLI exit 4); the message says why."""
 
@@ -123,13 +127,61 @@ class Protector:
     def __post_init__(self) -> None:
         self._nets: list[tuple[IPNetwork, str]] = []
         for cidr in self.allow:
-            self._nets.append((ipaddress.ip_network(cidr, strict=False), f"in the allow-list ({cidr})"))
+            self._add(cidr, f"in the allow-list ({cidr})")
         for ip in self.ssh:
-            self._nets.append((ipaddress.ip_network(ip), "the SSH client of this session (you)"))
+            self._add(ip, "the SSH client of this session (you)")
         for ip in self.own:
-            self._nets.append((ipaddress.ip_network(ip), "one of this host's own addresses"))
-        self._nets.append((ipaddress.ip_network("127.0.0.0/8"), "loopback"))
-        self._nets.append((ipaddress.ip_network("::1/128"), "loopback"))
+            self._add(ip, "one of this host's own addresses")
+        self._add("127.0.0.0/8", "loopback")
+        self._add("::1/128", "loopback")
+        self._index()
+
+    def _add(self, cidr: str, why: str, *, first: bool = False) -> None:
+        """Add a protected net; its IPv4-mapped part (``::ffff:0:0/96``) is protected as IPv4
+        too, because every path unwraps mapped addresses before it bans them."""
+        net = ipaddress.ip_network(cidr, strict=False)
+        nets: list[IPNetwork] = [net]
+        if isinstance(net, ipaddress.IPv6Network) and net.overlaps(_MAPPED_NET):
+            if net.prefixlen <= 96:
+                nets.append(ipaddress.IPv4Network("0.0.0.0/0"))
+            else:
+                v4 = net.network_address.ipv4_mapped
+                assert v4 is not None
+                nets.append(ipaddress.ip_network(f"{v4}/{net.prefixlen - 96}", strict=False))
+        for n in nets:
+            if first:
+                self._nets.insert(0, (n, why))
+            else:
+                self._nets.append((n, why))
+
+    def _index(self) -> None:
+        """Integer ranges of the protected nets, for :meth:`protected_ip` (the hot path)."""
+        self._ranges: dict[int, list[tuple[int, int, IPNetwork, str]]] = {4: [], 6: []}
+        for net, why in self._nets:
+            self._ranges[net.version].append((int(net.network_address), int(net.broadcast_address), net, why))
+
+    def protected_ip(self, ip: str) -> str | None:
+        """:meth:`why_protected` for one address string, fast (auto-ban calls it for every new
+        address of a flood): ``inet_pton`` and integer ranges instead of ``ipaddress``. Anything
+        that is not a plain address goes the slow, general way."""
+        try:
+            if ":" in ip:
+                b = socket.inet_pton(socket.AF_INET6, ip)
+                if b[:12] == _MAPPED:
+                    fam, n = 4, int.from_bytes(b[12:], "big")
+                else:
+                    fam, n = 6, int.from_bytes(b, "big")
+            else:
+                b = socket.inet_pton(socket.AF_INET, ip)
+                fam, n = 4, int.from_bytes(b, "big")
+        except (OSError, ValueError, TypeError):
+            return self.why_protected(ip)
+        if n == 0:
+            return "the unspecified address"
+        for lo, hi, net, why in self._ranges[fam]:
+            if lo <= n <= hi:
+                return f"{ipaddress.ip_address(n) if fam == 4 else ipaddress.IPv6Address(n)} is {why}"
+        return None
 
     @classmethod
     def from_env(cls, allow: Iterable[str] = (), *, own: bool = True) -> "Protector":
@@ -138,7 +190,8 @@ class Protector:
     def add_allow(self, cidr: str) -> None:
         net = ipaddress.ip_network(cidr, strict=False)
         self.allow.append(str(net))
-        self._nets.insert(0, (net, f"in the allow-list ({net})"))
+        self._add(str(net), f"in the allow-list ({net})", first=True)
+        self._index()
 
     def why_protected(self, target: str | IPAddress | IPNetwork) -> str | None:
         """None when ``target`` may be banned; otherwise the reason it may not."""

@@ -39,3 +39,27 @@ def test_allow_listed_v4_protected_in_every_form(addr):
     for a in (addr, net.network_address, net.broadcast_address):
         assert p.why_protected(str(a)) is not None
         assert p.why_protected(f"::ffff:{a}") is not None
+
+
+def test_mapped_ipv6_allow_entries_protect_the_ipv4_addresses():
+    """An allow-list entry written as IPv4-mapped IPv6 protects those IPv4 addresses: every
+    path unwraps ::ffff:a.b.c.d before banning it (found by the property tests)."""
+    p = Protector(allow=["::ffff:0:0/96"])
+    assert p.why_protected("::ffff:0:1") is not None and p.protected_ip("0.0.0.1") is not None
+    p = Protector(allow=["::ffff:203.0.113.0/120"], ssh={"::ffff:198.51.100.7"})
+    assert "allow-list" in p.why_protected("203.0.113.77")
+    assert "SSH client" in p.protected_ip("198.51.100.7")
+    assert p.why_protected("203.0.114.1") is None
+    assert p.why_protected("203.0.113.0/24") is not None  # a network containing it
+
+
+_nets = st.one_of(
+    st.tuples(st.ip_addresses(v=4), st.integers(0, 32)),
+    st.tuples(st.ip_addresses(v=6), st.integers(0, 128)),
+).map(lambda t: ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False))
+
+
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), st.lists(_nets, max_size=4))
+def test_fast_path_agrees_with_the_general_check(addr, nets):
+    p = Protector(allow=[str(n) for n in nets])
+    assert (p.protected_ip(str(addr)) is None) == (p.why_protected(str(addr)) is None)
