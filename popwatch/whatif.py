@@ -279,3 +279,43 @@ def what_if(events: Iterable[AuthEvent], policy: PolicyConfig, proposal: str | d
         lim = PortLimit(prop["port"], mode, prop.get("rate", base.rate), prop.get("burst", base.burst))
         return what_if_limit(events, lim, ipv6_prefix=ipv6_prefix)
     return what_if_policy(events, policy, protected=protected, successes=successes, **prop)
+
+
+class ScanWhatIf:
+    """``popwatch scan --what-if PROPOSAL FILE...``: collect the files' failures and successes
+    (bounded: at most ``max_events``), then replay them under the proposal."""
+
+    def __init__(self, proposal: dict[str, Any], max_events: int = 2_000_000) -> None:
+        self.proposal = proposal
+        self.max_events = max_events
+        self.events: list[AuthEvent] = []
+        self.dropped = 0
+
+    def add(self, ev: AuthEvent) -> None:
+        if ev.ip is None or not ((ev.kind in _FAILS and ev.attempts > 0) or ev.kind == _SUCCESS):
+            return
+        if len(self.events) >= self.max_events:
+            self.dropped += 1
+            return
+        self.events.append(ev)
+
+    def report(self, policy: PolicyConfig, allow: Iterable[str] = ()) -> WhatIfReport:
+        from .policy import Protector
+
+        prot = Protector(allow=list(allow))
+        r = what_if(self.events, policy, self.proposal, protected=prot.protected_ip,
+                    ipv6_prefix=policy.ipv6_prefix)
+        if self.dropped:
+            r.note = (r.note + "; " if r.note else "") + \
+                f"only the first {self.max_events} events were replayed ({self.dropped} more not)"
+        return r
+
+
+def proposal_arg(text: str) -> dict[str, Any]:
+    """argparse ``type=`` for ``--what-if``: a bad proposal is a usage error (exit 2)."""
+    import argparse
+
+    try:
+        return parse_proposal(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

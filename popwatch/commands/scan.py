@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "attempts, source, lineno, line)")
     p.add_argument("--all", action="store_true",
                    help="also report successes, probes and zero-attempt duplicates")
+    from ..whatif import proposal_arg
+    p.add_argument("--what-if", type=proposal_arg, metavar="PROPOSAL",
+                   help="replay the files under a proposed policy or port limit instead of the "
+                        "summary: which addresses would have been banned, after how many attempts, "
+                        "and who also logged in, e.g. maxretry=5,findtime=10m or "
+                        "port=110,mode=global,rate=1/second,burst=5 (with --json: one JSON object)")
     p.set_defaults(func=run)
 
 
@@ -256,6 +262,11 @@ def run(args: argparse.Namespace) -> int:
     summary = _Summary()
     out = sys.stdout
     failure_kinds = FAILURE_KINDS
+    wif = None
+    if getattr(args, "what_if", None):
+        from ..whatif import ScanWhatIf
+        wif = ScanWhatIf(args.what_if)
+        as_json = False  # --json formats the report instead
     for path in args.files:
         try:
             stream, raw, size = _open(path)
@@ -280,7 +291,9 @@ def run(args: argparse.Namespace) -> int:
                         block = block[:-1]
                 lines = block.split("\n")
                 for ev in parse_many(lines, source, lineno + 1):
-                    if as_json:
+                    if wif is not None:
+                        wif.add(ev)
+                    elif as_json:
                         if show_all or (ev.kind in failure_kinds and ev.attempts > 0):
                             buf.append(encode(ev))
                             if len(buf) >= 512:
@@ -304,7 +317,13 @@ def run(args: argparse.Namespace) -> int:
                 if raw is not None and raw is not stream:
                     raw.close()
         summary.lines += lineno
-    if not as_json:
+    if wif is not None:
+        cfg = getattr(args, "cfg", None)
+        from ..config import PolicyConfig
+        pol = cfg.policy if cfg is not None else PolicyConfig()
+        rep = wif.report(pol, pol.allow)
+        out.write(json.dumps(rep.to_json()) + "\n" if args.json else "\n".join(rep.lines(limit=50)) + "\n")
+    elif not as_json:
         summary.render(out)
     out.flush()
     return 0
