@@ -159,7 +159,8 @@ def parse_go_duration(text: str) -> float:
     """Go's ``time.Duration`` string (``3h59m58.5s``, ``-16.7ms``, ``0s``) -> seconds. ValueError."""
     s = str(text).strip()
     sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
+    if s[:1] in ("-", "+"):
+        s = s[1:]
     if s == "0":
         return 0.0
     pos, total = 0, 0.0
