@@ -141,9 +141,13 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
             raise FirewallError("iptables is not installed: install the 'iptables' and 'ipset' "
                                 "packages, or run with --backend none to only watch")
         chosen = flavour
+    cleanup_only = False
     if chosen == "legacy" and flavour == "nft" and not allow_legacy_on_nft:
-        raise FirewallError("this host's iptables is the nf_tables flavour: python-iptables would "
-                            "write invisible legacy tables here; use --backend nft (or auto)")
+        # allowed only to clean up a legacy copy of popwatch's rules (`--backend legacy uninstall`)
+        if not (has_net_admin() and popwatch_in_legacy()):
+            raise FirewallError("this host's iptables is the nf_tables flavour: python-iptables would "
+                                "write invisible legacy tables here; use --backend nft (or auto)")
+        cleanup_only = True
     if exempt is None:
         exempt = default_exempt(allow)
     common: dict[str, Any] = dict(ban_action=ban_action, ipv6_prefix=ipv6_prefix, dry_run=dry_run,
@@ -157,6 +161,9 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
         from .iptc_backend import IptcFirewall
 
         fw = IptcFirewall(xtables_lock=xtables_lock, **common)
+    if cleanup_only:
+        fw._warn("this host's iptables is the nf_tables flavour: --backend legacy is only for "
+                 "removing an old legacy copy of popwatch's rules (`popwatch --backend legacy uninstall`)")
     if check_both and has_net_admin():
         in_nft = popwatch_in_nft()
         in_legacy = popwatch_in_legacy()

@@ -45,8 +45,13 @@ def test_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_legacy_refused_on_nft_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(detect, "has_net_admin", lambda: True)
     monkeypatch.setattr(detect, "host_flavour", lambda: "nft")
+    monkeypatch.setattr(detect, "popwatch_in_legacy", lambda: False)
     with pytest.raises(FirewallError, match="nf_tables"):
         detect.make_firewall("legacy", check_both=False)
+    # allowed only to clean up an old legacy copy of popwatch's rules
+    monkeypatch.setattr(detect, "popwatch_in_legacy", lambda: True)
+    fw = detect.make_firewall("legacy", check_both=False)
+    assert fw.name == "legacy" and "only for removing" in fw.warnings()[0]
 
 
 def test_auto_picks_by_flavour(monkeypatch: pytest.MonkeyPatch) -> None:
