@@ -243,21 +243,21 @@ class Monitor:
             await asyncio.sleep(self.poll_interval)
 
     # ------------------------------------------------------------------ audit/state
-    def _audit(self, action: str, target: str, *, defer: bool = False, **kw: Any) -> dict[str, Any] | None:
-        if self.dry_run:
-            return None
-        if self.persist is not None and defer:
-            self._io.submit(self._audit_io, action, target, kw)
-            return None
-        if self.persist is not None:
-            rec = self.persist.audit(action, target, **kw)
-        else:
-            rec = {"id": f"{time.time_ns():x}", "action": action, "target": target, **kw}
+    def _notify(self, action: str, target: str, kw: dict[str, Any]) -> None:
         for cb in self.on_action:
             try:
                 cb(action, target, kw)
             except Exception:  # noqa: BLE001 - an exporter must never break an action
                 pass
+
+    def _audit(self, action: str, target: str, **kw: Any) -> dict[str, Any] | None:
+        if self.dry_run:
+            return None
+        if self.persist is not None:
+            rec = self.persist.audit(action, target, **kw)
+        else:
+            rec = {"id": f"{time.time_ns():x}", "action": action, "target": target, **kw}
+        self._notify(action, target, kw)
         if action in UNDOABLE or action == "undo":
             self._actions.append(rec)
             del self._actions[:-1000]
@@ -324,8 +324,9 @@ class Monitor:
         if detail:
             extra["detail"] = detail
         if origin == "auto" and self.persist is not None:  # the disk after the kernel, off this thread
-            self._io.submit(self._audit_io, "ban", target,
-                            dict(origin=origin, reason=reason, change=change, **extra), ban)
+            kw = dict(origin=origin, reason=reason, change=change, **extra)
+            self._notify("ban", target, kw)
+            self._io.submit(self._audit_io, "ban", target, kw, ban)
         else:
             self._audit("ban", target, origin=origin, reason=reason, change=change, **extra)
             if self.persist is not None:

@@ -334,3 +334,20 @@ def test_what_if_from_the_monitor_window():
     assert r.dropped
     with pytest.raises(ValueError):
         mon.what_if("maxretry=lots")
+
+
+async def test_on_action_hook_sees_auto_bans_with_their_reason(tmp_path):
+    mon, sim, clock = pmon(tmp_path, maxretry=2, auto_ban=True)
+    seen = []
+    mon.on_action.append(lambda action, target, kw: seen.append((action, target, kw.get("origin"), kw.get("reason"))))
+    mon._running = True
+    mon.ingest(raw(dove("203.0.113.60", 2, 1)))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if "203.0.113.60" in mon.store.bans:
+            break
+    mon.close()  # waits for the audit writer
+    assert [(a, t, o) for a, t, o, _ in seen] == [("ban", "203.0.113.60", "auto")]
+    assert seen[0][3].startswith("auto: 2 failed attempts")
+    audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert [(a["action"], a["origin"]) for a in audit] == [("ban", "auto")]
