@@ -94,7 +94,26 @@ history_max = {p.history_max}
 # mode = "global"
 # rate = "1/second"
 # burst = 5
-'''
+''' + _module_sections()
+
+
+def _module_sections() -> str:
+    """Tables validated by their own modules (``[crowdsec]``): each module documents itself
+    with a ``CONFIG_DOC`` string (commented TOML); otherwise its keys are listed."""
+    out = []
+    for name in ("crowdsec",):
+        try:
+            mod = __import__(f"popwatch.{name}", fromlist=["_"])
+        except ImportError:
+            continue
+        doc = getattr(mod, "CONFIG_DOC", None)
+        if doc:
+            out.append("\n" + doc.rstrip("\n") + "\n")
+            continue
+        keys = sorted(getattr(mod, "_KEYS", ()))
+        if keys:
+            out.append(f"\n# [{name}] (optional, see the README): keys {', '.join(keys)}\n")
+    return "".join(out)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
