@@ -324,8 +324,8 @@ async def test_register_then_wait_for_validation(lapi: FakeLapi) -> None:
         r = await mon.aban("203.0.113.1", ttl=600, origin="key")
         assert r.ok and "203.0.113.1" in mon.store.bans  # local ban done, LAPI or not
         await until("registered", lambda: "mx9" in lapi.machines)
-        await until("waiting", lambda: mon.store.sources[cs.PUSH_NAME].state == "waiting")
-        assert "cscli machines validate mx9" in mon.store.sources[cs.PUSH_NAME].detail
+        await until("waiting", lambda: "cscli machines validate mx9" in mon.store.sources[cs.PUSH_NAME].detail)
+        assert mon.store.sources[cs.PUSH_NAME].state == "waiting"
         assert not lapi.alerts and len(b.outbox) == 1
         lapi.machines["mx9"][1] = True  # the admin ran `cscli machines validate mx9`
         await until("pushed after validation", lambda: len(lapi.alerts) == 1)
