@@ -87,7 +87,8 @@ def _firewall(cfg: Config, dry_run: bool) -> Firewall:
 
     try:
         return make_firewall(cfg.backend, limits=cfg.port_limits(), ipv6_prefix=cfg.policy.ipv6_prefix,
-                             dry_run=dry_run, allow=cfg.policy.allow)
+                             ban_action=getattr(cfg.policy, "ban_action", "drop"), dry_run=dry_run,
+                             allow=cfg.policy.allow)
     except NeedsRoot as e:
         raise _Exit(EXIT_ROOT, str(e)) from None
     except FirewallError as e:
@@ -180,15 +181,15 @@ def _ban(args: argparse.Namespace) -> int:
     mon = _monitor(cfg, fw, dry)
     from ..policy import Refused
 
+    # refuse before anything is installed (the Monitor checks the same again on its path)
     why = mon.protector.why_protected(target)
+    key = getattr(fw, "ban_key", None)
+    entry = key(target, net=args.net or None) if key is not None else target
+    if why is None and entry != target:  # an IPv6 ban covers its /64
+        why2 = mon.protector.why_protected(entry)
+        why = f"banning {target} bans all of {entry}: {why2}" if why2 else None
     if why:
         raise Refused(f"refused: {why}")
-    key = getattr(fw, "ban_key", None)
-    if key is not None:  # an IPv6 ban covers its /64: that network must not hold anyone protected
-        entry = key(target, net=args.net or None)
-        why = mon.protector.why_protected(entry) if entry != target else None
-        if why:
-            raise Refused(f"refused: banning {target} bans all of {entry}: {why}")
     plan = _ensure_base(fw, dry)
     r = mon.ban(target, ttl=ttl, reason=args.reason, origin="cli", allow_net=args.net)
     for line in plan + list(r.change if dry else ()):

@@ -174,14 +174,21 @@ class Ipset:
             if name not in have:
                 self._run([self.binary, "create", name, "hash:net", "family", fam, "-exist"], None)
 
-    def set_exempt(self, nets: Iterable[str]) -> None:
-        """Replace the protected-sources sets atomically (fill a new set, ``swap``, destroy).
-        ``nets`` are canonical addresses or networks (see ``rules.exempt_entries``)."""
+    def set_exempt(self, nets: Iterable[str], *, replace: bool = True) -> None:
+        """Replace the protected-sources sets atomically (fill a new set, ``swap``, destroy),
+        or with ``replace=False`` only add to them. ``nets`` are canonical addresses or
+        networks (see ``rules.exempt_entries``)."""
         by = {SETX4: [], SETX6: []}  # type: dict[str, list[str]]
         for n in nets:
             e = _entry(n)
             by[SETX4 if e.family == 4 else SETX6].append(n)
         lines = []
+        if not replace:
+            for name in (SETX4, SETX6):
+                lines += [f"add {name} {n}\n" for n in sorted(set(by[name]))]
+            if lines:
+                self._run([self.binary, "-exist", "restore"], "".join(lines))
+            return
         for name, fam in ((SETX4, "inet"), (SETX6, "inet6")):
             tmp = name + "-new"
             lines.append(f"create {tmp} hash:net family {fam} -exist\n")

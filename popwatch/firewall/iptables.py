@@ -172,7 +172,7 @@ class KernelFirewall(Firewall):
         self._check_first()
         with self._locked():
             self.ipset.ensure()
-            self._fill_exempt()
+            self._fill_exempt(replace=False)  # a CLI call adds its protected sources, never drops any
             for fam in self.families:
                 st = self._state(fam, with_input=True)
                 work = R.plan_base(st, fam, self.ban_action)
@@ -210,9 +210,9 @@ class KernelFirewall(Firewall):
             for w in self.ipset.destroy():
                 self._warn(w)
 
-    def _fill_exempt(self) -> None:
+    def _fill_exempt(self, replace: bool = True) -> None:
         if self.exempt is not None:
-            self.ipset.set_exempt(self.exempt)
+            self.ipset.set_exempt(self.exempt, replace=replace)
 
     def set_exempt(self, targets: Iterable[str]) -> None:
         """Replace the protected sources (loopback is always added): packets from them leave

@@ -133,5 +133,8 @@ def test_protected_sources_are_never_limited_or_banned(lab: Lab, backend: str) -
     assert lab.burst("c1", 22, 3, family=6).ok == 3
     fw.ban(c1.v4, 600)                                     # even a ban (policy refuses this anyway)
     assert lab.burst("c1", 22, 2).ok == 2
+    cli_side = make_fw(lab, backend, f"/tmp/{lab.name}-x.lock", exempt=["198.51.100.50"])
+    cli_side.ensure_base()                                 # a CLI call adds, never drops
+    assert {c1.v4, c1.v6, "198.51.100.50"} <= set(fw.exempted())
     fw.set_exempt([])                                      # only loopback now
     assert lab.burst("c1", 22, 2).timeout == 2
