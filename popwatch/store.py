@@ -135,6 +135,7 @@ class AttackerRow:
     probes: int
     nips: int = 1                # roll-up rows: addresses in the network
     banned_ips: int = 0          # roll-up rows: how many of them are banned
+    fleet: str = ""              # banned fleet-wide (CrowdSec decision label), "" if not
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,12 +335,14 @@ class _View:
         if self.sort == "rate":
             fresh_ids = fresh_ids.union(self._scan_slice(pop))
         fresh_ids.difference_update(self.top)
+        # sorted: ties keep one order whatever the string hash seed (stable pictures and tests)
+        fresh = sorted(fresh_ids)
         get = pop.get
         cands = [a for i in self.top if (a := get(i)) is not None]
         if pred is None:
-            cands += [a for i in fresh_ids if (a := get(i)) is not None and (a.failures or a.probes)]
+            cands += [a for i in fresh if (a := get(i)) is not None and (a.failures or a.probes)]
         else:
-            for ip in fresh_ids:
+            for ip in fresh:
                 a = get(ip)
                 if a is not None and (a.failures or a.probes) and pred(a):
                     members.add(ip)  # type: ignore[union-attr]
@@ -387,6 +390,7 @@ class StateStore:
         self.events_total = 0
         self.failures_total = 0
         self.n_attackers = 0  # IPs with at least one failure or probe (success-only ones are not)
+        self.n_nets = 0       # roll-up networks likewise
         self.protected = protected or (lambda ip: None)
         self.near_threshold = near_threshold
         self._history = history
@@ -469,6 +473,8 @@ class StateStore:
                 x.services |= svc_bit.get(ev.service, 0)
             if (is_fail or kind == _PROBE) and not (a.failures or a.probes):
                 self.n_attackers += 1
+                if not (net.failures or net.probes):
+                    self.n_nets += 1
             if is_fail:
                 if ev.attempts:
                     a.add_failures(ev.attempts, ev.ts)
@@ -520,6 +526,8 @@ class StateStore:
             if net is not None:
                 net.nips -= 1
                 if net.nips <= 0:
+                    if net.failures or net.probes:
+                        self.n_nets -= 1
                     del self.nets[net.ip]
                     self._dirty_nets.discard(net.ip)
         gone = {a.ip for a in victims}
@@ -646,7 +654,8 @@ class StateStore:
         state, left = self.state_of(a, now)
         svcs = tuple(s for s in _SERVICES if a.services & _SVC_BIT[s])
         return AttackerRow(a.ip, a.failures, a.rate(now), tuple(a.users), a.nusers, svcs, a.first,
-                           a.last, state, left, a.successes, a.probes)
+                           a.last, state, left, a.successes, a.probes,
+                           fleet=self.fleet_bans.get(a.ip, "") if self.fleet_bans else "")
 
     def net_row(self, n: Net, now: float) -> AttackerRow:
         """A roll-up row: banned when the network itself is, else counts its banned addresses."""
@@ -693,7 +702,7 @@ class StateStore:
         now = self.clock()
         if rollup:
             pop: dict[str, Attacker] = self.nets  # type: ignore[assignment]
-            population = len(self.nets)
+            population = self.n_nets
         else:
             pop = self.attackers
             population = self.n_attackers
@@ -771,7 +780,7 @@ class StateStore:
         """The most tried usernames, incrementally (failures only grow; see :class:`_View`)."""
         us = self.users
         keep = k * VIEW_SLACK
-        names = set(self._top_users) | self._dirty_users
+        names = self._top_users + sorted(self._dirty_users.difference(self._top_users))
         self._dirty_users.clear()
         cands = [(u, st) for u in names if (st := us.get(u)) is not None]
         ranked = heapq.nlargest(keep, cands, key=lambda kv: kv[1].failures)

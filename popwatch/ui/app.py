@@ -179,7 +179,7 @@ class PopwatchApp(App[None]):
         if not force and self.store.version == self._version and self._ticks % 4:
             return
         self._version = self.store.version
-        snap = self.store.snapshot(k=TOP_K, sort=self.sort, flt=self.filter, rollup=self.rollup)
+        snap = self.store.snapshot(k=TOP_K, sort=self.sort, flt=self.filter, rollup=self.rollup, users=40)
         self.snapshot = snap
         with self.batch_update():
             table = self.query_one(AttackerTable)

@@ -84,6 +84,8 @@ class DetailScreen(ModalScreen[None]):
                      f"{left(r.ban_left)} left)")
         if self.why:
             t.append(f"  protected: {self.why}", style="green")
+        if r.fleet:
+            t.append(f"\nbanned fleet-wide (CrowdSec): {safe(r.fleet, 80)}", style="bold red")
         t.append(f"\nfailures: {r.failures:,}   rate: {r.rate:.1f}/min   scanner probes: {r.probes}\n")
         if r.successes:
             t.append(f"logged in successfully {r.successes} time(s): a legitimate user may be behind "
@@ -161,11 +163,12 @@ class LimitScreen(ModalScreen[PortLimit | None]):
     LimitScreen > Vertical { width: 72; max-width: 100%; height: auto; max-height: 100%;
                              border: thick $accent; background: $surface; padding: 0 1; }
     LimitScreen #title { text-style: bold; }
-    LimitScreen Horizontal { height: auto; }
-    LimitScreen .label { width: 8; padding: 1 0 0 0; }
+    LimitScreen Horizontal { height: auto; margin-top: 1; }
+    LimitScreen .label { width: 8; }
     LimitScreen Input, LimitScreen Select { width: 1fr; }
+    LimitScreen Select { margin-top: 1; }
     LimitScreen .error { color: $error; height: auto; }
-    LimitScreen #preview { color: $text-muted; text-style: italic; height: auto; }
+    LimitScreen #preview { color: $text-muted; text-style: italic; height: auto; margin: 1 0; }
     """
 
     def __init__(self, limit: PortLimit) -> None:
@@ -176,20 +179,19 @@ class LimitScreen(ModalScreen[PortLimit | None]):
         lim = self.limit
         with Vertical():
             yield Static(Text(f"Port {lim.port}: limit new connections"), id="title")
-            with Horizontal():
-                yield Static("mode", classes="label")
-                yield Select([("count only (no limit)", "count"), ("global: one bucket for everyone", "global"),
-                              ("per-source: one bucket per address", "per-source")],
-                             value=lim.mode, allow_blank=False, id="mode")
+            yield Select([("mode: count only (no limit)", "count"),
+                          ("mode: global (one bucket for everyone, -m limit)", "global"),
+                          ("mode: per-source (one bucket per address, -m hashlimit)", "per-source")],
+                         value=lim.mode, allow_blank=False, id="mode", compact=True)
             with Horizontal():
                 yield Static("rate", classes="label")
                 yield Input(str(lim.rate), placeholder="e.g. 5/second, 10/minute",
-                            validators=[_ParseValidator(Rate.parse)], id="rate")
+                            validators=[_ParseValidator(Rate.parse)], id="rate", compact=True)
             yield Static("", id="rate-error", classes="error")
             with Horizontal():
                 yield Static("burst", classes="label")
                 yield Input(str(lim.burst), placeholder="1-10000", validators=[_ParseValidator(parse_burst)],
-                            id="burst")
+                            id="burst", compact=True)
             yield Static("", id="burst-error", classes="error")
             yield Static(Text(lim.meaning()), id="preview")
             yield Static(Text("Enter or ctrl+s: apply   Esc: cancel   Tab: next field", style="dim"))
@@ -224,7 +226,7 @@ class LimitScreen(ModalScreen[PortLimit | None]):
         preview = self.query_one("#preview", Static)
         if cand is not None:
             same = " (unchanged)" if cand == self.limit else ""
-            preview.update(Text(f"{cand.describe()}{same}: {cand.meaning()}"))
+            preview.update(Text(f"{cand.describe()}{same}: {cand.meaning().split(': ', 1)[-1]}"))
         else:
             preview.update(Text("fix the value above to see what the rule would do"))
 

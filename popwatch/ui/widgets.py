@@ -222,7 +222,10 @@ class AttackerTable(Widget, can_focus=True):
             label = f"B {left(r.ban_left)}"
         elif self.rollup and r.banned_ips:
             label = f"{r.banned_ips}B"
-        segs = [Segment(f"{label:<5}"[:5], STATE_STYLE.get(r.state, Style())), Segment(" ", base)]
+        elif r.fleet and r.state != "protected":
+            label = "FLEET"
+        lstyle = Style(color="red", bold=True) if label == "FLEET" else STATE_STYLE.get(r.state, Style())
+        segs = [Segment(f"{label:<5}"[:5], lstyle), Segment(" ", base)]
         ip = r.ip if len(r.ip) <= ipw else r.ip[: ipw - 1] + "…"
         ip_style = base + Style(bold=True) if r.successes == 0 else base + Style(bold=True, color="green")
         segs.append(Segment(f"{ip:<{ipw}} ", ip_style))

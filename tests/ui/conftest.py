@@ -1,11 +1,24 @@
 """The demo app, deterministic: frozen scenario clock, monitor not auto-running; tests move
-scenario time with ``demo.advance(seconds)``."""
+scenario time with ``demo.advance(seconds)``. Local time is UTC (the live log and the detail
+screen print wall-clock times) and the input cursor does not blink, so snapshots are stable."""
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
+from textual.widgets import Input
 
 from popwatch.demo import FrozenDemo
+
+os.environ["TZ"] = "UTC"
+time.tzset()
+
+
+@pytest.fixture(autouse=True)
+def _no_cursor_blink(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None)
 
 
 @pytest.fixture
