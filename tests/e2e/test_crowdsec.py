@@ -53,11 +53,11 @@ def free_port() -> int:
 class LapiServer:
     """A CrowdSec LAPI of our own: config dir, sqlite DB, loopback port; optional netns."""
 
-    def __init__(self, d: Path, netns: str | None = None) -> None:
+    def __init__(self, d: Path, netns: str | None = None, host: str = "127.0.0.1") -> None:
         self.d = d
         self.netns = netns
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.url = f"http://{host}:{self.port}/"
         self.cfg = d / "config.yaml"
         self.proc: subprocess.Popen[bytes] | None = None
         for sub in ("data", "hub", "notifications"):
@@ -93,7 +93,7 @@ api:
     credentials_path: {d}/local_api_credentials.yaml
   server:
     log_level: warning
-    listen_uri: 127.0.0.1:{self.port}
+    listen_uri: {host}:{self.port}
     profiles_path: {d}/profiles.yaml
     trusted_ips:
       - 127.0.0.1
@@ -292,24 +292,79 @@ MAIL_FAIL = ("{ts} mx dovecot: pop3-login: Disconnected: Aborted login by loggin
              "{n} attempts in 18 secs): user=<root>, method=PLAIN, rip={ip}, lip=192.0.2.1, session=<{sid}>")
 
 
+BOUNCER = """\
+mode: iptables
+pid_dir: {d}/
+update_frequency: 1s
+daemonize: false
+log_mode: stdout
+log_level: info
+api_url: {url}
+api_key: {key}
+insecure_skip_verify: false
+disable_ipv6: true
+deny_action: DROP
+deny_log: false
+supported_decisions_types:
+  - ban
+blacklists_ipv4: crowdsec-blacklists
+blacklists_ipv6: crowdsec6-blacklists
+ipset_type: nethash
+iptables_chains:
+  - INPUT
+prometheus:
+  enabled: false
+"""
+
+
+def ns_run(ns: str, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, timeout=20)
+
+
+def stop_proc(p: subprocess.Popen[bytes] | None, grace: float = 15.0) -> None:
+    if p is not None and p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
 @pytest.mark.daemons
-def test_watch_in_a_netns_pushes_auto_bans_and_applies_fleet_decisions_in_the_kernel() -> None:
-    """``popwatch watch`` (real kernel backend, real LAPI, both in a private network namespace):
-    an auto-ban from a log file reaches ``cscli decisions list``; ``cscli decisions add`` lands
-    in popwatch's ipset, and leaves it again on ``cscli decisions delete``."""
+def test_watch_in_a_netns_pushes_auto_bans_a_second_host_enforces_them() -> None:
+    """Two hosts, each a network namespace, linked by a veth pair (192.0.2.1 <-> 192.0.2.2):
+
+    * mx1 runs the LAPI and ``popwatch watch`` (real kernel backend, [crowdsec] push + pull +
+      apply). An auto-ban from its log file reaches ``cscli decisions list``; ``cscli decisions
+      add`` lands in popwatch's ipset and leaves it on ``cscli decisions delete``.
+    * mx2 runs ``crowdsec-firewall-bouncer`` against mx1's LAPI, and the ban popwatch pushed is
+      in mx2's kernel set (``crowdsec-blacklists``).
+    """
     need_tools("crowdsec", "cscli", "ip", "ipset", "iptables")
-    ns = f"pwcs-{os.getpid()}-{secrets.token_hex(2)}"
+    tag = f"{os.getpid() % 100000}-{secrets.token_hex(2)}"
+    ns1, ns2 = f"pwcs-{tag}-1", f"pwcs-{tag}-2"
     d = Path(tempfile.mkdtemp(prefix="pw-lapi-ns-"))
     srv: LapiServer | None = None
     pw: subprocess.Popen[bytes] | None = None
-    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    bouncer: subprocess.Popen[bytes] | None = None
+    made: list[str] = []
     try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=10)
-        srv = LapiServer(d / "lapi", netns=ns)
+        for ns in (ns1, ns2):
+            subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+            made.append(ns)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=10)
+        subprocess.run(["ip", "link", "add", "pwcs0", "netns", ns1, "type", "veth", "peer", "name", "pwcs1",
+                        "netns", ns2], check=True, timeout=10)
+        for ns, dev, addr in ((ns1, "pwcs0", "192.0.2.1/24"), (ns2, "pwcs1", "192.0.2.2/24")):
+            subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev], check=True, timeout=10)
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True, timeout=10)
+        srv = LapiServer(d / "lapi", netns=ns1, host="192.0.2.1")
         srv.start()
-        key = srv.cscli("bouncers", "add", "popwatch-ns", "-o", "raw").strip()
+        key = srv.cscli("bouncers", "add", "popwatch-mx1", "-o", "raw").strip()
+        key2 = srv.cscli("bouncers", "add", "firewall-mx2", "-o", "raw").strip()
         password = secrets.token_hex(12)
-        srv.cscli("machines", "add", "popwatch-ns", "--password", password, "-f", str(d / "unused.yaml"))
+        srv.cscli("machines", "add", "popwatch-mx1", "--password", password, "-f", str(d / "unused.yaml"))
         log = d / "mail.log"
         log.write_text("")
         conf = d / "popwatch.toml"
@@ -322,7 +377,7 @@ findtime = "1d"
 bantime = "30m"
 [crowdsec]
 url = "{srv.url}"
-machine_id = "popwatch-ns"
+machine_id = "popwatch-mx1"
 password = "{password}"
 bouncer_key = "{key}"
 pull_interval = "1s"
@@ -331,53 +386,61 @@ apply = true
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("SSH_CLIENT", None)
         env.pop("SSH_CONNECTION", None)
-        pw = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "popwatch", "watch", "--no-tui",
+        pw = subprocess.Popen(["ip", "netns", "exec", ns1, sys.executable, "-m", "popwatch", "watch", "--no-tui",
                                "--config", str(conf), "--state-dir", str(d / "state"), "--log", str(log),
-                               "--backend", "auto", "--duration", "60"], cwd=ROOT, env=env,
+                               "--backend", "auto", "--duration", "90"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=(d / "popwatch.err").open("wb"))
+        (d / "bouncer").mkdir()
+        (d / "bouncer" / "bouncer.yaml").write_text(BOUNCER.format(d=d / "bouncer", url=srv.url, key=key2))
+        bouncer = subprocess.Popen(["ip", "netns", "exec", ns2, "crowdsec-firewall-bouncer", "-c",
+                                    str(d / "bouncer" / "bouncer.yaml")], stdout=(d / "bouncer.log").open("wb"),
+                                   stderr=subprocess.STDOUT)
 
-        def in_set(ip: str) -> bool:
-            r = subprocess.run(["ip", "netns", "exec", ns, "ipset", "test", "popwatch4", ip],
-                               capture_output=True, timeout=10)
-            return r.returncode == 0
+        def why() -> str:
+            return (f"popwatch: {(d / 'popwatch.err').read_text()[-2000:]}\n"
+                    f"bouncer: {(d / 'bouncer.log').read_text()[-2000:]}")
 
         def wait(what: str, fn: Callable[[], Any], timeout: float = 25.0) -> Any:
             end = time.monotonic() + timeout
             while time.monotonic() < end:
-                assert pw is not None and pw.poll() is None, (d / "popwatch.err").read_text()[-3000:]
+                assert pw is not None and pw.poll() is None, why()
+                assert bouncer is not None and bouncer.poll() is None, why()
                 v = fn()
                 if v:
                     return v
                 time.sleep(0.3)
-            raise AssertionError(f"timed out waiting for {what}; popwatch said: "
-                                 f"{(d / 'popwatch.err').read_text()[-3000:]}")
-        # popwatch is up when its set exists
-        wait("popwatch's ipset", lambda: subprocess.run(["ip", "netns", "exec", ns, "ipset", "list", "-n",
-                                                         "popwatch4"], capture_output=True).returncode == 0)
+            raise AssertionError(f"timed out waiting for {what}; {why()}")
+
+        def in_set(ns: str, name: str, ip: str) -> bool:
+            return ns_run(ns, "ipset", "test", name, ip).returncode == 0
+        # popwatch is up when its set exists; the bouncer when its set does
+        wait("popwatch's ipset", lambda: ns_run(ns1, "ipset", "list", "-n", "popwatch4").returncode == 0)
+        wait("the bouncer's ipset", lambda: ns_run(ns2, "ipset", "list", "-n", "crowdsec-blacklists").returncode == 0)
         time.sleep(0.5)
         ts = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         with log.open("a") as f:
             f.write(MAIL_FAIL.format(ts=ts, n=4, ip="203.0.113.70", sid="AAAABBBBCCCC") + "\n")
-        wait("the auto-ban in the kernel", lambda: in_set("203.0.113.70"))
+        wait("the auto-ban in mx1's kernel", lambda: in_set(ns1, "popwatch4", "203.0.113.70"))
         got = wait("the pushed auto-ban", lambda: [x for x in srv.decisions() if x["value"] == "203.0.113.70"])
         assert got[0]["scenario"] == "popwatch/auto"
         assert 1500 < cs.parse_go_duration(got[0]["duration"]) <= 1800
-        # the fleet's decision lands in this host's kernel set
-        assert not in_set("198.51.100.88")
+        # the other host's bouncer enforces it
+        wait("the ban in mx2's kernel", lambda: in_set(ns2, "crowdsec-blacklists", "203.0.113.70"))
+        rules = ns_run(ns2, "iptables", "-S", "INPUT").stdout.decode()
+        assert "crowdsec-blacklists" in rules and "DROP" in rules, rules
+        assert not in_set(ns2, "crowdsec-blacklists", "203.0.113.71")
+        # the fleet's decision lands in popwatch's kernel set on mx1, and leaves it again
+        assert not in_set(ns1, "popwatch4", "198.51.100.88")
         srv.cscli("decisions", "add", "--ip", "198.51.100.88", "--duration", "1h", "--reason", "fleet")
-        wait("the fleet decision in the kernel", lambda: in_set("198.51.100.88"))
+        wait("the fleet decision in mx1's kernel", lambda: in_set(ns1, "popwatch4", "198.51.100.88"))
         srv.cscli("decisions", "delete", "--ip", "198.51.100.88")
-        wait("the fleet decision lifted", lambda: not in_set("198.51.100.88"))
-        assert in_set("203.0.113.70")
+        wait("the fleet decision lifted", lambda: not in_set(ns1, "popwatch4", "198.51.100.88"))
+        assert in_set(ns1, "popwatch4", "203.0.113.70")
     finally:
-        if pw is not None and pw.poll() is None:
-            pw.send_signal(signal.SIGTERM)
-            try:
-                pw.wait(15)
-            except subprocess.TimeoutExpired:
-                pw.kill()
-                pw.wait(5)
+        stop_proc(pw)
+        stop_proc(bouncer)
         if srv is not None:
             srv.stop()
-        subprocess.run(["ip", "netns", "delete", ns], timeout=10)
+        for ns in made:
+            subprocess.run(["ip", "netns", "delete", ns], timeout=10)
         shutil.rmtree(d, ignore_errors=True)
