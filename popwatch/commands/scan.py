@@ -136,11 +136,12 @@ def iter_lines(stream: IO[bytes], cap: int = LINE_CAP, on_chunk=None) -> Iterato
 _q = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
+_iso_days: dict[int, str] = {}
 _iso_secs: dict[int, str] = {}
 
 
 def fast_iso(ts: float) -> str | None:
-    """``model.iso(ts)`` with the whole-second part cached (same text; a test holds them equal)."""
+    """``model.iso(ts)`` (UTC, microseconds) with the whole second cached; a test holds them equal."""
     if not 0 <= ts < 1e11:
         return iso(ts)
     frac, whole = math.modf(ts)
@@ -151,10 +152,20 @@ def fast_iso(ts: float) -> str | None:
         us -= 1_000_000
     base = _iso_secs.get(sec)
     if base is None:
+        day, rest = divmod(sec, 86400)
+        date = _iso_days.get(day)
+        if date is None:
+            if len(_iso_days) > 4096:
+                _iso_days.clear()
+            date = _iso_days[day] = iso(float(day * 86400))[:10]  # type: ignore[index]
+        hh, rest = divmod(rest, 3600)
+        mm, ss = divmod(rest, 60)
         if len(_iso_secs) > 4096:
             _iso_secs.clear()
-        base = _iso_secs[sec] = iso(float(sec))[:19]  # type: ignore[index]
-    return f"{base}.{us:06d}+00:00" if us else f"{base}+00:00"
+        base = _iso_secs[sec] = f"{date}T{hh:02d}:{mm:02d}:{ss:02d}"
+    if us:
+        return f"{base}.{us:06d}+00:00"
+    return base + "+00:00"
 
 
 def event_json(ev: AuthEvent) -> str:

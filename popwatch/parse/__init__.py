@@ -136,23 +136,27 @@ class Parser:
         event = self._event
         parse_text = self.parse_text
         ts_iso, ts_bsd = _prefix.TS_ISO, _prefix.TS_BSD
-        for lineno, text in enumerate(lines, first_lineno):
-            m = fast(text)
-            if m is not None:
+        if not isinstance(lines, list):
+            lines = list(lines)
+        for i, m in enumerate(map(fast, lines)):
+            if m is None:
+                ev = parse_text(lines[i], source, first_lineno + i)
+            else:
                 route = tags_get(m[4], unseen)
                 if route is None:
                     continue
                 if route is unseen:
-                    route = self._route(m.group(4))
+                    route = self._route(m[4])
                     if route is None:
                         continue
+                text = lines[i]
                 iso_ts, bsd_ts, host, _tag, pid = m.groups()
                 if iso_ts is not None:
-                    ev = event(route, ts_iso, iso_ts, host, pid, text[m.end():], text, source, lineno)  # type: ignore[arg-type]
+                    ev = event(route, ts_iso, iso_ts, host, pid, text[m.end():], text, source,  # type: ignore[arg-type]
+                               first_lineno + i)
                 else:
-                    ev = event(route, ts_bsd, bsd_ts, host, pid, text[m.end():], text, source, lineno)  # type: ignore[arg-type]
-            else:
-                ev = parse_text(text, source, lineno)
+                    ev = event(route, ts_bsd, bsd_ts, host, pid, text[m.end():], text, source,  # type: ignore[arg-type]
+                               first_lineno + i)
             if ev is not None:
                 yield ev
 

@@ -178,3 +178,17 @@ def test_progress_bar_only_on_a_terminal(capsys: pytest.CaptureFixture[str], tmp
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, out, err = scan(capsys, str(f))
     assert rc == 0 and "100.0%" in err and "200.57.91.104" in out
+
+
+def test_fast_iso_matches_model_iso() -> None:
+    import random
+
+    from popwatch.commands.scan import fast_iso
+    from popwatch.model import iso
+
+    r = random.Random(5)
+    values = [r.uniform(0, 4e9) for _ in range(20000)]
+    values += [1795842021 + k * 0.37 for k in range(5000)]
+    values += [1795842021 + k / 1e6 + 0.5e-6 for k in range(2000)]
+    values += [0.0, 1e-7, 86399.9999999, 1795842021.9999995, -1.5, 1e12]
+    assert [fast_iso(v) for v in values] == [iso(v) for v in values]
