@@ -160,12 +160,13 @@ class PopwatchCollector(Collector):
         yield g
         with self._lock:
             actions = dict(self.actions)
-        for action, help_ in (("ban", "Bans made, by origin (key, auto, cli, undo, ...)"),
-                              ("unban", "Bans lifted, by origin"),
-                              ("ban_refused", "Bans refused by policy (protected address), by origin"),
-                              ("limit", "Port rule changes, by origin"),
-                              ("expire", "Bans that timed out, by who noticed")):
-            c = CounterMetricFamily(f"popwatch_{action}s", help_, labels=["origin"])
+        for action, name, help_ in (
+                ("ban", "bans", "Bans made, by origin (key, auto, cli, undo, crowdsec)"),
+                ("unban", "unbans", "Bans lifted, by origin"),
+                ("ban_refused", "bans_refused", "Bans refused by policy (protected address), by origin"),
+                ("limit", "limit_changes", "Port rule changes, by origin"),
+                ("expire", "ban_expiries", "Bans that timed out while popwatch ran")):
+            c = CounterMetricFamily(f"popwatch_{name}", help_, labels=["origin"])
             seen = {o: n for (a, o), n in actions.items() if a == action}
             if action in ("ban", "unban"):
                 for o in ("key", "auto", "cli"):

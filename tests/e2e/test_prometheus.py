@@ -185,7 +185,7 @@ def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
         mon.ingest([RawLine(LINES[1].replace("27160", "27999"), "/var/log/auth.log", 9)])
         q.wait_value(f'popwatch_port_limit_burst{{{j},port="110",mode="per-source"}}', 9)
         q.wait_value(f'popwatch_auth_failures_total{{{j},service="ssh",kind="invalid_user"}}', 3)
-        assert v(f'popwatch_limits_total{{{j},origin="key"}}') == 1
+        assert v(f'popwatch_limit_changes_total{{{j},origin="key"}}') == 1
 
         # the demo subprocess is scraped too, and its counters grow between scrapes
         wait_for("a scrape of the demo", lambda: q.value('up{job="demo"}') == 1, 20)

@@ -131,7 +131,7 @@ def test_bans_unbans_by_origin_and_refusals() -> None:
     assert val(d, "popwatch_bans_total", origin="auto") == 0
     assert val(d, "popwatch_unbans_total", origin="key") == 1
     assert val(d, "popwatch_unbans_total", origin="cli") == 0
-    assert val(d, "popwatch_ban_refuseds_total", origin="key") == 1
+    assert val(d, "popwatch_bans_refused_total", origin="key") == 1
     assert val(d, "popwatch_bans_active", origin="key") == 1
     assert val(d, "popwatch_bans_active", origin="cli") == 0
 
@@ -168,7 +168,7 @@ def test_ports_limits_and_counters() -> None:
     d = scrape(m)
     assert val(d, "popwatch_port_limit_per_second", port="110", mode="per-source") == pytest.approx(1 / 6)
     assert ("popwatch_port_limit_burst", (("mode", "global"), ("port", "110"))) not in d
-    assert val(d, "popwatch_limits_total", origin="cli") == 1
+    assert val(d, "popwatch_limit_changes_total", origin="cli") == 1
 
 
 def test_sources_health() -> None:
