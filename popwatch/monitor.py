@@ -81,6 +81,8 @@ class Monitor:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="popwatch-io")
         self._tasks: list[asyncio.Task[None]] = []
         self.on_events: list[Callable[[list[AuthEvent]], Awaitable[None] | None]] = []
+        #: dry run: what an auto-ban would have done (watch --no-tui prints it)
+        self.on_dry_run: list[Callable[[ActionResult], None]] = []
         #: after every audited action (ban, unban, limit, expire, restore, undo, refused bans with
         #: ok=False): cb(action, target, fields). Called on the firewall thread or the loop: keep it
         #: cheap and thread-safe (exporters, the CrowdSec bridge); exceptions are swallowed.
@@ -110,10 +112,20 @@ class Monitor:
                 store.note(p)
 
     # ------------------------------------------------------------------ running
-    def start_firewall(self, limits: list[PortLimit]) -> None:
-        """Install popwatch's rules for these ports (sync; call before :meth:`run`)."""
+    def start_firewall(self, limits: list[PortLimit]) -> list[str]:
+        """Install popwatch's rules for these ports (sync; call before :meth:`run`). In a dry
+        run nothing is installed; returns the exact commands it would have run."""
+        plan: list[str] = []
         if self.firewall.can_write and not self.dry_run:
             self.firewall.install(limits)
+        elif self.dry_run:
+            describe = getattr(self.firewall, "describe_install", None)
+            try:
+                plan = list(describe(limits)) if describe is not None else []
+            except Exception as e:  # noqa: BLE001 - e.g. no rights to read the current rules
+                plan = [f"(cannot describe the install: {e})"]
+            for line in plan:
+                self.store.note(f"dry run: {line.splitlines()[0]}")
         for lim in (self.firewall.limits() or {l.port: l for l in limits}).values():
             self.store.set_limit(lim)
         for lim in limits:
@@ -121,6 +133,7 @@ class Monitor:
                 self.store.set_limit(lim)
         for w in self.firewall.warnings():
             self.store.note(w)
+        return plan
 
     async def run(self) -> None:
         """Run every source and the poller until cancelled."""
@@ -323,7 +336,8 @@ class Monitor:
         extra: dict[str, Any] = {"ttl": ttl, "expires": ban.expires}
         if detail:
             extra["detail"] = detail
-        if origin == "auto" and self.persist is not None:  # the disk after the kernel, off this thread
+        if origin == "auto" and self.persist is not None and self._running:
+            # while running: the disk after the kernel, off this thread
             kw = dict(origin=origin, reason=reason, change=change, **extra)
             self._notify("ban", target, kw)
             self._io.submit(self._audit_io, "ban", target, kw, ban)
@@ -434,8 +448,10 @@ class Monitor:
             if isinstance(r, ActionResult):
                 if r.ban is not None:
                     self._after_ban(r)
-                else:
-                    self.store.note(r.message)
+                else:  # dry run: say what would have been done, exactly
+                    self.store.note(f"{r.message} ({d.reason}): {'; '.join(r.change)}")
+                    for cb in self.on_dry_run:
+                        cb(r)
             else:
                 self.autoban.cancel(d.ip)
                 self.store.note(f"auto-ban of {d.ip} failed: {r}")

@@ -201,10 +201,14 @@ def run_watch(args: argparse.Namespace) -> int:
                       default_ttl=cfg.policy.bantime)
     if why_ro:
         store.note(f"read-only: {why_ro}")
-    monitor.start_firewall(cfg.port_limits())
-    for line in monitor.reconcile():
+    plan = monitor.start_firewall(cfg.port_limits())
+    for line in [*plan, *monitor.reconcile()]:
         if args.no_tui:
-            print(f"popwatch: {line}", file=sys.stderr)
+            print(f"popwatch: {line}" if not dry_run or line in plan else f"popwatch: dry run: {line}",
+                  file=sys.stderr)
+    if dry_run and args.no_tui:
+        monitor.on_dry_run.append(lambda r: print(f"popwatch: {r.message}: {'; '.join(r.change)}",
+                                                  file=sys.stderr, flush=True))
     mode = "dry-run" if dry_run else ("read-only" if why_ro or not firewall.can_write else "live")
     try:
         stop_exporters = start_exporters(monitor, args, cfg)  # --metrics, [crowdsec]

@@ -320,3 +320,30 @@ def test_undo_from_the_cli(lab: Lab, watch: Watch) -> None:
     assert cp.returncode == 4 and "nothing to undo" in cp.stderr
     undos = [a for a in watch.audit() if a.get("undoes")]
     assert len(undos) >= 2
+
+
+def test_dry_run_watch_shows_exact_commands_and_applies_nothing(lab: Lab, watch: Watch) -> None:
+    before = lab.run(lab.server, ["iptables-nft-save"]).stdout
+    watch.cfg.write_text(CONFIG.replace("[policy]", "[policy]\nauto_ban = true"))
+    argv = ["env", f"SSH_CONNECTION={SSH_ADMIN} 50022 192.0.2.1 22",
+            *watch.argv("--dry-run", "watch", "--no-tui", "--log", str(watch.log), "--ports", "110",
+                        "--events", str(watch.events))]
+    p = lab.popen(lab.server, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    n = watch.n_events()
+
+    def probe() -> bool:
+        if watch.n_events() > n:
+            return True
+        watch.write(dove(ATTACKER, 10))
+        time.sleep(0.3)
+        return False
+    wait_for(probe, timeout=40, what="the dry run to follow the log")
+    time.sleep(0.5)
+    os.kill(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    lab.stop(p)
+    assert "iptables-nft-restore" in err and "POPWATCH" in err            # the install it would do
+    assert f"would ban {ATTACKER}" in err and f"add popwatch4 {ATTACKER}" in err
+    assert lab.run(lab.server, ["iptables-nft-save"]).stdout == before   # nothing applied
+    assert lab.run(lab.server, ["ipset", "list", "-n"], check=False).stdout.strip() == ""
+    assert not (watch.state / "audit.jsonl").exists() and not (watch.state / "bans.json").exists()
