@@ -157,6 +157,12 @@ def inner(backend: str, samples: int) -> dict[str, Any]:
     base["poll_iptables_save_at_10k"] = timed(lambda: run([save, "-c"]), 20)
     run([ipt, "-w", "-F", "INPUT"])
     res["baseline"] = base
+    fw.close()
+    bin_fw.close()
+    try:
+        os.unlink(lock)
+    except OSError:
+        pass
     return res
 
 

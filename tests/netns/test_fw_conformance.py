@@ -96,20 +96,16 @@ def test_install_layout_and_idempotent(lab: Lab, backend: str, fw: Any) -> None:
     assert [save(lab, backend, f) for f in (4, 6)] == first
 
 
-def test_install_adopts_existing_and_fixes_duplicate_jumps(lab: Lab, backend: str, fw: Any) -> None:
+def test_install_adopts_existing_and_fixes_duplicate_jumps(lab: Lab, backend: str, fw: Any, lock: str) -> None:
     seed_admin(lab, backend)
     fw.install(LIMITS)
     names_before = [l for l in chain(lab, backend, 4) if "hashlimit-name" in l]
     ipt(lab, backend, 4, "-A", "INPUT", "-j", "POPWATCH")  # a second jump, e.g. a restored dump
-    fresh = make_fw(lab, backend, fw_lock(lab))              # a new process adopts the rules
+    fresh = make_fw(lab, backend, lock)                      # a new process adopts the rules
     fresh.install(LIMITS)
     inp = [l for l in ipt(lab, backend, 4, "-S", "INPUT").splitlines() if l.startswith("-A")]
     assert inp.count("-A INPUT -j POPWATCH") == 1 and inp[0] == "-A INPUT -j POPWATCH"
     assert [l for l in chain(lab, backend, 4) if "hashlimit-name" in l] == names_before
-
-
-def fw_lock(lab: Lab) -> str:
-    return f"/tmp/{lab.name}.lock"
 
 
 # ---------------------------------------------------------------------------------- bans

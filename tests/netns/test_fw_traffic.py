@@ -67,8 +67,8 @@ def test_banned_client_cannot_connect_others_can(lab: Lab, served: Any) -> None:
     assert lab.burst("c0", 110, 2).ok == 2
 
 
-def test_ban_action_reject_resets_at_once(lab: Lab, backend: str) -> None:
-    fw = make_fw(lab, backend, f"/tmp/{lab.name}-r.lock", ban_action="reject")
+def test_ban_action_reject_resets_at_once(lab: Lab, backend: str, lock: str) -> None:
+    fw = make_fw(lab, backend, lock, ban_action="reject")
     fw.install([PortLimit(110)])
     lab.listen()
     fw.ban("203.0.113.10", 600)
@@ -120,11 +120,11 @@ def test_retune_takes_effect_at_once(lab: Lab, served: Any) -> None:
     assert c == {"port": 22, "passed": 8, "dropped": 4}
 
 
-def test_protected_sources_are_never_limited_or_banned(lab: Lab, backend: str) -> None:
+def test_protected_sources_are_never_limited_or_banned(lab: Lab, backend: str, lock: str) -> None:
     """Sources in popwatchx4/x6 (the admin's SSH client, the allow-list, the host itself)
     RETURN before the ban match and the limits."""
     c1 = lab.hosts["c1"]
-    fw = make_fw(lab, backend, f"/tmp/{lab.name}-x.lock", exempt=[c1.v4, c1.v6])
+    fw = make_fw(lab, backend, lock, exempt=[c1.v4, c1.v6])
     fw.install([PortLimit(22, "global", SLOW, 1)])
     lab.listen()
     assert sorted(fw.exempted()) == sorted(["127.0.0.0/8", "::1", c1.v4, c1.v6])  # as ipset prints them
@@ -133,7 +133,7 @@ def test_protected_sources_are_never_limited_or_banned(lab: Lab, backend: str) -
     assert lab.burst("c1", 22, 3, family=6).ok == 3
     fw.ban(c1.v4, 600)                                     # even a ban (policy refuses this anyway)
     assert lab.burst("c1", 22, 2).ok == 2
-    cli_side = make_fw(lab, backend, f"/tmp/{lab.name}-x.lock", exempt=["198.51.100.50"])
+    cli_side = make_fw(lab, backend, lock, exempt=["198.51.100.50"])
     cli_side.ensure_base()                                 # a CLI call adds, never drops
     assert {c1.v4, c1.v6, "198.51.100.50"} <= set(fw.exempted())
     fw.set_exempt([])                                      # only loopback now
