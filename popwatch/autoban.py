@@ -117,11 +117,11 @@ class AutoBan:
         self.max_users = max_users
         self.max_successes = max_successes
         self.mono = mono
-        self.windows: dict[tuple[str, str], _Win] = {}
+        #: failed attempts per address (default jail) or ``"ip|service"`` (override jails)
+        self.windows: dict[str, _Win] = {}
         self.user_ips: dict[str, dict[str, float]] = {}
         self.successes: dict[str, float] = {}       # ip -> last successful login (epoch)
         self.ban_history: dict[str, list[float]] = {}  # ip -> times of earlier bans
-        self._protected: dict[str, bool] = {}
         self.decided = 0
         self.successes_changed = False
 
@@ -137,16 +137,8 @@ class AutoBan:
         return "", p.maxretry, p.findtime, p.bantime
 
     def _is_protected(self, ip: str) -> bool:
-        v = self._protected.get(ip)
-        if v is None:
-            if len(self._protected) > 4 * self.max_ips:
-                self._protected.clear()
-            v = self._protected[ip] = self.protected(ip) is not None
-        return v
-
-    def forget_protection_cache(self) -> None:
-        """Call when the protected set changes (allow-list edited at runtime)."""
-        self._protected.clear()
+        # no cache: Protector.protected_ip takes ~1 us, and the protected set may change
+        return self.protected(ip) is not None
 
     # -------------------------------------------------------------- history
     def note_success(self, ip: str, ts: float) -> None:
@@ -262,7 +254,7 @@ class AutoBan:
         if self._is_protected(ip):
             return None
         jail, maxretry, findtime, bantime = self._jail(ev.service)
-        key = (ip, jail)
+        key = f"{ip}|{jail}" if jail else ip
         w = self.windows.get(key)
         if w is None:
             if len(self.windows) >= self.max_ips:
@@ -322,7 +314,7 @@ class AutoBan:
         success = self.recent_success(ip, now) is not None
         jails = [""] + [s for s in p.services]
         for jail in jails:
-            w = self.windows.get((ip, jail))
+            w = self.windows.get(f"{ip}|{jail}" if jail else ip)
             if w is None or not w.q:
                 continue
             _, mr, ft, _ = self._jail(jail) if jail else ("", p.maxretry, p.findtime, p.bantime)

@@ -536,7 +536,7 @@ class Monitor:
             prop = parse_proposal(proposal)
         if isinstance(prop, dict) and "port" in prop:
             current = self.store.limits.get(int(prop["port"]))
-        return _what_if(events, self.policy, prop, protected=self.protector.why_protected,
+        return _what_if(events, self.policy, prop, protected=self.protector.protected_ip,
                         successes=self._recent_successes(), current_limit=current,
                         ipv6_prefix=self.policy.ipv6_prefix)
 
@@ -628,9 +628,7 @@ class Monitor:
         was done, one line each (also noted in the store)."""
         msgs: list[str] = []
         saved = self.persist.load_bans() if self.persist is not None else []
-        for p in (self.persist.problems if self.persist is not None else []):
-            if p not in self.store.notes:
-                self.store.note(p)
+        problems = list(self.persist.problems) if self.persist is not None else []
         try:
             kernel = self.firewall.bans() if self.firewall.can_write or self.dry_run else {}
         except Exception as e:  # noqa: BLE001 - start anyway, read-only view of bans
@@ -689,6 +687,8 @@ class Monitor:
         msgs.insert(0, summary)
         for m in msgs:
             self.store.note(m)
+        for p in problems:  # corrupt state files: already noted in the store at start
+            msgs.append(f"state dir: {p}")
         return msgs
 
     def _sync_from_kernel(self, kernel: dict[str, float | None], read_at: float) -> None:
