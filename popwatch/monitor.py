@@ -43,7 +43,7 @@ INGEST_SLICE = 2000
 #: lines parsed between auto-ban checks within one batch
 AUTOBAN_STEP = 128
 #: polls between kernel/store ban syncs (CLI bans and unbans made while we run)
-SYNC_EVERY = 5
+SYNC_EVERY = 10
 #: actions `undo` can revert
 UNDOABLE = ("ban", "unban", "limit")
 
@@ -92,6 +92,7 @@ class Monitor:
         self._running = False
         self._bans_dirty = False
         self._pending: set[str] = set()
+        self._entries: dict[str, str] = {}
         self._actions: list[dict[str, Any]] = []  # in-memory action log (undo without a state dir)
         #: (ip, crossing event ts, monotonic at the crossing, monotonic when in the kernel)
         self.auto_latency: deque[tuple[str, float, float, float]] = deque(maxlen=10_000)
@@ -303,14 +304,21 @@ class Monitor:
         return b is not None and (b.expires is None or b.expires > self.clock() + 0.5)
 
     def _entry(self, target: str, allow_net: bool) -> str:
-        """The kernel entry a ban of ``target`` becomes (IPv6: its /64)."""
+        """The kernel entry a ban of ``target`` becomes (IPv6: its /64). Memoised."""
         key = getattr(self.firewall, "ban_key", None)
         if key is None:
             return target
+        hit = self._entries.get(target)
+        if hit is not None:
+            return hit
         try:
-            return str(key(target, net=True if allow_net else None))
+            e = str(key(target, net=True if allow_net else None))
         except (FirewallError, ValueError, TypeError):
-            return target
+            e = target
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[target] = e
+        return e
 
     # ------------------------------------------------------------------ firewall thread
     def _ban_fw(self, ip: str, ttl: float | None, reason: str, origin: str,
@@ -539,6 +547,21 @@ class Monitor:
         return _what_if(events, self.policy, prop, protected=self.protector.protected_ip,
                         successes=self._recent_successes(), current_limit=current,
                         ipv6_prefix=self.policy.ipv6_prefix)
+
+    async def awhat_if(self, proposal: str | dict[str, Any], *, window: float | None = None) -> WhatIfReport:
+        """:meth:`what_if` for the TUI (``w``): the events are copied on the loop, the replay
+        runs in a worker thread so keys stay responsive. Raises ValueError."""
+        from .whatif import parse_proposal
+        prop = parse_proposal(proposal) if isinstance(proposal, str) else dict(proposal)
+        since = None if window is None else self.clock() - window
+        events = list(self.window.events(since))
+        current = self.store.limits.get(int(prop["port"])) if "port" in prop else None
+        successes = self._recent_successes()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, lambda: _what_if(events, self.policy, prop, protected=self.protector.protected_ip,
+                                   successes=successes, current_limit=current,
+                                   ipv6_prefix=self.policy.ipv6_prefix))
 
     def _recent_successes(self) -> dict[str, float]:
         now = self.clock()

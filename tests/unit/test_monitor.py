@@ -351,3 +351,13 @@ async def test_on_action_hook_sees_auto_bans_with_their_reason(tmp_path):
     assert seen[0][3].startswith("auto: 2 failed attempts")
     audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
     assert [(a["action"], a["origin"]) for a in audit] == [("ban", "auto")]
+
+
+async def test_async_what_if_for_the_ui():
+    mon, sim, clock = pmon(None)
+    mon.ingest(raw(*[dove("203.0.113.70", 2, i) for i in range(5)]))
+    r = await mon.awhat_if("maxretry=4")
+    assert [b.ip for b in r.banned] == ["203.0.113.70"] and r.banned[0].attempts == 4
+    with pytest.raises(ValueError):
+        await mon.awhat_if("nonsense")
+    mon.close()
