@@ -149,3 +149,22 @@ def test_protector_basic_forms_unchanged():
     assert p.why_protected("::ffff:c000:0205") is not None
     assert p.why_protected("0.0.0.0") is not None
     assert p.why_protected("192.0.1.255") is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(protected_case(), st.data())
+def test_reconcile_and_undo_never_restore_a_protected_address(tmp_path_factory, case, data):
+    """A state file or audit log written before the address became protected (or tampered
+    with) never makes popwatch ban it on start or on undo."""
+    prot, target = case
+    d = tmp_path_factory.mktemp("state")
+    text = data.draw(st.sampled_from(forms(target)[:3])).strip("[]")
+    p = Persist(d)
+    p.save_bans([Ban(str(target), T0 - 10, None, "old", "key")])
+    p.audit("unban", text, origin="key", prev={"expires": None, "reason": "x", "origin": "key"})
+    mon, sim = monitor(prot, d)
+    mon.reconcile()
+    with pytest.raises((Refused, ValueError)):
+        mon.undo()
+    assert sim.bans() == {} and mon.store.bans == {}
+    mon.close()
