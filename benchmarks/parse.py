@@ -81,7 +81,8 @@ def _noise(rng: random.Random, pid: int) -> str:
         return rng.choice([f"postfix/smtpd[{pid}]: connect from unknown[{ip}]",
                            f"postfix/smtpd[{pid}]: disconnect from unknown[{ip}] ehlo=1 auth=0/1 quit=1 commands=2/3",
                            f"postfix/smtpd[{pid}]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 "
-                           f"<x@example.com>: Relay access denied; from=<a@b.c> to=<x@example.com> proto=ESMTP helo=<x>"])
+                           f"<x@example.com>: Relay access denied; from=<a@b.c> to=<x@example.com> "
+                           f"proto=ESMTP helo=<x>"])
     if r < 0.90:
         s = _session(rng)
         u = rng.choice(USERS)
@@ -125,8 +126,10 @@ def _auth(rng: random.Random, pid: int) -> str:
         return f"sshd-session[{pid}]: Disconnected from invalid user {u} {ip} port {port} [preauth]"
     if k == 12:
         return rng.choice([
-            f"sshd[{pid}]: error: maximum authentication attempts exceeded for root from {ip} port {port} ssh2 [preauth]",
-            f"sshd[{pid}]: Disconnecting authenticating user root {ip} port {port}: Too many authentication failures [preauth]",
+            f"sshd[{pid}]: error: maximum authentication attempts exceeded for root from {ip} port {port} "
+            f"ssh2 [preauth]",
+            f"sshd[{pid}]: Disconnecting authenticating user root {ip} port {port}: Too many authentication "
+            f"failures [preauth]",
             f"sshd[{pid}]: Connection closed by authenticating user root {ip} port {port} [preauth]",
             f"sshd[{pid}]: User {u} from {ip} not allowed because not listed in AllowUsers",
         ])

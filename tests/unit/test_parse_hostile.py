@@ -24,7 +24,8 @@ TS = "2026-11-28T05:00:21.000000+00:00 mx"
 TEMPLATES = {
     "ssh_failed": f"{TS} sshd[100]: Failed password for {{U}} from {REAL} port 4242 ssh2",
     "ssh_failed_invalid": f"{TS} sshd[100]: Failed password for invalid user {{U}} from {REAL} port 4242 ssh2",
-    "ssh_failed_session": f"{TS} sshd-session[100]: Failed keyboard-interactive/pam for {{U}} from {REAL} port 4242 ssh2",
+    "ssh_failed_session": f"{TS} sshd-session[100]: Failed keyboard-interactive/pam for {{U}} from {REAL} "
+                          "port 4242 ssh2",
     "ssh_accepted": f"{TS} sshd[100]: Accepted password for {{U}} from {REAL} port 4242 ssh2",
     "ssh_accepted_key": f"{TS} sshd[100]: Accepted publickey for {{U}} from {REAL} port 4242 ssh2: "
                         "ED25519 SHA256:fSMxGtkam2R2AfGDIYdAZq6quZMCAqWglZxQFRKxnOU",
