@@ -136,7 +136,8 @@ def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
         return NoFirewall(cfg.port_limits()), "firewall backends not available"
     try:
         return make_firewall(cfg.backend, ports=cfg.port_limits(), ipv6_prefix=cfg.policy.ipv6_prefix,
-                             ban_action=cfg.policy.ban_action, dry_run=dry_run), None
+                             ban_action=cfg.policy.ban_action, allow=cfg.policy.allow,
+                             dry_run=dry_run), None
     except NeedsRoot as e:
         return NoFirewall(cfg.port_limits()), str(e)
 
