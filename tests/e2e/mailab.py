@@ -68,11 +68,12 @@ HOSTS = {
     "legit": ("203.0.113.50", "2001:db8:5::50"),
 }
 
-#: mail accounts (dovecot passwd-file); ``test`` has a weak password that is in the dictionary
-MAIL_ACCOUNTS = {"alice": "Wonderland-2009", "bob": "correct-horse-battery", "test": "password"}
+#: mail accounts (dovecot passwd-file); ``test`` has a weak password that is in the dictionary:
+#: the 13th guess of an attacker that sprays each password over all users (hydra -u)
+MAIL_ACCOUNTS = {"alice": "Wonderland-2009", "bob": "correct-horse-battery", "test": "12345678"}
 #: the system user sshd knows (lab copy of /etc/shadow)
 SSH_USER, SSH_PASSWORD = "carol", "Kn0wn-lab-Passw0rd"
-#: the attack dictionary: small, and the weak password is 2nd so an unprotected server loses it
+#: the attack dictionary: small, with test's password 3rd, so an unprotected server loses it soon
 USERS = ["root", "admin", "test", "info", "webmaster"]
 PASSWORDS = ["123456", "password", "12345678", "qwerty", "admin", "letmein", "welcome", "monkey",
              "dragon", "master", "abc123", "111111", "iloveyou", "sunshine", "princess", "football",
