@@ -171,6 +171,9 @@ class Parser:
                pid: str | None, msg: str, text: str, source: str, lineno: int | None) -> AuthEvent | None:
         if len(msg) > MAX_MESSAGE:
             return None
+        if msg.endswith("\r"):  # CRLF files (sshd -E writes them)
+            msg = msg[:-1]
+            text = text.rstrip("\r")
         which, service = route
         if which == _SSHD:
             hit = self.sshd.parse(msg, (host, pid) if pid is not None else None)
