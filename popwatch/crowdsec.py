@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from . import __version__
 from .config import ConfigError, parse_duration
 from .model import SourceHealth
+from .policy import Refused
 
 if TYPE_CHECKING:
     from .monitor import Monitor
@@ -53,7 +54,10 @@ OUTBOX_MAX = 10_000
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 PUSH_NAME, PULL_NAME = "crowdsec push", "crowdsec pull"
 _KEYS = {"url", "machine_id", "password", "password_file", "register", "bouncer_key", "bouncer_key_file",
-         "pull_interval", "timeout", "apply", "push_unbans"}
+         "pull_interval", "timeout", "apply", "apply_origins", "push_unbans"}
+#: decision origins ``apply`` bans locally by default: this LAPI's agents and admins (and other
+#: popwatch hosts), not the Central API's community lists (tens of thousands: the bouncer's job)
+APPLY_ORIGINS = ("crowdsec", "cscli")
 
 
 # ----------------------------------------------------------------------------- config
@@ -71,6 +75,7 @@ class CrowdSecConfig:
     timeout: float = 5.0
     apply: bool = False
     push_unbans: bool = True
+    apply_origins: tuple[str, ...] = APPLY_ORIGINS
 
     @property
     def push(self) -> bool:
@@ -132,6 +137,12 @@ def from_table(d: object, where: str = "crowdsec.") -> CrowdSecConfig:
             if not isinstance(d[key], bool):
                 raise ConfigError(f"{where}{key}: expected true or false, got {d[key]!r}")
             setattr(c, key, d[key])
+    if "apply_origins" in d:
+        o = d["apply_origins"]
+        if not isinstance(o, list) or not all(isinstance(x, str) and x for x in o):
+            raise ConfigError(f"{where}apply_origins: expected a list of decision origins like "
+                              f"[\"crowdsec\", \"cscli\", \"CAPI\", \"lists\"]")
+        c.apply_origins = tuple(o)
     for key, lo, hi in (("pull_interval", 1.0, 3600.0), ("timeout", 0.1, 120.0)):
         if key in d:
             try:
@@ -314,11 +325,16 @@ class CrowdSecBridge:
         self.decisions: dict[str, FleetDecision] = {}
         self._by_id: dict[int, FleetDecision] = {}
         self.in_kernel: dict[str, bool] = {}
+        #: fleet addresses ``apply`` will not ban here (protected): address -> why
         self.not_applied: dict[str, str] = {}
+        #: fleet addresses whose ban failed for a reason that may pass (retried every pull)
+        self.apply_errors: dict[str, str] = {}
         self._token: tuple[str, float] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._applied: set[str] = set()
+        #: addresses a person unbanned here: not applied again while their decision lasts
+        self.unbanned_here: set[str] = set()
 
     # -------------------------------------------------------------- wiring
     def attach(self) -> None:
@@ -343,13 +359,19 @@ class CrowdSecBridge:
 
     def on_action(self, action: str, target: str, info: dict[str, Any]) -> None:
         """Monitor.on_action (firewall thread or loop): queue, never block."""
-        if not self.cfg.push or info.get("ok", True) is False:
+        if info.get("ok", True) is False:
             return
         origin = str(info.get("origin") or "")
+        if not self.cfg.push:
+            if action == "unban" and origin in UNBAN_PUSH:
+                self.unbanned_here.add(target)
+            return
         if action == "ban" and origin not in NO_PUSH:
             self._queue(("ban", target, info.get("ttl"), str(info.get("reason") or ""), origin))
-        elif action == "unban" and self.cfg.push_unbans and origin in UNBAN_PUSH:
-            self._queue(("unban", target, None, "", origin))
+        elif action == "unban" and origin in UNBAN_PUSH:
+            self.unbanned_here.add(target)
+            if self.cfg.push_unbans:
+                self._queue(("unban", target, None, "", origin))
 
     def _queue(self, item: tuple[str, str, float | None, str, str]) -> None:
         if len(self.outbox) >= OUTBOX_MAX:
@@ -582,16 +604,22 @@ class CrowdSecBridge:
         """``apply = true``: ban fleet addresses in popwatch's own set; lift what we applied."""
         mon, now = self.monitor, self.clock()
         for v, fd in list(self.decisions.items()):
-            if fd.scope != "Ip" or v in self.store.bans or v in self.not_applied:
+            if (fd.scope != "Ip" or v in self.store.bans or v in self.not_applied or v in self.unbanned_here
+                    or fd.origin not in self.cfg.apply_origins):
                 continue
             try:
                 r = await mon.aban(v, ttl=max(1.0, fd.expires - now), reason=f"fleet: {fd.scenario}"[:200],
                                    origin="crowdsec")
                 if r.ban is not None:
                     self._applied.add(v)
-            except Exception as e:  # noqa: BLE001 - Refused (protected), FirewallError
+                    self.apply_errors.pop(v, None)
+            except (Refused, ValueError) as e:  # protected, or not an address we can ban: for good
                 self.not_applied[v] = str(e)
                 self.store.note(f"CrowdSec decision on {v} not applied here: {e}")
+            except Exception as e:  # noqa: BLE001 - FirewallError, OSError: try again next pull
+                if v not in self.apply_errors:
+                    self.store.note(f"CrowdSec decision on {v}: banning it here failed ({e}); retrying")
+                self.apply_errors[v] = str(e)
         for v in list(self._applied):
             if v not in self.decisions:
                 self._applied.discard(v)
@@ -601,6 +629,9 @@ class CrowdSecBridge:
                         await mon.aunban(v, origin="crowdsec")
         for v in [v for v in self.not_applied if v not in self.decisions]:
             del self.not_applied[v]
+        self.unbanned_here.intersection_update(self.decisions)
+        for v in [v for v in self.apply_errors if v not in self.decisions]:
+            del self.apply_errors[v]
 
     def publish(self) -> None:
         """Give the rows their "banned fleet-wide (label)" (on the loop)."""

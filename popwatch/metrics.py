@@ -226,24 +226,37 @@ class PopwatchCollector(Collector):
         yield lines
 
 
+#: firewall methods that call the timed ones to describe a change without making it (dry run,
+#: confirm modal): what runs inside them is not timed
+DESCRIBE_OPS = ("describe_ban", "describe_unban", "describe_limit")
+
+
 def time_firewall(firewall: Any, histogram: Histogram) -> None:
     """Time the firewall's operations into ``histogram`` (label ``op``) by wrapping the bound
-    methods on the instance: identity, ``isinstance`` and the other attributes are unchanged."""
-    for op in TIMED_OPS:
+    methods on the instance: identity, ``isinstance`` and the other attributes are unchanged.
+    Only the outermost call is timed (``describe_ban`` records a ``ban`` without making it)."""
+    local = threading.local()
+
+    def wrap(fn: Callable[..., Any], child: Any | None) -> Callable[..., Any]:
+        def timed(*a: Any, **kw: Any) -> Any:
+            depth = getattr(local, "depth", 0)
+            local.depth = depth + 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                local.depth = depth
+                if child is not None and depth == 0:
+                    child.observe(time.perf_counter() - t0)
+        timed._pw_timed = True  # type: ignore[attr-defined]
+        return timed
+
+    for op in TIMED_OPS + DESCRIBE_OPS:
         fn = getattr(firewall, op, None)
         if fn is None or getattr(fn, "_pw_timed", False):
             continue
-        child = histogram.labels(op)
-
-        def timed(*a: Any, _fn: Callable[..., Any] = fn, _h: Any = child, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return _fn(*a, **kw)
-            finally:
-                _h.observe(time.perf_counter() - t0)
-        timed._pw_timed = True  # type: ignore[attr-defined]
         try:
-            setattr(firewall, op, timed)
+            setattr(firewall, op, wrap(fn, histogram.labels(op) if op in TIMED_OPS else None))
         except (AttributeError, TypeError):  # a slotted or frozen object: leave it untimed
             pass
 

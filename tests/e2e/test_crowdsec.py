@@ -388,7 +388,8 @@ apply = true
         env.pop("SSH_CONNECTION", None)
         pw = subprocess.Popen(["ip", "netns", "exec", ns1, sys.executable, "-m", "popwatch", "watch", "--no-tui",
                                "--config", str(conf), "--state-dir", str(d / "state"), "--log", str(log),
-                               "--backend", "auto", "--duration", "90"], cwd=ROOT, env=env,
+                               "--backend", "auto", "--duration", "90", "--metrics", "127.0.0.1:9177",
+                               "--metrics-textfile", str(d / "popwatch.prom")], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=(d / "popwatch.err").open("wb"))
         (d / "bouncer").mkdir()
         (d / "bouncer" / "bouncer.yaml").write_text(BOUNCER.format(d=d / "bouncer", url=srv.url, key=key2))
@@ -397,7 +398,10 @@ apply = true
                                    stderr=subprocess.STDOUT)
 
         def why() -> str:
-            return (f"popwatch: {(d / 'popwatch.err').read_text()[-2000:]}\n"
+            prom = d / "popwatch.prom"
+            state = [l for l in (prom.read_text() if prom.exists() else "").splitlines()
+                     if l.startswith(("popwatch_source", "popwatch_crowdsec", "popwatch_bans"))]
+            return (f"popwatch: {(d / 'popwatch.err').read_text()[-2000:]}\n" + "\n".join(state) + "\n"
                     f"bouncer: {(d / 'bouncer.log').read_text()[-2000:]}")
 
         def wait(what: str, fn: Callable[[], Any], timeout: float = 25.0) -> Any:
@@ -436,6 +440,23 @@ apply = true
         srv.cscli("decisions", "delete", "--ip", "198.51.100.88")
         wait("the fleet decision lifted", lambda: not in_set(ns1, "popwatch4", "198.51.100.88"))
         assert in_set(ns1, "popwatch4", "203.0.113.70")
+        # the same run's metrics (mx1's loopback): the real backend's latencies, the bridge's state
+        r = ns_run(ns1, sys.executable, "-c", "import urllib.request as u; print(u.urlopen("
+                   "'http://127.0.0.1:9177/metrics', timeout=5).read().decode())")
+        assert r.returncode == 0, r.stderr
+        text = r.stdout.decode()
+        for want in ('popwatch_bans_total{origin="auto"} 1.0', 'popwatch_bans_total{origin="crowdsec"} 1.0',
+                     'popwatch_unbans_total{origin="crowdsec"} 1.0', 'popwatch_crowdsec_up{direction="push"} 1.0',
+                     'popwatch_crowdsec_up{direction="pull"} 1.0', "popwatch_crowdsec_pushed_bans_total 1.0",
+                     'popwatch_auth_failures_total{kind="auth_failed",service="pop3"} 4.0',
+                     'popwatch_source_up{source="crowdsec push"} 1.0'):
+            assert want in text, (want, text)
+        n_ban = [l for l in text.splitlines() if l.startswith('popwatch_firewall_op_seconds_count{op="ban"}')]
+        assert n_ban and float(n_ban[0].split()[-1]) == 2, n_ban
+        # a clean stop writes the textfile one last time
+        stop_proc(pw)
+        assert pw.returncode == 0, why()
+        assert "popwatch_events_total 1.0" in (d / "popwatch.prom").read_text()
     finally:
         stop_proc(pw)
         stop_proc(bouncer)

@@ -469,3 +469,49 @@ def test_lapi_client_errors_carry_the_status(lapi: FakeLapi) -> None:
     with pytest.raises(LapiError) as e:
         Lapi(lapi.url, timeout=1).stream("bkey", True)
     assert e.value.status is None
+
+
+async def test_apply_skips_community_lists_and_respects_a_local_unban(lapi: FakeLapi) -> None:
+    mon, sim, b = make(CrowdSecConfig(url=lapi.url, bouncer_key="bkey", pull_interval=0.05, apply=True))
+    lapi.add_decision("198.51.100.1", origin="CAPI", scenario="crowdsecurity/ssh-bf")
+    lapi.add_decision("198.51.100.2", origin="lists", scenario="firehol")
+    lapi.add_decision("198.51.100.3", origin="crowdsec", scenario="popwatch/auto")  # another popwatch host
+    async with Running(mon):
+        await until("applied", lambda: "198.51.100.3" in sim.bans())
+        await until("all shown", lambda: len(mon.store.fleet_bans) == 3)
+        assert "198.51.100.1" not in sim.bans() and "198.51.100.2" not in sim.bans()
+        assert mon.store.fleet_bans["198.51.100.1"] == "CAPI; not in this host's set"
+        assert mon.store.fleet_bans["198.51.100.3"] == "popwatch/auto"
+        # the admin here disagrees: the unban sticks while the decision lasts (no push here)
+        await mon.aunban("198.51.100.3", origin="key")
+        await asyncio.sleep(0.3)  # several pulls
+        assert "198.51.100.3" not in sim.bans()
+        assert mon.store.fleet_bans["198.51.100.3"] == "popwatch/auto; not in this host's set"
+
+
+def test_apply_origins_config() -> None:
+    c = from_table({"bouncer_key": "k", "apply": True, "apply_origins": ["crowdsec", "cscli", "CAPI"]})
+    assert c.apply_origins == ("crowdsec", "cscli", "CAPI")
+    assert from_table({"bouncer_key": "k"}).apply_origins == ("crowdsec", "cscli")
+    with pytest.raises(ConfigError, match="apply_origins"):
+        from_table({"bouncer_key": "k", "apply_origins": "CAPI"})
+
+
+async def test_apply_retries_a_failed_kernel_ban(lapi: FakeLapi) -> None:
+    from popwatch.firewall.base import FirewallError
+
+    mon, sim, b = make(CrowdSecConfig(url=lapi.url, bouncer_key="bkey", pull_interval=0.05, apply=True))
+    real_ban = sim.ban
+    fails = [2]
+
+    def flaky_ban(ip: str, ttl: float | None = None) -> None:
+        if fails[0]:
+            fails[0] -= 1
+            raise FirewallError("ipset: Kernel error received: resource busy")
+        real_ban(ip, ttl)
+    sim.ban = flaky_ban  # type: ignore[method-assign]
+    lapi.add_decision("198.51.100.5")
+    async with Running(mon):
+        await until("applied after the errors", lambda: "198.51.100.5" in sim.bans())
+    assert fails == [0] and not b.apply_errors and not b.not_applied
+    assert sum("banning it here failed" in n for n in mon.store.notes) == 1

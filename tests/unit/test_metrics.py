@@ -283,3 +283,18 @@ async def test_scrapes_while_the_loop_ingests_never_fail() -> None:
     d = scrape(m)
     assert val(d, "popwatch_attackers") == 300
     assert val(d, "popwatch_bans_total", origin="key") == 30
+
+
+def test_describing_a_ban_is_not_timed_as_a_ban() -> None:
+    """The kernel backends' describe_ban runs ban() in recording mode: not a firewall operation."""
+    clock = Clock()
+    sim = SimFirewall(clock=clock)
+    # like IptablesFirewall.describe_ban: it calls the backend's own ban() (here for real)
+    sim.describe_ban = lambda ip, ttl=None: (sim.ban(ip, ttl), sim.unban(ip), [f"ban {ip}"])[2]  # type: ignore
+    mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim, mono=clock)
+    m = Metrics(mon, process=False)
+    mon.ban("203.0.113.11", ttl=60)
+    d = scrape(m)
+    assert "203.0.113.11" in sim.bans()
+    assert val(d, "popwatch_firewall_op_seconds_count", op="ban") == 1
+    assert val(d, "popwatch_firewall_op_seconds_count", op="unban") == 0
