@@ -49,3 +49,30 @@ def test_users_and_counts_from_real_lines() -> None:
     assert per_user["x rhost=198.51.100.9"] == 2
     assert per_user["[@click=app.quit]"] == 2
     assert sum(1 for e in evs if e.kind == "invalid_user" and e.attempts == 1) >= 8
+
+
+DOVECOT_LOG = LOG.parent / "dovecot2319-log_path-injected-users.log"
+
+
+def test_real_dovecot_hostile_users() -> None:
+    """Real dovecot 2.3.19 (log_path, auth_verbose=yes, auth_username_chars empty) for user
+    names carrying `rip=`, the auth prefix structure, markup and a fake attempt count."""
+    p = Parser(now=lambda: 1795900000.0)
+    evs = []
+    for i, text in enumerate(DOVECOT_LOG.read_text().splitlines(), 1):
+        ev = p.parse(RawLine(text, "dovecot.log", i))
+        if ev is not None:
+            evs.append(ev)
+    assert all(e.ip == CLIENT for e in evs), [e for e in evs if e.ip != CLIENT]
+    # 2 + 1 + 2 + 1 attempts; the verbose line whose user name mimics the auth prefix is
+    # ambiguous and skipped, so its summary line counts it instead
+    assert sum(e.attempts for e in evs if e.is_failure) == 6
+    summaries = [e for e in evs if e.service in ("pop3", "imap")]
+    assert [e.attempts for e in summaries] == [0, 1, 0, 0]
+    assert [e.user for e in summaries] == [
+        "x>, method=plain, rip=198.51.100.9, lip=1.1.1.1, session=<evil>",
+        "root,198.51.100.9,<abc>): unknown user",
+        "[@click=app.quit]",
+        "a (auth failed, 99 attempts in 1 secs)",
+    ]
+    assert all(is_clean(e.line) for e in evs)
