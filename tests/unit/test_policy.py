@@ -63,3 +63,23 @@ _nets = st.one_of(
 def test_fast_path_agrees_with_the_general_check(addr, nets):
     p = Protector(allow=[str(n) for n in nets])
     assert (p.protected_ip(str(addr)) is None) == (p.why_protected(str(addr)) is None)
+
+
+def test_ssh_client_found_in_the_parent_when_sudo_dropped_the_variables():
+    """sudo resets the environment: the SSH client is read from an ancestor's environ."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    child = ("import subprocess, sys; sys.exit(subprocess.run(['env', '-i', 'PYTHONPATH=' + sys.argv[1], "
+             "sys.executable, '-c', 'from popwatch.policy import ssh_clients, Protector; "
+             "print(sorted(ssh_clients())); print(Protector.from_env(own=False).why_protected(\"198.51.100.77\"))'"
+             "]).returncode)")
+    env = dict(os.environ, SSH_CONNECTION="198.51.100.77 50022 192.0.2.1 22")
+    env.pop("SSH_CLIENT", None)
+    out = subprocess.run([sys.executable, "-c", child, repo], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "198.51.100.77" in lines[0] and "SSH client" in lines[1]
