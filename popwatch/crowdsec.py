@@ -51,6 +51,8 @@ UNBAN_PUSH = frozenset({"key", "cli", "undo"})
 #: what a permanent local ban becomes on the LAPI (CrowdSec decisions always have a duration)
 PERMANENT = 365 * 86400.0
 OUTBOX_MAX = 10_000
+#: seconds the bridge may spend sending what is queued when popwatch stops
+FLUSH_TIMEOUT = 3.0
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 PUSH_NAME, PULL_NAME = "crowdsec push", "crowdsec pull"
 _KEYS = {"url", "machine_id", "password", "password_file", "register", "bouncer_key", "bouncer_key_file",
@@ -333,6 +335,8 @@ class CrowdSecBridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._applied: set[str] = set()
+        #: bans the push side knows of (queued, or there when popwatch started): see scan_store
+        self.seen: dict[str, float] = dict.fromkeys(self.store.bans, time.monotonic())
         #: addresses a person unbanned here: not applied again while their decision lasts
         self.unbanned_here: set[str] = set()
 
@@ -351,6 +355,7 @@ class CrowdSecBridge:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+                await self.flush(FLUSH_TIMEOUT)
         self.monitor.run = run_with_bridge  # type: ignore[method-assign]
         if self.cfg.push:
             self._health(PUSH_NAME, "waiting", f"{self.cfg.url} (not yet contacted)")
@@ -375,9 +380,12 @@ class CrowdSecBridge:
 
     def _queue(self, item: tuple[str, str, float | None, str, str]) -> None:
         if len(self.outbox) >= OUTBOX_MAX:
-            self.outbox.popleft()
-            self.dropped += 1
+            with contextlib.suppress(IndexError):
+                self.outbox.popleft()
+                self.dropped += 1
         self.outbox.append(item)
+        if item[0] == "ban":
+            self.seen[item[1]] = time.monotonic()
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):  # loop closed: the queue waits for the next run
@@ -417,6 +425,7 @@ class CrowdSecBridge:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 5.0)
             self._wake.clear()
+            self.scan_store()
             while self.outbox:
                 batch = [self.outbox.popleft() for _ in range(min(100, len(self.outbox)))]
                 try:
@@ -445,6 +454,38 @@ class CrowdSecBridge:
                 self._transition("push", True, f"CrowdSec push: connected to {self.cfg.url} as "
                                                f"{self.cfg.machine_id}")
 
+    def scan_store(self) -> None:
+        """Queue bans that reached the store without an action here: a ``popwatch ban`` from the
+        command line while ``watch`` runs is adopted from the kernel with its saved record
+        (origin cli). Bans present at start-up are not sent (they were when they were made)."""
+        if not self.cfg.push:
+            return
+        bans, seen, now = self.store.bans, self.seen, time.monotonic()
+        for ip in [ip for ip in bans if ip not in seen]:
+            b = bans[ip]
+            seen[ip] = now
+            if b.origin not in NO_PUSH:
+                left = None if b.expires is None else max(1.0, b.expires - self.clock())
+                self._queue(("ban", ip, left, b.reason, b.origin))
+        # forget lifted bans (a later ban of the same address is new), but not one that is
+        # still on its way from the firewall thread to the store
+        for ip in [ip for ip, t in seen.items() if ip not in bans and now - t > 30.0]:
+            del seen[ip]
+
+    async def flush(self, timeout: float) -> None:
+        """Best effort on the way out: send what is queued within ``timeout`` seconds."""
+        if not self.cfg.push or not self.outbox:
+            return
+        batch = list(self.outbox)[:100]
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._push_sync, batch), timeout)
+        except (LapiError, asyncio.TimeoutError, asyncio.CancelledError, RuntimeError):
+            return
+        for _ in batch:
+            with contextlib.suppress(IndexError):
+                self.outbox.popleft()
+        self.pushed += sum(1 for b in batch if b[0] == "ban")
+
     def _jwt(self, renew: bool = False) -> str:
         c = self.cfg
         assert c.machine_id and c.password
@@ -467,7 +508,7 @@ class CrowdSecBridge:
     def _push_sync(self, batch: list[tuple[str, str, float | None, str, str]]) -> int:
         """Worker thread: send bans as alerts, unbans as decision deletions."""
         bans = [b for b in batch if b[0] == "ban"]
-        alerts = [self.alert(t, ttl, reason, origin) for _, t, ttl, reason, origin in bans]
+        alerts = [self.alert(self.wire(t), ttl, reason, origin) for _, t, ttl, reason, origin in bans]
         for attempt in (0, 1):
             token = self._jwt(renew=attempt == 1)
             try:
@@ -476,12 +517,23 @@ class CrowdSecBridge:
                     alerts = []
                 for kind, t, _, _, _ in batch:
                     if kind == "unban":
-                        self.lapi.delete_decisions(token, *_scope(t))
+                        self.lapi.delete_decisions(token, *_scope(self.wire(t)))
                 break
             except LapiError as e:
                 if e.status != 401 or attempt == 1:  # 401: the JWT expired; log in again once
                     raise
         return len(bans)
+
+    def wire(self, target: str) -> str:
+        """What a local ban covers, as the fleet should ban it: an IPv6 address is banned here
+        as its /64 (``ipv6_prefix``), so that is what is sent."""
+        entry = getattr(self.monitor, "_entry", None)
+        if entry is None:
+            return target
+        try:
+            return str(entry(target, "/" in target))
+        except Exception:  # noqa: BLE001 - keep the address as it is
+            return target
 
     def alert(self, target: str, ttl: float | None, reason: str, origin: str) -> dict[str, Any]:
         """One alert with one ban decision, as the LAPI (1.4+) takes it."""

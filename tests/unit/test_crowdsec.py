@@ -515,3 +515,53 @@ async def test_apply_retries_a_failed_kernel_ban(lapi: FakeLapi) -> None:
         await until("applied after the errors", lambda: "198.51.100.5" in sim.bans())
     assert fails == [0] and not b.apply_errors and not b.not_applied
     assert sum("banning it here failed" in n for n in mon.store.notes) == 1
+
+
+async def test_a_command_line_ban_adopted_while_running_is_pushed(lapi: FakeLapi) -> None:
+    """``popwatch ban`` from another process: the running watch adopts it from the kernel (with
+    its saved record, origin cli) and the bridge sends it; bans there at start are not sent."""
+    from popwatch.model import Ban
+
+    lapi.machines["mx1"] = ["pw", True]
+    sim = SimFirewall(clock=time.time)
+    mon = Monitor(store=StateStore(clock=time.time), parser=Parser(now=time.time), firewall=sim,
+                  poll_interval=0.05)
+    now = time.time()
+    mon.store.set_ban(Ban("203.0.113.1", now, now + 600, "restored", "auto"))  # from before the start
+    b = CrowdSecBridge(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="pw"), mon, hostname="mx1")
+    b.attach()
+    async with Running(mon):
+        mon.store.set_ban(Ban("203.0.113.2", now, now + 300, "typed by hand", "cli"))  # what the sync does
+        mon.store.set_ban(Ban("203.0.113.3", now, None, "found in the kernel", "kernel"))
+        b._wake.set()  # type: ignore[union-attr]  (the loop also scans every 5 s)
+        await until("pushed", lambda: len(lapi.alerts) == 1)
+        await asyncio.sleep(0.2)
+    a = lapi.alerts[0]
+    assert a["source"]["value"] == "203.0.113.2" and a["scenario"] == "popwatch/cli"
+    assert 290 <= int(a["decisions"][0]["duration"].rstrip("s")) <= 300
+    assert len(lapi.alerts) == 1
+
+
+async def test_queued_bans_are_flushed_when_popwatch_stops(lapi: FakeLapi) -> None:
+    lapi.machines["mx1"] = ["pw", True]
+    mon, sim, b = make(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="pw"))
+    b.on_action("ban", "203.0.113.9", {"origin": "auto", "ttl": 60, "reason": "r"})  # before run()
+    await b.flush(3.0)
+    assert [a["source"]["value"] for a in lapi.alerts] == ["203.0.113.9"] and not b.outbox
+
+
+async def test_an_ipv6_ban_is_pushed_as_the_network_it_covers_here(lapi: FakeLapi) -> None:
+    import ipaddress
+
+    lapi.machines["mx1"] = ["pw", True]
+    mon, sim, b = make(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="pw"))
+    # the kernel backends' ban_key: an IPv6 address is banned as its /64
+    sim.ban_key = lambda ip, net=None: (str(ipaddress.ip_network(f"{ip}/64", strict=False))  # type: ignore
+                                        if ":" in ip and "/" not in ip else ip)
+    async with Running(mon):
+        await mon.aban("2001:db8:7::5", ttl=600, origin="key")
+        await until("pushed", lambda: len(lapi.alerts) == 1)
+        await mon.aunban("2001:db8:7::5", origin="key")
+        await until("deleted", lambda: not lapi.decisions)
+    d = lapi.alerts[0]["decisions"][0]
+    assert (d["scope"], d["value"]) == ("Range", "2001:db8:7::/64")
