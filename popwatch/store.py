@@ -560,8 +560,11 @@ class StateStore:
         if dt <= 0:
             return
         b0, b1 = prev.banned_dropped, sample.banned_dropped
-        self._ban_drop_rate = (b1 - b0 if b1 >= b0 else b1) / dt
-        self._ban_drop_hist.append(self._ban_drop_rate)
+        changed = False
+        rate = (b1 - b0 if b1 >= b0 else b1) / dt
+        changed |= rate != self._ban_drop_rate
+        self._ban_drop_rate = rate
+        self._ban_drop_hist.append(rate)
         for port, c in sample.ports.items():
             p = prev.ports.get(port)
             if p is None:
@@ -569,10 +572,14 @@ class StateStore:
             dp = c.passed - p.passed if c.passed >= p.passed else c.passed
             dd = c.dropped - p.dropped if c.dropped >= p.dropped else c.dropped
             ps, ds = dp / dt, dd / dt
+            changed |= self._rates.get(port) != (ps, ds)
             self._rates[port] = (ps, ds)
             self._pass_hist.setdefault(port, deque(maxlen=self._history)).append(ps)
             self._drop_hist.setdefault(port, deque(maxlen=self._history)).append(ds)
-        self.version += 1
+        if changed:
+            # an idle server polls the same rates every second: no new version, no repaint
+            # (the UI still redraws every few seconds for ages and sliding rates)
+            self.version += 1
 
     # ---------------------------------------------------------- bans / limits
     def set_ban(self, ban: Ban) -> None:

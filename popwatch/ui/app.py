@@ -135,7 +135,12 @@ class PopwatchApp(App[None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one(AttackerTable).focus()
+        self._table = self.query_one(AttackerTable)
+        self._ports = self.query_one(PortsPanel)
+        self._log = self.query_one(LiveLog)
+        self._users = self.query_one(UsersPanel)
+        self._header = self.query_one(HeaderBar)
+        self._table.focus()
         self._layout_users()
         self.refresh_view(force=True)
         self.set_interval(self.tick, self.refresh_view)
@@ -149,7 +154,10 @@ class PopwatchApp(App[None]):
 
     def _layout_users(self) -> None:
         wide = self.size.width >= 120 and self.size.height >= 30
-        self.query_one("#users").display = wide if self.users_shown is None else self.users_shown
+        users = self.query_one(UsersPanel)
+        users.display = wide if self.users_shown is None else self.users_shown
+        if users.display and self.snapshot is not None:
+            users.set_snapshot(self.snapshot)
 
     # ------------------------------------------------------------------ state
     @property
@@ -175,6 +183,8 @@ class PopwatchApp(App[None]):
     def refresh_view(self, force: bool = False) -> None:
         """One render tick: skip when nothing changed (idle costs nothing)."""
         self._ticks += 1
+        if not self._table.is_attached:  # shutting down: the timer may fire once more
+            return
         # ages and rates drift even without new events: re-render every ~2 s regardless
         if not force and self.store.version == self._version and self._ticks % 4:
             return
@@ -182,15 +192,15 @@ class PopwatchApp(App[None]):
         snap = self.store.snapshot(k=TOP_K, sort=self.sort, flt=self.filter, rollup=self.rollup, users=40)
         self.snapshot = snap
         with self.batch_update():
-            table = self.query_one(AttackerTable)
+            table = self._table
             table.set_rows(snap.rows, snap.now, snap.total_ips, snap.shown_of, snap.rollup)
             table.border_title = self._table_title(snap)
-            self.query_one(PortsPanel).set_ports(snap.ports, self._shares(snap), self._ban_drop(snap))
-            self.query_one(LiveLog).set_snapshot(snap)
-            self.query_one(UsersPanel).set_snapshot(snap)
-            header = self.query_one(HeaderBar)
-            header.flags = self._flags()
-            header.set_snapshot(snap)
+            self._ports.set_ports(snap.ports, self._shares(snap), self._ban_drop(snap))
+            self._log.set_snapshot(snap)
+            if self._users.display:
+                self._users.set_snapshot(snap)
+            self._header.flags = self._flags()
+            self._header.set_snapshot(snap)
 
     def _table_title(self, snap: Snapshot) -> Text:
         what = "networks (/24, /64)" if snap.rollup else "attackers"

@@ -14,7 +14,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.strip import Strip
@@ -123,7 +123,10 @@ class AttackerTable(Widget, can_focus=True):
         self.shown_of = 0
         self.rollup = False
         self._ipw = 15
-        self._cache: dict[tuple[int, int, bool], Strip] = {}
+        #: drawn rows by content (row, age text, width, selected, layout): an unchanged row is
+        #: never redrawn, and only the lines whose key changed are repainted
+        self._cache: dict[tuple[object, ...], Strip] = {}
+        self._shown: list[tuple[object, ...] | None] = []
 
     # ---- data
     def set_rows(self, rows: tuple[AttackerRow, ...], now: float, total: int, shown_of: int,
@@ -132,13 +135,15 @@ class AttackerTable(Widget, can_focus=True):
             self.cursor_ip = None
             self.cursor = 0
             self.top = 0
+        old_top, old_ipw, old_shown = self.top, self._ipw, self._shown
         self.rows = rows
         self.now = now
         self.total = total
         self.shown_of = shown_of
         self.rollup = rollup
         self._ipw = max([15] + [len(r.ip) for r in rows[:500]])
-        self._cache.clear()
+        if len(self._cache) > 4000:
+            self._cache.clear()
         if self.cursor_ip is not None:
             for i, r in enumerate(rows):
                 if r.ip == self.cursor_ip:
@@ -150,7 +155,24 @@ class AttackerTable(Widget, can_focus=True):
             self.cursor = min(self.cursor, len(rows) - 1)
             self.cursor_ip = rows[self.cursor].ip
         self._scroll_to_cursor()
-        self.refresh()
+        self._shown = self._visible_keys()
+        if self.top != old_top or self._ipw != old_ipw or len(self._shown) != len(old_shown):
+            self.refresh()
+            return
+        width = self.size.width
+        for y, (new, old) in enumerate(zip(self._shown, old_shown), start=1):
+            if new != old:
+                self.refresh(Region(0, y, width, 1))
+
+    def _line_key(self, i: int, width: int) -> tuple[object, ...] | None:
+        if i >= len(self.rows):
+            return None
+        r = self.rows[i]
+        return (r, ago(r.last, self.now), width, i == self.cursor, self._ipw, self.rollup)
+
+    def _visible_keys(self) -> list[tuple[object, ...] | None]:
+        width = self.size.width
+        return [self._line_key(self.top + y, width) for y in range(self._body_height())]
 
     @property
     def selected(self) -> AttackerRow | None:
@@ -175,6 +197,7 @@ class AttackerTable(Widget, can_focus=True):
         self.cursor = max(0, min(len(self.rows) - 1, to))
         self.cursor_ip = self.rows[self.cursor].ip
         self._scroll_to_cursor()
+        self._shown = self._visible_keys()
         self.refresh()
         self.post_message(self.Selected(self.cursor_ip))
 
@@ -190,6 +213,7 @@ class AttackerTable(Widget, can_focus=True):
     def on_resize(self) -> None:
         self._cache.clear()
         self._scroll_to_cursor()
+        self._shown = self._visible_keys()
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return len(self.rows) + 1
@@ -258,11 +282,10 @@ class AttackerTable(Widget, can_focus=True):
                     self.total else "no failed logins seen yet"
                 return Strip([Segment(msg[:width].ljust(width), Style(dim=True))])
             return Strip.blank(width)
-        sel = i == self.cursor
-        key = (i, width, sel)
-        strip = self._cache.get(key)
+        key = self._line_key(i, width)
+        strip = self._cache.get(key)  # type: ignore[arg-type]
         if strip is None:
-            strip = self._cache[key] = self._row(self.rows[i], width, sel)
+            strip = self._cache[key] = self._row(self.rows[i], width, i == self.cursor)  # type: ignore[index]
         return strip
 
 
@@ -287,14 +310,18 @@ class PortsPanel(Widget, can_focus=True):
 
     def set_ports(self, ports: tuple[PortRow, ...], share: dict[int, str] | None = None,
                   ban_drop: tuple[float, tuple[float, ...]] | None = None) -> None:
+        share = share or {}
+        if (ports, share, ban_drop) == (self.ports, self.share, self.ban_drop):
+            return  # an idle server: nothing to repaint
+        old_lines = self._lines()
         self.ports = ports
-        self.share = share or {}
+        self.share = share
         self.ban_drop = ban_drop
         if ports and self.selected_port not in {p.port for p in ports}:
             # start on the first port that has a limit: that is the one to tune
             limited = [p.port for p in ports if p.limit.mode != "count"]
             self.selected_port = (limited or [ports[0].port])[0]
-        self.refresh(layout=True)
+        self.refresh(layout=self._lines() != old_lines)
 
     def action_move(self, d: int) -> None:
         if not self.ports:
@@ -302,6 +329,12 @@ class PortsPanel(Widget, can_focus=True):
         ports = [p.port for p in self.ports]
         i = ports.index(self.selected_port) if self.selected_port in ports else 0
         self.selected_port = ports[(i + d) % len(ports)]
+        self.refresh(layout=True)  # the share line may come or go
+
+    def on_focus(self) -> None:
+        self.refresh()
+
+    def on_blur(self) -> None:
         self.refresh()
 
     def selected(self) -> PortRow | None:
@@ -310,9 +343,12 @@ class PortsPanel(Widget, can_focus=True):
                 return p
         return None
 
-    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+    def _lines(self) -> int:
         extra = 1 if self.ban_drop is not None else 0
         return max(1, len(self.ports) + extra + 1 + (1 if self.share.get(self.selected_port or 0) else 0))
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return self._lines()
 
     def render(self) -> Text:
         width = self.size.width or 80
@@ -363,7 +399,10 @@ class LiveLog(Widget):
         self.snapshot: Snapshot | None = None
 
     def set_snapshot(self, snap: Snapshot) -> None:
+        old = self.snapshot
         self.snapshot = snap
+        if old is not None and old.events and snap.events and old.events[-1] is snap.events[-1]:
+            return  # no new line: nothing to repaint
         self.refresh()
 
     def render(self) -> Text:
@@ -403,8 +442,10 @@ class UsersPanel(Widget):
         self.snapshot: Snapshot | None = None
 
     def set_snapshot(self, snap: Snapshot) -> None:
+        old = self.snapshot
         self.snapshot = snap
-        self.refresh()
+        if old is None or old.users != snap.users:
+            self.refresh()
 
     def render(self) -> Text:
         out = Text(no_wrap=True, overflow="ellipsis")
@@ -434,10 +475,14 @@ class HeaderBar(Widget):
         self.backend = backend
         self.flags: list[tuple[str, str]] = []  # (text, style): auto-ban, dry run
         self.snapshot: Snapshot | None = None
+        self._key: tuple[object, ...] = ()
 
     def set_snapshot(self, snap: Snapshot) -> None:
+        key = (tuple(self.flags), snap.sources, round(snap.events_per_s, 1), snap.total_ips, len(snap.bans))
         self.snapshot = snap
-        self.refresh()
+        if key != self._key:
+            self._key = key
+            self.refresh()
 
     def render(self) -> Text:
         full = self._line(compact=False)
