@@ -327,7 +327,7 @@ class HelpScreen(ModalScreen[None]):
             "client, loopback, this host, the allow-list; never banned). A green address with "
             "'✓login' has also logged in successfully: probably a real user with a wrong password "
             "somewhere. r rolls addresses up into /24 (IPv4) and /64 (IPv6) networks; Enter on a "
-            "network lists its addresses, and B then bans them all.\n\n"
+            "network lists its addresses, and B then bans them all; a network's STATE '3B' means 3 of its addresses are banned.\n\n"
             "Ports: new TCP connections per second that passed / were dropped by popwatch's rule for "
             "that port; 'bans' is what the ban list dropped. 'global' is the 2009 rule (-m limit): one "
             "bucket shared by everyone, so an attacker still gets rate x 86,400 tries a day and "
