@@ -320,17 +320,23 @@ class Monitor:
         self._entries[target] = e
         return e
 
+    def _why_refused(self, target: str, allow_net: bool) -> str | None:
+        """Why ``target`` may not be banned: it is protected, or the kernel entry its ban
+        becomes (IPv6: the /64) contains a protected address. None: it may be."""
+        why = self.protector.why_protected(target)
+        if why is None:
+            entry = self._entry(target, allow_net)
+            if entry != target:
+                why2 = self.protector.why_protected(entry)
+                why = f"banning {target} bans all of {entry}: {why2}" if why2 else None
+        return why
+
     # ------------------------------------------------------------------ firewall thread
     def _ban_fw(self, ip: str, ttl: float | None, reason: str, origin: str,
                 allow_net: bool = False, detail: dict[str, Any] | None = None) -> ActionResult:
         """Policy check + firewall change. Runs on the firewall thread (or the CLI's)."""
         target = str(parse_target(ip, allow_net=allow_net))
-        why = self.protector.why_protected(target)
-        if why is None:
-            entry = self._entry(target, allow_net)
-            if entry != target:  # an IPv6 ban covers its /64: nobody protected may be in it
-                why2 = self.protector.why_protected(entry)
-                why = f"banning {target} bans all of {entry}: {why2}" if why2 else None
+        why = self._why_refused(target, allow_net)
         if why:
             self._audit("ban", target, origin=origin, reason=reason, ok=False, error=f"refused: {why}")
             raise Refused(f"refused: {why}")
@@ -666,12 +672,12 @@ class Monitor:
                 self._audit("expire", b.ip, origin="reconcile", reason="expired while popwatch was not running")
                 continue
             entry = self._entry(b.ip, "/" in b.ip)
-            why = self.protector.why_protected(b.ip)
+            why = self._why_refused(b.ip, "/" in b.ip)
             if why:
                 refused += 1
                 msgs.append(f"not restoring the ban of {b.ip}: {why}")
-                if entry in kernel and self.firewall.can_write and not self.dry_run:
-                    self.firewall.unban(b.ip)
+                if entry in kernel:
+                    self._lift_protected(b.ip, why, msgs)
                 continue
             seen.add(entry)
             if entry in kernel:
@@ -697,9 +703,9 @@ class Monitor:
             if entry in seen:
                 continue
             why = self.protector.why_protected(entry)
-            if why:
-                msgs.append(f"the kernel bans {entry}, which is protected ({why}); lift it with "
-                            f"`popwatch unban {entry}`")
+            if why:  # never keep the admin (or the allow-list) locked out
+                self._lift_protected(entry, why, msgs)
+                continue
             ban = Ban(entry, now, None if left is None else now + left, "found in the kernel", "kernel")
             self.store.set_ban(ban)
             adopted += 1
@@ -713,6 +719,21 @@ class Monitor:
         for p in problems:  # corrupt state files: already noted in the store at start
             msgs.append(f"state dir: {p}")
         return msgs
+
+    def _lift_protected(self, target: str, why: str, msgs: list[str]) -> None:
+        """Start-up found a protected address banned in the kernel: lift it, say so."""
+        if self.dry_run or not self.firewall.can_write:
+            msgs.append(f"the kernel bans {target}, which is protected ({why}); lift it with "
+                        f"`popwatch unban {target}`")
+            return
+        try:
+            self.firewall.unban(target)
+        except (FirewallError, ValueError) as e:
+            msgs.append(f"could not lift the ban of protected {target}: {e}")
+            return
+        self._audit("unban", target, origin="reconcile", reason=f"protected: {why}",
+                    change=[f"unban {target}"])
+        msgs.append(f"lifted the ban of {target}: {why}")
 
     def _sync_from_kernel(self, kernel: dict[str, float | None], read_at: float) -> None:
         """While running: drop store bans the kernel no longer has (a CLI unban, expiry), adopt

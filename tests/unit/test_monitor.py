@@ -300,10 +300,14 @@ def test_reconcile_restores_adopts_and_drops(tmp_path):
     sim = SimFirewall(clock=clock)
     sim.ban("203.0.113.32")
     sim.ban("203.0.113.33", 900)                      # a ban popwatch never recorded
+    sim.ban("192.0.2.9")                              # protected now: lifted on start
+    sim.ban("192.0.2.10")                             # protected, unrecorded: lifted too
     mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim,
                   protector=Protector(allow=["192.0.2.0/24"]), persist=Persist(d), mono=clock)
     msgs = mon.reconcile()
     assert msgs[0].startswith("bans on start: 1 restored, 2 already in the kernel, 1 expired")
+    assert any("lifted the ban of 192.0.2.9" in m for m in msgs)
+    assert any("lifted the ban of 192.0.2.10" in m for m in msgs)
     assert sim.bans() == {"203.0.113.30": 500, "203.0.113.32": None, "203.0.113.33": 900}
     assert sim.log.count("ban 203.0.113.32") == 1     # adopted, not added again
     assert set(mon.store.bans) == {"203.0.113.30", "203.0.113.32", "203.0.113.33"}
