@@ -678,6 +678,7 @@ class Monitor:
                 msgs.append(f"not restoring the ban of {b.ip}: {why}")
                 if entry in kernel:
                     self._lift_protected(b.ip, why, msgs)
+                seen.add(entry)
                 continue
             seen.add(entry)
             if entry in kernel:

@@ -308,6 +308,8 @@ def test_reconcile_restores_adopts_and_drops(tmp_path):
     assert msgs[0].startswith("bans on start: 1 restored, 2 already in the kernel, 1 expired")
     assert any("lifted the ban of 192.0.2.9" in m for m in msgs)
     assert any("lifted the ban of 192.0.2.10" in m for m in msgs)
+    lifted = [json.loads(l) for l in (d / "audit.jsonl").read_text().splitlines()]
+    assert sorted(a["target"] for a in lifted if a["action"] == "unban") == ["192.0.2.10", "192.0.2.9"]
     assert sim.bans() == {"203.0.113.30": 500, "203.0.113.32": None, "203.0.113.33": 900}
     assert sim.log.count("ban 203.0.113.32") == 1     # adopted, not added again
     assert set(mon.store.bans) == {"203.0.113.30", "203.0.113.32", "203.0.113.33"}
