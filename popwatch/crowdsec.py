@@ -461,7 +461,7 @@ class CrowdSecBridge:
         if not self.cfg.push:
             return
         bans, seen, now = self.store.bans, self.seen, time.monotonic()
-        for ip in [ip for ip in bans if ip not in seen]:
+        for ip in [ip for ip in list(bans) if ip not in seen]:
             b = bans[ip]
             seen[ip] = now
             if b.origin not in NO_PUSH:
@@ -469,8 +469,10 @@ class CrowdSecBridge:
                 self._queue(("ban", ip, left, b.reason, b.origin))
         # forget lifted bans (a later ban of the same address is new), but not one that is
         # still on its way from the firewall thread to the store
-        for ip in [ip for ip, t in seen.items() if ip not in bans and now - t > 30.0]:
-            del seen[ip]
+        # (list(...) copies in one step: _queue adds from the firewall thread)
+        for ip, t in list(seen.items()):
+            if ip not in bans and now - t > 30.0:
+                seen.pop(ip, None)
 
     async def flush(self, timeout: float) -> None:
         """Best effort on the way out: send what is queued within ``timeout`` seconds."""
@@ -493,36 +495,44 @@ class CrowdSecBridge:
             return self._token[0]
         scen = ["popwatch/key", "popwatch/auto", "popwatch/cli", "popwatch/undo"]
         try:
-            self._token = self.lapi.login(c.machine_id, c.password, scen)
-        except LapiError as e:
-            if not (c.register and e.status == 401 and "not found" in str(e)):
-                raise
-            self.lapi.register(c.machine_id, c.password)
             try:
                 self._token = self.lapi.login(c.machine_id, c.password, scen)
-            except LapiError as e2:
-                raise LapiError(f"registered machine {c.machine_id!r}: validate it on the LAPI host with "
-                                f"`cscli machines validate {c.machine_id}` ({e2})", e2.status) from None
+            except LapiError as e:
+                if not (c.register and e.status == 401 and "not found" in str(e)):
+                    raise
+                self.lapi.register(c.machine_id, c.password)
+                self._token = self.lapi.login(c.machine_id, c.password, scen)
+        except LapiError as e:
+            if e.status == 401 and "not validated" in str(e):
+                raise LapiError(f"machine {c.machine_id!r} is registered but not validated: run "
+                                f"`cscli machines validate {c.machine_id}` on the LAPI host", 401) from None
+            raise
         return self._token[0]
 
     def _push_sync(self, batch: list[tuple[str, str, float | None, str, str]]) -> int:
-        """Worker thread: send bans as alerts, unbans as decision deletions."""
-        bans = [b for b in batch if b[0] == "ban"]
-        alerts = [self.alert(self.wire(t), ttl, reason, origin) for _, t, ttl, reason, origin in bans]
-        for attempt in (0, 1):
-            token = self._jwt(renew=attempt == 1)
-            try:
-                if alerts:
-                    self.lapi.post_alerts(token, alerts)
-                    alerts = []
-                for kind, t, _, _, _ in batch:
-                    if kind == "unban":
-                        self.lapi.delete_decisions(token, *_scope(self.wire(t)))
-                break
-            except LapiError as e:
-                if e.status != 401 or attempt == 1:  # 401: the JWT expired; log in again once
-                    raise
-        return len(bans)
+        """Worker thread: send bans as alerts, unbans as decision deletions, in order (a ban
+        lifted and made again in one batch ends banned). Returns how many bans went out."""
+        runs: list[list[tuple[str, str, float | None, str, str]]] = []
+        for item in batch:
+            if runs and runs[-1][0][0] == item[0] == "ban":
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        token = self._jwt()
+        for run in runs:
+            for attempt in (0, 1):
+                try:
+                    if run[0][0] == "ban":
+                        self.lapi.post_alerts(token, [self.alert(self.wire(t), ttl, reason, origin)
+                                                      for _, t, ttl, reason, origin in run])
+                    else:
+                        self.lapi.delete_decisions(token, *_scope(self.wire(run[0][1])))
+                    break
+                except LapiError as e:
+                    if e.status != 401 or attempt == 1:  # 401: the JWT expired; log in again once
+                        raise
+                    token = self._jwt(renew=True)
+        return sum(1 for b in batch if b[0] == "ban")
 
     def wire(self, target: str) -> str:
         """What a local ban covers, as the fleet should ban it: an IPv6 address is banned here

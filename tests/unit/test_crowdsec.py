@@ -565,3 +565,13 @@ async def test_an_ipv6_ban_is_pushed_as_the_network_it_covers_here(lapi: FakeLap
         await until("deleted", lambda: not lapi.decisions)
     d = lapi.alerts[0]["decisions"][0]
     assert (d["scope"], d["value"]) == ("Range", "2001:db8:7::/64")
+
+
+async def test_unban_then_ban_again_in_one_batch_ends_banned(lapi: FakeLapi) -> None:
+    lapi.machines["mx1"] = ["pw", True]
+    mon, _, b = make(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="pw"))
+    b.on_action("ban", "203.0.113.9", {"origin": "key", "ttl": 60})
+    b.on_action("unban", "203.0.113.9", {"origin": "key"})
+    b.on_action("ban", "203.0.113.9", {"origin": "cli", "ttl": 120})
+    assert await asyncio.to_thread(b._push_sync, list(b.outbox)) == 2
+    assert [(d["value"], d["scenario"]) for d in lapi.decisions.values()] == [("203.0.113.9", "popwatch/cli")]
