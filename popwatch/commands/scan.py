@@ -171,11 +171,12 @@ def fast_iso(ts: float) -> str | None:
 def event_json(ev: AuthEvent) -> str:
     """``json.dumps(ev.to_json())``, built directly (the same text; a test holds them equal)."""
     ts = fast_iso(ev.ts)
-    s = (f'{{"ts": {"null" if ts is None else _q(ts)}, "service": {_q(str(ev.service))}, '
-         f'"ip": {"null" if ev.ip is None else _q(ev.ip)}, '
-         f'"user": {"null" if ev.user is None else _q(ev.user)}, "kind": {_q(str(ev.kind))}, '
+    ip, user, lineno = ev.ip, ev.user, ev.lineno
+    s = (f'{{"ts": {"null" if ts is None else _q(ts)}, "service": {_q(ev.service)}, '
+         f'"ip": {"null" if ip is None else _q(ip)}, '
+         f'"user": {"null" if user is None else _q(user)}, "kind": {_q(ev.kind)}, '
          f'"attempts": {int(ev.attempts)}, "source": {_q(ev.source)}, '
-         f'"lineno": {"null" if ev.lineno is None else int(ev.lineno)}, "line": {_q(ev.line)}')
+         f'"lineno": {"null" if lineno is None else int(lineno)}, "line": {_q(ev.line)}')
     if ev.host is not None:
         s += f', "host": {_q(ev.host)}'
     if ev.session is not None:

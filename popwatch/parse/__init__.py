@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import fields
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -54,6 +55,50 @@ _FAST = _prefix.FAST.match
 @lru_cache(maxsize=8192)
 def _norm(text: str) -> str | None:
     return normalize_ip(text)
+
+
+_EVENT_FIELDS = ("ts", "service", "kind", "ip", "user", "attempts", "source", "lineno", "line", "host",
+                 "session")
+
+
+def _event_factory() -> Callable[..., AuthEvent]:
+    """A positional AuthEvent builder that fills the slots directly.
+
+    A frozen dataclass's ``__init__`` goes through ``object.__setattr__`` once per field;
+    setting the slot descriptors is about twice as fast, which matters at 100k events/s.
+    Used only while AuthEvent is exactly the slotted, frozen 11-field class this was written
+    for (no ``__post_init__``); otherwise the class itself is returned.
+    """
+    try:
+        names = tuple(f.name for f in fields(AuthEvent))
+        slots = [AuthEvent.__dict__[n].__set__ for n in names]
+    except (KeyError, AttributeError, TypeError):
+        return AuthEvent
+    if names != _EVENT_FIELDS or hasattr(AuthEvent, "__post_init__"):
+        return AuthEvent
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = slots
+    new = object.__new__
+
+    def make(ts: float, service: str, kind: str, ip: str | None, user: str | None, attempts: int,
+             source: str, lineno: int | None, line: str, host: str | None, session: str | None) -> AuthEvent:
+        ev = new(AuthEvent)
+        s0(ev, ts)
+        s1(ev, service)
+        s2(ev, kind)
+        s3(ev, ip)
+        s4(ev, user)
+        s5(ev, attempts)
+        s6(ev, source)
+        s7(ev, lineno)
+        s8(ev, line)
+        s9(ev, host)
+        s10(ev, session)
+        return ev
+
+    return make
+
+
+_make_event = _event_factory()
 
 
 class Parser:
@@ -194,7 +239,7 @@ class Parser:
                 else clean_field(user)
         else:
             user = None
-        return AuthEvent(
+        return _make_event(
             self.clock.resolve(kind, ts), svc, ev_kind, ip, user, attempts, source, lineno, line,
             clean_field(addr) if (ip is None and addr) else None,
             clean_field(session) if session else None,

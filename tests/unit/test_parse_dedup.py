@@ -164,3 +164,17 @@ def test_ledger_lru() -> None:
     led.put("c", 3)               # evicts b
     assert led.get("b") is None and led.get("a") == 1 and led.get("c") == 3
     assert led.pop("a") == 1 and len(led) == 1
+
+
+def test_fast_event_builder_equals_the_dataclass() -> None:
+    from popwatch.model import AuthEvent
+    from popwatch.parse import _make_event
+
+    args = (1.5, "ssh", "auth_failed", IP, "root", 1, "src", 3, "line", None, "s")
+    ev = _make_event(*args)
+    assert ev == AuthEvent(*args) and hash(ev) == hash(AuthEvent(*args))
+    assert ev.to_json() == AuthEvent(*args).to_json()
+    import dataclasses
+    import pytest
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ev.ip = "198.51.100.9"  # type: ignore[misc]
