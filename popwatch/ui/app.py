@@ -234,7 +234,7 @@ class PopwatchApp(App[None]):
             if svc is None or svc not in by_svc:
                 continue
             ip, share, total = by_svc[svc]
-            banned = " (banned now)" if ip in self.store.bans else ""
+            banned = " (banned)" if ip in self.store.bans else ""
             out[p.port] = (f"top attacker {ip}{banned} took {share:.0%} of the last minute's "
                            f"{total:,.0f} {svc} failures")
         return out
