@@ -99,7 +99,7 @@ class Monitor:
         self.window = EventWindow(self.policy.whatif_window)
         self.autoban = AutoBan(self.policy, protected=self.protector.protected_ip,
                                is_banned=self._banned_or_pending, enabled=auto_ban)
-        store.protected = self.protector.why_protected
+        store.protected = self.protector.protected_ip
         if store.near_threshold is None:
             store.near_threshold = self.autoban.near
         if persist is not None:
