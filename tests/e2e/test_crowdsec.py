@@ -40,6 +40,7 @@ from popwatch.parse import Parser
 from popwatch.policy import Protector
 from popwatch.store import StateStore
 from tests.conftest import need_tools
+from tests.netns.nslab import cleanup_stale
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -342,7 +343,8 @@ def test_watch_in_a_netns_pushes_auto_bans_a_second_host_enforces_them() -> None
       in mx2's kernel set (``crowdsec-blacklists``).
     """
     need_tools("crowdsec", "cscli", "ip", "ipset", "iptables")
-    tag = f"{os.getpid() % 100000}-{secrets.token_hex(2)}"
+    cleanup_stale("pwcs-")  # namespaces of a crashed earlier run (its pid is gone)
+    tag = f"{os.getpid()}-{secrets.token_hex(2)}"
     ns1, ns2 = f"pwcs-{tag}-1", f"pwcs-{tag}-2"
     d = Path(tempfile.mkdtemp(prefix="pw-lapi-ns-"))
     srv: LapiServer | None = None
