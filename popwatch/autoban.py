@@ -65,17 +65,23 @@ class Decision:
 
 
 class _Win:
-    """Failed attempts of one address in one jail: (ts, n) entries within findtime."""
+    """Failed attempts of one address in one jail within findtime. A flood is mostly addresses
+    seen once: one entry lives in ``last``/``total`` without a list (half the memory)."""
 
     __slots__ = ("q", "total", "last")
 
     def __init__(self) -> None:
-        self.q: list[tuple[float, int]] = []
+        self.q: list[tuple[float, int]] | None = None  # (ts, n) entries, oldest first, when > 1
         self.total = 0
         self.last = 0.0
 
     def add(self, ts: float, n: int, findtime: float) -> int:
         q = self.q
+        if q is None:
+            if self.total == 0:
+                self.total, self.last = n, ts
+                return n
+            q = self.q = [(self.last, self.total)]
         q.append((ts, n))
         self.total += n
         if ts > self.last:
@@ -88,6 +94,10 @@ class _Win:
 
     def prune(self, cutoff: float) -> int:
         q = self.q
+        if q is None:
+            if self.total and self.last <= cutoff:
+                self.total = 0
+            return self.total
         i = 0
         while i < len(q) and q[i][0] <= cutoff:
             self.total -= q[i][1]
@@ -96,9 +106,15 @@ class _Win:
             del q[:i]
         return self.total
 
+    def reset(self) -> None:
+        self.q = None
+        self.total = 0
+
     def count(self, now: float, findtime: float) -> int:
         """Attempts within findtime before ``now``, without changing the window."""
         cutoff = now - findtime
+        if self.q is None:
+            return self.total if self.last > cutoff else 0
         return sum(n for ts, n in self.q if ts > cutoff)
 
 
@@ -275,8 +291,7 @@ class AutoBan:
         if total < threshold or not self.enabled or self.is_banned(ip):
             return None
         # crossing: decide, and start the window afresh (the ban is on its way)
-        w.q.clear()
-        w.total = 0
+        w.reset()
         bt, earlier = self.bantime_for(ip, bantime, ev.ts)
         self.note_ban(ip, ev.ts)
         self.decided += 1
@@ -315,7 +330,7 @@ class AutoBan:
         jails = [""] + [s for s in p.services]
         for jail in jails:
             w = self.windows.get(f"{ip}|{jail}" if jail else ip)
-            if w is None or not w.q:
+            if w is None or not w.total:
                 continue
             _, mr, ft, _ = self._jail(jail) if jail else ("", p.maxretry, p.findtime, p.bantime)
             thr = max(mr, p.success_maxretry) if success else mr
@@ -331,7 +346,7 @@ class AutoBan:
         p = self.policy
         longest = max([p.findtime] + [o.findtime or 0 for o in p.services.values()])
         cutoff = now - longest
-        dead = [k for k, w in self.windows.items() if w.last <= cutoff or not w.q]
+        dead = [k for k, w in self.windows.items() if w.last <= cutoff or not w.total]
         for k in dead:
             del self.windows[k]
         if len(self.windows) >= self.max_ips:
