@@ -13,8 +13,7 @@ import pytest
 
 from tests.conftest import IS_ROOT, need_tools
 
-from .mailab import PREFIX, MailLab
-from tests.netns.nslab import cleanup_stale
+from .mailab import MailLab, cleanup_stale_labs
 
 LAB_TOOLS = ("ip", "unshare", "nsenter", "ss", "iptables-nft", "iptables-legacy", "ipset", "dovecot",
              "/usr/sbin/sshd", "rsyslogd", "hydra", "ssh-keygen", "openssl", "timeout")
@@ -23,7 +22,7 @@ LAB_TOOLS = ("ip", "unshare", "nsenter", "ss", "iptables-nft", "iptables-legacy"
 @pytest.fixture(scope="session", autouse=True)
 def _stale_e2e_namespaces() -> None:
     if IS_ROOT:
-        cleanup_stale(PREFIX + "-")
+        cleanup_stale_labs()
 
 
 @pytest.fixture

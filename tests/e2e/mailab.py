@@ -98,8 +98,9 @@ for f in ("passwd", "shadow"):
     sh("mount", "--bind", f"{T}/etc/{f}", f"/etc/{f}")
 sh("hostname", host)
 print("ready", flush=True)
+parent = os.getppid()
 deadline = time.monotonic() + max_s
-while time.monotonic() < deadline:
+while time.monotonic() < deadline and os.getppid() == parent:  # also ends when the lab's owner dies
     time.sleep(1)
 """
 
@@ -165,7 +166,7 @@ class MailLab:
 
     def up(self) -> None:
         t0 = time.monotonic()
-        cleanup_stale(PREFIX + "-")
+        cleanup_stale_labs()
         self._files()
         self.lab.up()
         self.timings["namespaces"] = time.monotonic() - t0
@@ -480,6 +481,11 @@ class MailLab:
             raise ValueError(ip)
         return self.run_server(["ss", "-K", "-tn", "dst", ip], check=False).stdout
 
+    def legacy_tables(self) -> bool:
+        """Whether the server namespace has legacy iptables tables (read without creating them)."""
+        cp = self.run_server(["cat", "/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"], check=False)
+        return "filter" in cp.stdout.split()
+
     def firewall_ready(self, backend: str = "nft") -> bool:
         """popwatch's chain exists in the server namespace (its firewall is installed)."""
         binary = "iptables-legacy" if backend == "legacy" else "iptables-nft"
@@ -501,6 +507,27 @@ class MailLab:
 
     def uninstall_firewall(self, backend: str = "nft", legacy_host: bool = False) -> None:
         self.fw("uninstall", backend=backend, legacy_host=legacy_host, check=False)
+
+
+def cleanup_stale_labs() -> list[str]:
+    """Namespaces left by a crashed earlier run of this suite (``pwe2e-<pid>-...`` whose pid is
+    gone): kill the processes still in them (that run's daemons; by PID), then delete them."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20).stdout
+    stale = []
+    for line in out.splitlines():
+        ns = line.split()[0] if line.split() else ""
+        parts = ns.split("-")
+        if ns.startswith(PREFIX + "-") and len(parts) > 2 and parts[1].isdigit() \
+                and not Path(f"/proc/{parts[1]}").exists():
+            stale.append(ns)
+    for ns in stale:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10).stdout
+        for pid in (int(x) for x in pids.split() if x.isdigit()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return cleanup_stale(PREFIX + "-") if stale else []
 
 
 # ---------------------------------------------------------------------------- log ground truth

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from .mailab import (HOSTS, MAIL_ACCOUNTS, USERS, MailLab, Proc, audit_bans, conn_first_seen, guesses,
+from .mailab import (HOSTS, PASSWORDS, USERS, MailLab, Proc, audit_bans, conn_first_seen, guesses,
                      read_jsonl, summaries)
 
 pytestmark = [pytest.mark.daemons, pytest.mark.netns]
@@ -54,19 +54,23 @@ def find_ban(bans: dict[str, dict[str, Any]], ip: str) -> dict[str, Any] | None:
     return None
 
 
-def start_attack(lab: MailLab, tmp: Path, seconds: float) -> dict[str, Proc]:
+def start_attack(lab: MailLab, tmp: Path, seconds: float, passwords: int | None = None) -> dict[str, Proc]:
+    """Each attacker sequential (one connection): a guess is sent only after the previous
+    failure came back, which dovecot and PAM delay 2 s after logging it."""
     procs = {}
+    words = PASSWORDS[:passwords] if passwords else PASSWORDS
     for key, (svc, fam) in ATTACK.items():
         if key == "a4":
             procs[key] = lab.mailclient(key, "attack", out=tmp / "pyattack.jsonl", family=6, proto=svc,
-                                        seconds=seconds, parallel=1, timeout=25, max_attempts=len(USERS) * 8)
+                                        seconds=seconds, parallel=1, timeout=25,
+                                        max_attempts=len(USERS) * len(words))
         else:
-            procs[key] = lab.hydra(key, svc, tasks=1, seconds=seconds)
+            procs[key] = lab.hydra(key, svc, tasks=1, seconds=seconds, passwords=words)
     return procs
 
 
 def run_attack(lab: MailLab, tmp: Path, *, backend: str, maxretry: int, legacy_host: bool = False,
-               max_seconds: float = 75) -> dict[str, Any]:
+               max_seconds: float = 75, passwords: int | None = None) -> dict[str, Any]:
     """Run the whole attack under popwatch; return everything the assertions need."""
     events = tmp / f"events-{backend}.jsonl"
     state = lab.tmp / f"state-{backend}"
@@ -74,9 +78,12 @@ def run_attack(lab: MailLab, tmp: Path, *, backend: str, maxretry: int, legacy_h
     pw = lab.popwatch("--from-start", config=cfg, backend=backend, events=events, state_dir=state,
                       legacy_host=legacy_host, label=f"popwatch-{backend}")
     lab.wait_for(lambda: lab.firewall_ready(backend), 30, f"popwatch's {backend} firewall", [pw])
+    # the backend asked for is the one in use: its chain, and nothing in the other flavour
+    other = lab.run_server(["iptables-nft", "-w", "10", "-S"], check=False).stdout
+    backend_ok = ("-N POPWATCH" in other) == (backend == "nft") and lab.legacy_tables() == (backend == "legacy")
     t_start = time.time()
     legit = lab.legit(tmp / "legit.jsonl", seconds=max_seconds + 15, interval=2.0, proto="pop3,imap")
-    attackers = start_attack(lab, tmp, max_seconds)
+    attackers = start_attack(lab, tmp, max_seconds, passwords)
     ips = {k: attacker_ip(k) for k in ATTACK}
 
     def all_banned() -> bool:
@@ -107,7 +114,7 @@ def run_attack(lab: MailLab, tmp: Path, *, backend: str, maxretry: int, legacy_h
             "legit_ok_now": legit_ok_now, "legit": read_jsonl(tmp / "legit.jsonl"),
             "guesses": guesses(lab.mail_log, lab.auth_log), "first_seen": conn_first_seen(lab.mail_log, lab.auth_log),
             "summaries": summaries(lab.mail_log), "t_start": t_start, "t_end": t_attack_end,
-            "pw_rc": pw_rc, "pw_out": lab._read(pw.out)[-3000:], "maxretry": maxretry}
+            "pw_rc": pw_rc, "pw_out": lab._read(pw.out)[-3000:], "maxretry": maxretry, "backend_ok": backend_ok}
 
 
 def check_detection(r: dict[str, Any]) -> None:
@@ -211,7 +218,18 @@ def test_real_attack_is_detected_and_auto_banned(maillab: MailLab, tmp_path: Pat
     r = run_attack(maillab, tmp_path, backend=backend, maxretry=3, legacy_host=backend == "legacy")
     (tmp_path / "result.json").write_text(json.dumps({k: v for k, v in r.items() if k not in ("guesses",)},
                                                      default=str, indent=1))
+    assert r["backend_ok"], f"popwatch did not use the {backend} backend alone"
     check_detection(r)
     check_autoban(r)
     assert r["pw_rc"] in (0, 130), f"popwatch exited {r['pw_rc']}: {r['pw_out']}"
     assert "Traceback" not in r["pw_out"], r["pw_out"]
+
+
+@pytest.mark.slow
+def test_full_dictionary_with_default_maxretry_is_stopped(maillab: MailLab, tmp_path: Path) -> None:
+    """The whole dictionary (120 pairs per attacker, test's weak password among them), the
+    default maxretry 5: the same assertions, and no attacker gets in."""
+    r = run_attack(maillab, tmp_path, backend="nft", maxretry=5, max_seconds=200)
+    check_detection(r)
+    check_autoban(r)
+    assert not any(g.ok and g.ip in r["ips"].values() for g in r["guesses"]), "an attacker logged in"
