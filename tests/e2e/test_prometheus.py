@@ -1,8 +1,9 @@
 """A real Prometheus server (Debian's ``prometheus``) scrapes popwatch on loopback and its query
 API returns the series and values popwatch exported.
 
-Two targets: a Monitor in this process fed with real log lines and actions (exact values), and
-``popwatch demo --no-tui --metrics`` as a subprocess (the command-line wiring). Prometheus gets
+Three targets: a Monitor in this process fed with real log lines and actions (exact values),
+``popwatch demo --no-tui --metrics`` as a subprocess (the command-line wiring), and Debian's
+``prometheus-node-exporter`` serving the in-process Monitor's ``--metrics-textfile`` output. Prometheus gets
 its own config, storage directory and a free loopback port; it is stopped by PID and its
 directory removed also when the test fails.
 """
@@ -105,7 +106,7 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 @pytest.mark.daemons
 def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
-    need_tools("prometheus")
+    need_tools("prometheus", "prometheus-node-exporter")
     tmp = Path(tempfile.mkdtemp(prefix="pw-prom-"))
     procs: list[subprocess.Popen[Any]] = []
     metrics = None
@@ -131,6 +132,15 @@ def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
         mon.store.set_source(SourceHealth("/var/log/auth.log", "denied", "permission denied", 0))
         c110 = sim.counters()[110]
         assert c110.dropped > 0
+        # the same metrics as a node_exporter textfile, rewritten every 0.5 s
+        (tmp / "textfile").mkdir()
+        metrics.start_textfile(str(tmp / "textfile" / "popwatch.prom"), interval=0.5)
+        p_node = free_port()
+        node = subprocess.Popen(["prometheus-node-exporter", "--collector.disable-defaults",
+                                 "--collector.textfile", f"--collector.textfile.directory={tmp / 'textfile'}",
+                                 f"--web.listen-address=127.0.0.1:{p_node}"], stdout=subprocess.DEVNULL,
+                                stderr=(tmp / "node.log").open("w"))
+        procs.append(node)
 
         # --- target 2: the demo from the command line
         p_demo = free_port()
@@ -145,7 +155,8 @@ def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
             "scrape_configs:\n"
             f"  - job_name: popwatch\n    static_configs:\n      - targets: ['127.0.0.1:{p_mon}']\n"
-            f"  - job_name: demo\n    static_configs:\n      - targets: ['127.0.0.1:{p_demo}']\n")
+            f"  - job_name: demo\n    static_configs:\n      - targets: ['127.0.0.1:{p_demo}']\n"
+            f"  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{p_node}']\n")
         prom = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
                                  f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{p_prom}",
                                  "--log.level=warn"], cwd=tmp, stdout=subprocess.DEVNULL,
@@ -193,6 +204,18 @@ def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
         wait_for("the demo's failure rate", lambda: (v('sum(rate(popwatch_failures_total{job="demo"}[5s]))')
                                                      or 0) > 0, 20)
         assert v('popwatch_source_up{job="demo",source="demo"}') == 1
+
+        # node_exporter serves the textfile: same values, no parse error, follows changes
+        wait_for("a scrape of node_exporter", lambda: q.value('up{job="node"}') == 1, 20)
+        assert v('node_textfile_scrape_error{job="node"}') == 0
+        q.wait_value('popwatch_auth_failures_total{job="node",service="ssh",kind="invalid_user"}', 3)
+        # the third ssh failure of 203.0.113.12 (above) crossed maxretry 3: a third auto-ban
+        q.wait_value('popwatch_bans_total{job="node",origin="auto"}', 3)
+        q.wait_value('popwatch_bans_total{job="popwatch",origin="auto"}', 3)
+        assert v('popwatch_firewall_op_seconds_count{job="node",op="ban"}') == 5
+        # node_exporter's own process_* only: the textfile leaves them out (they would clash)
+        assert v('count(process_cpu_seconds_total{job="node"})') == 1
+        assert "process_cpu_seconds_total" not in (tmp / "textfile" / "popwatch.prom").read_text()
         assert time.time() - t0 < 60
     finally:
         for p in procs:
