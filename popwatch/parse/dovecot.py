@@ -51,9 +51,6 @@ LOGIN_SERVICES = {
 Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
 
 _ATTEMPTS = re.compile(r"\(auth failed, (\d+) attempts?")
-_METHOD_TAIL = re.compile(r", method=[^,\s]*$")
-_SESSION = re.compile(r", session=<([^>\s]*)>")
-_SESSION_ANY = re.compile(r"session=<[^<>]*>")
 # 2.3 auth prefix after `DRIVER(`: `user,IP[,master][,<session>]): `
 _AUTH23 = re.compile(r",([0-9A-Fa-f:.]+)(?:,master)?(?:,<([A-Za-z0-9+/=]*)>)?\): ")
 # 2.4 auth prefix after `auth(` / `auth-worker(`: `user,IP[,mech...])[<pid>][<session>]: `
@@ -111,21 +108,30 @@ class DovecotRules:
         if r < 0:
             return None
         tail = right[r + 6:]
-        if ">" in tail and ">" in _SESSION_ANY.sub("", tail):
+        session = None
+        s = tail.find(", session=<")
+        if s >= 0:
+            se = tail.find(">", s + 11)
+            if se >= 0:
+                session = tail[s + 11:se]
+                rest = tail[:s] + tail[se + 1:]
+            else:
+                rest = tail
+        else:
+            rest = tail
+        if ">" in rest:
             # dovecot writes no `>` after rip= but in session=<...>: this `rip=` was inside
             # the user name (a line without a real rip=, e.g. a UNIX socket client)
             return None
         e = tail.find(",")
         ip = tail if e < 0 else tail[:e]
         userpart = right[:r]
-        m = _METHOD_TAIL.search(userpart)
-        if m is not None:
-            userpart = userpart[:m.start()]
+        mt = userpart.rfind(", method=")
+        if mt >= 0 and "," not in userpart[mt + 9:] and " " not in userpart[mt + 9:]:
+            userpart = userpart[:mt]
         if not userpart.endswith(">"):
             return None
         user = userpart[:-1]
-        ms = _SESSION.search(tail)
-        session = ms.group(1) if ms is not None else None
 
         if left == "Login":
             return (service, K_SUCCESS, ip, user, 0, session)

@@ -29,15 +29,14 @@ K_NOT_ALLOWED, K_PROBE, K_SUCCESS = Kind.NOT_ALLOWED.value, Kind.PROBE.value, Ki
 Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
 
 _METHOD = re.compile(r"(Failed|Accepted) (\S+) for ")
-# the usual shape in one match: nothing but a key fingerprint may follow `ssh2`, so the greedy
-# user field makes the last ` from IP port N ssh2` win (attacker text only before it)
-_FAILED_FAST = re.compile(
-    r"(Failed|Accepted) \S+ for (invalid user )?(.*) from (\S+) port (\d+) ssh2"
-    r"(?:: [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9a-f:]+|[0-9a-f:]+))?$")
+# the usual shape: nothing but a key fingerprint may follow `ssh2`, so the last ` from ` of the
+# line starts the address (attacker text only before it); matched at that position
+_FAILED_TAIL = re.compile(
+    r" from (\S+) port (\d+) ssh2(?:: [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9a-f:]+|[0-9a-f:]+))?$")
+_INVALID_TAIL = re.compile(r" from (\S+?)(?: port (\d+))?$")
 _FROM_PORT = re.compile(r" from (\S+) port (\d+) ssh2(?=: |$)")
 # key info after `ssh2: ` that holds no free text (plain keys; certificates carry a key ID)
 _STRICT_TAIL = re.compile(r": [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9a-f:]+|[0-9a-f:]+)$")
-_INVALID = re.compile(r"Invalid user (.*) from (\S+?)(?: port (\d+))?$")
 _PAM = re.compile(
     r"pam_unix\(sshd:auth\): authentication failure; logname=\S* uid=\d* euid=\d* "
     r"tty=\S* ruser=\S* rhost=(\S*) (?: user=(.*))?$")
@@ -124,10 +123,12 @@ class SshdRules:
             return None
         if c == "I":
             if msg.startswith("Invalid user "):
-                m = _INVALID.match(msg)
+                i = msg.rfind(" from ")
+                m = _INVALID_TAIL.match(msg, i) if i >= 13 else None
                 if m is None:
                     return None
-                user, ip, port = m.groups()
+                user = msg[13:i]
+                ip, port = m.groups()
                 n = self._credit(self._key(conn, ip, port), 1)
                 return (SSH, K_INVALID, ip, user, n, None)
             return None
@@ -215,9 +216,18 @@ class SshdRules:
         return self._probe_rules(msg)
 
     def _failed_accepted(self, msg: str, conn: object | None) -> Hit | None:
-        m = _FAILED_FAST.match(msg)
-        if m is not None:
-            verb, invalid, user, ip, port = m.groups()
+        failed = msg[0] == "F"
+        i = msg.rfind(" from ")
+        j = msg.find(" for ")
+        m = _FAILED_TAIL.match(msg, i) if 0 < j and j + 5 <= i else None
+        method = msg[7:j] if failed else msg[9:j]
+        if m is not None and method and " " not in method:
+            verb = "Failed" if failed else "Accepted"
+            user = msg[j + 5:i]
+            invalid = user.startswith("invalid user ")
+            if invalid:
+                user = user[13:]
+            ip, port = m.groups()
             if verb == "Failed":
                 n = self._credit(self._key(conn, ip, port), 0, failed=True)
                 return (SSH, K_INVALID if invalid else K_FAIL, ip, user, n, None)
