@@ -64,6 +64,35 @@ APPLY_ORIGINS = ("crowdsec", "cscli")
 
 # ----------------------------------------------------------------------------- config
 
+#: the ``[crowdsec]`` part of ``popwatch config --print-default`` (commented TOML; the example
+#: lines must load when uncommented)
+CONFIG_DOC = """\
+# CrowdSec bridge (optional): share bans with a fleet through a CrowdSec Local API (LAPI).
+# Push: with machine_id and password, every ban made here (key, auto, CLI) is sent as an alert
+# with one ban decision (scenario popwatch/<origin>), so every host's bouncer enforces it; a
+# person's unban here deletes it again (push_unbans). Create the machine on the LAPI host with
+# `cscli machines add NAME --password PW`, or let popwatch register itself (register) and then
+# run `cscli machines validate NAME`.
+# Pull: with a bouncer key (`cscli bouncers add NAME`), the LAPI's ban decisions show on the
+# rows as "banned fleet-wide (origin)", checked against this host's kernel set. With apply,
+# popwatch also bans the fleet's single addresses in its own set, for decisions whose origin
+# is in apply_origins (not the Central API's community lists: those are the bouncer's job).
+# Secrets can live in files instead (first line): password_file, bouncer_key_file.
+# The LAPI being down, slow or refusing never blocks a local ban: bans wait in a queue and are
+# retried with backoff; the header shows the sources "crowdsec push" and "crowdsec pull".
+# [crowdsec]
+# url = "http://127.0.0.1:8080/"
+# machine_id = "mail1-popwatch"
+# password = "change-me"
+# register = false
+# bouncer_key = "0123456789abcdef"
+# pull_interval = "10s"
+# timeout = "5s"
+# apply = false
+# apply_origins = ["crowdsec", "cscli"]
+# push_unbans = true
+"""
+
 @dataclass
 class CrowdSecConfig:
     """``[crowdsec]``: push needs machine_id + password, pull needs bouncer_key."""

@@ -575,3 +575,17 @@ async def test_unban_then_ban_again_in_one_batch_ends_banned(lapi: FakeLapi) -> 
     b.on_action("ban", "203.0.113.9", {"origin": "cli", "ttl": 120})
     assert await asyncio.to_thread(b._push_sync, list(b.outbox)) == 2
     assert [(d["value"], d["scenario"]) for d in lapi.decisions.values()] == [("203.0.113.9", "popwatch/cli")]
+
+
+def test_config_doc_loads_when_uncommented_and_names_every_key() -> None:
+    import re
+    import tomllib
+
+    from popwatch.config import from_dict
+
+    lines = cs.CONFIG_DOC.splitlines()
+    unc = "\n".join(l[2:] if re.match(r"^# (\[[a-z0-9.]+\]$|[a-z_]+ = )", l) else l for l in lines)
+    c = from_dict(tomllib.loads(unc)).crowdsec
+    assert c.push and c.pull and c.apply_origins == cs.APPLY_ORIGINS
+    for k in cs._KEYS:
+        assert f"# {k} = " in cs.CONFIG_DOC or k in cs.CONFIG_DOC, k
