@@ -61,6 +61,35 @@ _TIMEOUT = re.compile(r"Timeout before authentication for (\S+) port (\d+)$")
 _DROP = re.compile(r"drop connection #\d+ from \[([^\]\s]+)\]:(\d+) on \[[^\]\s]*\]:\d+ ")
 
 
+_CONN_PREFIXES = ("Disconnected from ", "Connection closed by ", "Connection reset by ")
+
+
+def _conn_user(msg: str) -> tuple[str, str, str, str] | None:
+    """``Disconnected from|Connection closed by|Connection reset by (invalid|authenticating) user
+    USER IP port N`` -> (what, user, ip, port). Only sshd's text follows the user name, so the
+    last `` port `` and the token before it are the address (same result as ``_CONN_USER``)."""
+    for pre in _CONN_PREFIXES:
+        if msg.startswith(pre):
+            break
+    else:
+        return None
+    p = len(pre)
+    if msg.startswith("invalid user ", p):
+        what, u = "invalid", p + 13
+    elif msg.startswith("authenticating user ", p):
+        what, u = "authenticating", p + 20
+    else:
+        return None
+    q = msg.rfind(" port ")
+    port = msg[q + 6:]
+    if q < u or not port.isdigit() or not port.isascii():
+        return None
+    a = msg.rfind(" ", 0, q)
+    if a < u or a + 1 >= q:
+        return None
+    return what, msg[u:a], msg[a + 1:q], port
+
+
 class SshdRules:
     """sshd message -> Hit, with the per-connection counting ledger."""
 
@@ -149,9 +178,9 @@ class SshdRules:
                 return self._failed_accepted(msg, conn)
             return None
         if c in "DC":
-            m = _CONN_USER.match(msg)
+            m = _conn_user(msg)
             if m is not None:
-                what, user, ip, port = m.groups()
+                what, user, ip, port = m
                 key = self._key(conn, ip, port)
                 n = self._credit(key, 0, at_least_one=True)
                 if key is not None:

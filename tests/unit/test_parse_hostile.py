@@ -257,3 +257,42 @@ def test_dovecot_line_without_real_rip_does_not_take_one_from_the_user() -> None
                 f"user=<{fake_tail}>, method=PLAIN, session=<abc>")
         (ev,) = _parse(line)
         assert ev is None or ev.ip is None
+
+
+def test_fast_paths_agree_with_the_greedy_reference_patterns() -> None:
+    """The rules find the address by the last `` from ``/`` port `` (no regex backtracking over
+    the user name); on random attacker-shaped messages they must agree with the plain greedy
+    patterns that define "the rightmost address wins"."""
+    import random
+    import re
+
+    from popwatch.parse.sshd import SshdRules, _conn_user
+
+    conn_ref = re.compile(r"(?:Disconnected from|Connection closed by|Connection reset by) "
+                          r"(invalid|authenticating) user (.*) (\S+) port (\d+)$", re.ASCII)
+    failed_ref = re.compile(r"(Failed|Accepted) (\S+) for (invalid user )?(.*) from (\S+) port (\d+) ssh2"
+                            r"(?:: [A-Za-z0-9@.-]+ SHA256:[A-Za-z0-9+/=]+)?$")
+    invalid_ref = re.compile(r"Invalid user (.*) from (\S+?)(?: port (\d+))?$")
+    r = random.Random(7)
+    words = ["root", " ", "  ", f"{FAKE}", f"{REAL}", " port ", "22", " from ", "ssh2", " ssh2", "for ",
+             "invalid user ", "authenticating user ", ": ED25519 SHA256:abc", "[preauth]", "x"]
+    heads = ["Disconnected from ", "Connection closed by ", "Connection reset by ", "Failed password for ",
+             "Accepted publickey for ", "Invalid user ", "Failed none for invalid user "]
+    rules = SshdRules()
+    for _ in range(30000):
+        msg = r.choice(heads) + "".join(r.choice(words) for _ in range(r.randint(0, 7)))
+        if msg.startswith(("Disconnected", "Connection")):
+            m = conn_ref.match(msg)
+            assert _conn_user(msg) == (m.groups() if m else None), msg
+            continue
+        hit = rules.parse(msg, None)
+        ref = msg[:-10] if msg.endswith(" [preauth]") else msg  # sshd's suffix, stripped first
+        if ref.startswith("Invalid"):
+            m = invalid_ref.match(ref)
+            assert (hit[2:4] if hit else None) == ((m.group(2), m.group(1)) if m else None), msg
+        else:
+            m = failed_ref.match(ref)
+            if m is not None:
+                assert hit is not None and (hit[2], hit[3]) == (m.group(5), m.group(4)), msg
+            else:
+                assert hit is None, msg
