@@ -24,7 +24,7 @@ from ..monitor import Monitor
 from ..policy import Refused
 from ..store import SORT_KEYS, AttackerRow, Snapshot
 from .screens import ConfirmScreen, DetailScreen, HelpScreen, LimitScreen, WhatIfScreen
-from .widgets import AttackerTable, HeaderBar, LiveLog, PortsPanel, UsersPanel
+from .widgets import AttackerTable, HeaderBar, LiveLog, PortsPanel, UsersPanel, left
 
 PORT_SERVICE = {110: "pop3", 995: "pop3", 143: "imap", 993: "imap", 22: "ssh", 25: "smtp",
                 465: "submission", 587: "submission", 4190: "sieve"}
@@ -33,6 +33,8 @@ BURSTS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 ACTING = frozenset({"ban", "ban_all", "unban", "rate", "burst", "mode", "edit", "auto_ban", "undo"})
 #: policy actions and the Monitor methods they need (bound only when it has one of them)
 POLICY_ACTIONS = {"auto_ban": ("set_auto_ban",), "what_if": ("what_if",), "undo": ("aundo", "undo")}
+#: the main screen's own actions (see check_action)
+MAIN_ACTIONS = ACTING | {"filter", "sort", "rollup", "users", "detail", "help", "quit", "what_if"}
 #: rows drawn in the attacker table (the rest are counted as hidden)
 TOP_K = 200
 
@@ -57,31 +59,31 @@ class PopwatchApp(App[None]):
     """
 
     BINDINGS = [
-        Binding("b", "ban", "Ban", tooltip="ban the selected address (asks first)", id="ban"),
+        Binding("b", "ban", "Ban", tooltip="ban the selected address (asks first)", id="ban", priority=True),
         Binding("B", "ban_all", "Ban all", show=False, tooltip="ban every address matching the filter",
-                id="ban_all"),
-        Binding("u", "unban", "Unban", tooltip="lift the selected address's ban", id="unban"),
-        Binding("plus,equals_sign", "rate(1)", "Rate+", key_display="+", group=_RATE, id="rate_up"),
-        Binding("minus", "rate(-1)", "Rate-", key_display="-", group=_RATE, id="rate_down"),
-        Binding("right_square_bracket", "burst(1)", "Burst+", key_display="]", group=_BURST, id="burst_up"),
-        Binding("left_square_bracket", "burst(-1)", "Burst-", key_display="[", group=_BURST, id="burst_down"),
-        Binding("m", "mode", "Mode", tooltip="count only -> global -> per-source", id="mode"),
-        Binding("e", "edit", "Edit", tooltip="edit the selected port's limit and burst", id="edit"),
-        Binding("slash", "filter", "Filter", key_display="/", id="filter"),
-        Binding("s", "sort", "Sort", id="sort"),
+                id="ban_all", priority=True),
+        Binding("u", "unban", "Unban", tooltip="lift the selected address's ban", id="unban", priority=True),
+        Binding("plus,equals_sign", "rate(1)", "Rate+", key_display="+", group=_RATE, id="rate_up", priority=True),
+        Binding("minus", "rate(-1)", "Rate-", key_display="-", group=_RATE, id="rate_down", priority=True),
+        Binding("right_square_bracket", "burst(1)", "Burst+", key_display="]", group=_BURST, id="burst_up", priority=True),
+        Binding("left_square_bracket", "burst(-1)", "Burst-", key_display="[", group=_BURST, id="burst_down", priority=True),
+        Binding("m", "mode", "Mode", tooltip="count only -> global -> per-source", id="mode", priority=True),
+        Binding("e", "edit", "Edit", tooltip="edit the selected port's limit and burst", id="edit", priority=True),
+        Binding("slash", "filter", "Filter", key_display="/", id="filter", priority=True),
+        Binding("s", "sort", "Sort", id="sort", priority=True),
         Binding("r", "rollup", "/24", show=False, tooltip="roll addresses up into /24 and /64 networks",
-                id="rollup"),
+                id="rollup", priority=True),
         Binding("v", "users", "Users", show=False, tooltip="show or hide the users-under-attack panel",
-                id="users"),
-        Binding("enter", "detail", "Detail", show=False, id="detail"),
+                id="users", priority=True),
+        Binding("enter", "detail", "Detail", show=False, id="detail", priority=True),
         Binding("a", "auto_ban", "Auto-ban", show=False, tooltip="switch automatic banning on or off",
-                id="auto_ban"),
+                id="auto_ban", priority=True),
         Binding("w", "what_if", "What-if", show=False,
-                tooltip="replay recent events under another policy or limit; changes nothing", id="what_if"),
+                tooltip="replay recent events under another policy or limit; changes nothing", id="what_if", priority=True),
         Binding("U", "undo", "Undo", show=False, tooltip="undo the last ban, unban or limit change",
-                id="undo"),
-        Binding("question_mark", "help", "Help", key_display="?", id="help"),
-        Binding("q", "quit", "Quit", id="quit"),
+                id="undo", priority=True),
+        Binding("question_mark", "help", "Help", key_display="?", id="help", priority=True),
+        Binding("q", "quit", "Quit", id="quit", priority=True),
     ]
     #: keys the help screen lists besides the bindings above
     EXTRA_KEYS = [("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
@@ -172,7 +174,13 @@ class PopwatchApp(App[None]):
         return f"read-only: {why}, so it cannot ban or change limits here; run it with sudo to act"
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Acting keys stay in the footer but greyed when read-only; :meth:`on_key` says why."""
+        """Acting keys stay in the footer but greyed when read-only; :meth:`on_key` says why.
+
+        The main keys are priority bindings (checked before the key travels to the focused
+        widget: one message hop less, which matters while a flood is being ingested), so they
+        step aside here when a modal screen or the filter input has the keyboard."""
+        if action in MAIN_ACTIONS and (len(self.screen_stack) > 1 or isinstance(self.focused, Input)):
+            return False
         if not self._policy_ok(action):
             return False
         if action in ACTING and self.read_only:
@@ -295,8 +303,7 @@ class PopwatchApp(App[None]):
                         markup=False)
             return
         if row.state == "banned":
-            self.notify(f"{row.ip} is already banned ({row.ban_left and int(row.ban_left // 60)} min left); "
-                        "u unbans", markup=False)
+            self.notify(f"{row.ip} is already banned ({left(row.ban_left)} left); u unbans", markup=False)
             return
         ttl = self.ban_ttl
         change = self.monitor.firewall.describe_ban(row.ip, ttl)

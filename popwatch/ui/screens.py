@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time as _time
-from typing import Callable
+from typing import Any, Callable
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -250,8 +250,8 @@ class LimitScreen(ModalScreen[PortLimit | None]):
 
 
 class WhatIfScreen(ModalScreen[None]):
-    """Replay the recent events under a proposed policy or port limit (Monitor.what_if); changes
-    nothing. The replay runs in a thread, the answer is plain text built from the report."""
+    """Replay the recent events under a proposed policy or port limit (Monitor.awhat_if); changes
+    nothing. The replay runs off the UI loop; the answer is plain text built from the report."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
     DEFAULT_CSS = """
@@ -282,18 +282,21 @@ class WhatIfScreen(ModalScreen[None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.query_one("#report", Static).update(Text("replaying…", style="dim"))
-        self.run_worker(lambda: self._replay(event.value), thread=True, exclusive=True, exit_on_error=False,
-                        group="whatif")
+        self.run_worker(self._replay(event.value), exclusive=True, exit_on_error=False, group="whatif")
 
-    def _replay(self, proposal: str) -> None:
+    async def _replay(self, proposal: str) -> None:
+        mon: Any = self.monitor
         try:
-            report = self.monitor.what_if(proposal)  # type: ignore[attr-defined]
+            if callable(getattr(mon, "awhat_if", None)):
+                report = await mon.awhat_if(proposal)  # copies the events on the loop, replays in a thread
+            else:
+                report = mon.what_if(proposal)
             text = Text("\n".join(report.lines()))
         except ValueError as e:
             text = Text(str(e), style="bold red")
         except Exception as e:  # noqa: BLE001 - show, never crash the monitor
             text = Text(f"what-if failed: {e}", style="bold red")
-        self.app.call_from_thread(self.query_one("#report", Static).update, text)
+        self.query_one("#report", Static).update(text)
 
 
 class HelpScreen(ModalScreen[None]):

@@ -95,12 +95,12 @@ class AttackerTable(Widget, can_focus=True):
     change). The cursor follows its IP across refreshes and re-sorts."""
 
     BINDINGS = [
-        Binding("up,k", "cursor(-1)", "Up", show=False),
-        Binding("down,j", "cursor(1)", "Down", show=False),
-        Binding("pageup", "page(-1)", "Page up", show=False),
-        Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("home", "edge(0)", "Top", show=False),
-        Binding("end", "edge(1)", "Bottom", show=False),
+        Binding("up,k", "cursor(-1)", "Up", show=False, priority=True),
+        Binding("down,j", "cursor(1)", "Down", show=False, priority=True),
+        Binding("pageup", "page(-1)", "Page up", show=False, priority=True),
+        Binding("pagedown", "page(1)", "Page down", show=False, priority=True),
+        Binding("home", "edge(0)", "Top", show=False, priority=True),
+        Binding("end", "edge(1)", "Bottom", show=False, priority=True),
     ]
 
     DEFAULT_CSS = """
@@ -293,8 +293,8 @@ class PortsPanel(Widget, can_focus=True):
     """Per watched port: rule, passed/s and dropped/s with sparklines, what the rule means."""
 
     BINDINGS = [
-        Binding("up,k", "move(-1)", "Up", show=False),
-        Binding("down,j", "move(1)", "Down", show=False),
+        Binding("up,k", "move(-1)", "Up", show=False, priority=True),
+        Binding("down,j", "move(1)", "Down", show=False, priority=True),
     ]
     DEFAULT_CSS = """
     PortsPanel { height: auto; max-height: 9; text-wrap: nowrap; text-overflow: ellipsis; }
