@@ -26,6 +26,8 @@ from ..store import AttackerRow, PortRow, Snapshot
 SPARK = "▁▂▃▄▅▆▇█"
 #: seconds of counter history a port sparkline covers, whatever its width
 SPARK_SPAN = 120
+#: from this width on the attacker table also shows how long ago an address was first seen
+FIRST_MIN_WIDTH = 110
 SERVICE_STYLE = {"ssh": "bold cyan", "pop3": "bold magenta", "imap": "bold blue", "smtp": "bold yellow",
                  "submission": "bold yellow", "sieve": "green"}
 STATE_STYLE = {"banned": Style(color="black", bgcolor="red", bold=True),
@@ -168,7 +170,8 @@ class AttackerTable(Widget, can_focus=True):
         if i >= len(self.rows):
             return None
         r = self.rows[i]
-        return (r, ago(r.last, self.now), width, i == self.cursor, self._ipw, self.rollup)
+        first = ago(r.first, self.now) if width >= FIRST_MIN_WIDTH else ""
+        return (r, ago(r.last, self.now), first, width, i == self.cursor, self._ipw, self.rollup)
 
     def _visible_keys(self) -> list[tuple[object, ...] | None]:
         width = self.size.width
@@ -223,6 +226,8 @@ class AttackerTable(Widget, can_focus=True):
         """(ip, users, services) column widths for this terminal width: the address column
         grows for IPv6 (up to 39) while the users column keeps at least 12."""
         fixed = 6 + 7 + 6 + 6 + 5  # state, fails, rate, last, spaces
+        if width >= FIRST_MIN_WIDTH:
+            fixed += 6  # first seen
         svcw = 9 if width < 100 else 16
         ipw = max(15, min(self._ipw, 39, width - fixed - svcw - 13))
         if width >= 100:
@@ -235,7 +240,8 @@ class AttackerTable(Widget, can_focus=True):
         first = "NETWORK" if self.rollup else "IP"
         users = " IPS USERS" if self.rollup else "USERS (n: latest first)"
         text = (f"{'STATE':<6}{first:<{ipw}} {'FAILS':>6} {'/MIN':>5} "
-                f"{users[:usersw]:<{usersw}} {'SERVICES':<{svcw}} {'LAST':>5}")
+                f"{users[:usersw]:<{usersw}} {'SERVICES':<{svcw}} "
+                + (f"{'FIRST':>5} " if width >= FIRST_MIN_WIDTH else "") + f"{'LAST':>5}")
         return Strip([Segment(text[:width].ljust(width), Style(bold=True, underline=True))])
 
     def _row(self, r: AttackerRow, width: int, selected: bool) -> Strip:
@@ -267,6 +273,8 @@ class AttackerTable(Widget, can_focus=True):
         svcs = ",".join(r.services)
         svcs = svcs if len(svcs) <= svcw else svcs[: svcw - 1] + "…"
         segs.append(Segment(f"{svcs:<{svcw}} ", base + Style(color="cyan")))
+        if width >= FIRST_MIN_WIDTH:
+            segs.append(Segment(f"{ago(r.first, self.now):>5} ", base + Style(dim=True)))
         segs.append(Segment(f"{ago(r.last, self.now):>5}", base + Style(dim=True)))
         strip = Strip(segs)
         return strip.crop_extend(0, width, base)

@@ -229,3 +229,24 @@ async def test_policy_keys_auto_ban_undo_and_what_if(demo):
         await pilot.pause()
         report = str(app.screen.query_one("#report", Static).render())
         assert "would have been banned" in report, report
+
+
+async def test_main_keys_step_aside_for_the_filter_input_and_modals(demo):
+    app = demo.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, app)
+        await pilot.press("slash", "b", "q", "s", "u", "m")  # typed into the filter, not acted on
+        await pilot.pause()
+        assert app.query_one("#filter", Input).value == "bqsum"
+        assert app.sort == "failures" and demo.sim.bans() == {} and app.is_running
+        await pilot.press("escape")
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.press("q")  # closes the detail, does not quit
+        await pilot.pause()
+        assert not isinstance(app.screen, DetailScreen) and app.is_running
+        await pilot.press("b")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("b", "u", "n")  # inside the modal only y/n/escape mean anything
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen) and demo.sim.bans() == {}
