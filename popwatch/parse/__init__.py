@@ -172,38 +172,57 @@ class Parser:
     def parse_many(self, lines: Iterable[str], source: str = "", first_lineno: int = 1) -> Iterator[AuthEvent]:
         """Events of consecutive lines (line numbers count from ``first_lineno``).
 
-        Same result as :meth:`parse_text` per line, with the per-line dispatch inlined: a
-        line of an unrelated daemon costs one anchored match and one dict lookup.
+        Same result as :meth:`parse_text` per line, with the dispatch inlined (this is the
+        hot loop of ``scan``): a line of an unrelated daemon costs one anchored match and one
+        dict lookup, and a routed line that says nothing builds no intermediate values.
         """
         fast = _FAST
         tags_get = self._tags.get
         unseen = _UNSEEN
-        event = self._event
+        finish = self._finish
         parse_text = self.parse_text
+        sshd = self.sshd.parse
+        dovecot = self.dovecot.parse
         ts_iso, ts_bsd = _prefix.TS_ISO, _prefix.TS_BSD
         if not isinstance(lines, list):
             lines = list(lines)
         for i, m in enumerate(map(fast, lines)):
             if m is None:
                 ev = parse_text(lines[i], source, first_lineno + i)
-            else:
-                route = tags_get(m[4], unseen)
+                if ev is not None:
+                    yield ev
+                continue
+            route = tags_get(m[4], unseen)
+            if route is None:
+                continue
+            if route is unseen:
+                route = self._route(m[4])
                 if route is None:
                     continue
-                if route is unseen:
-                    route = self._route(m[4])
-                    if route is None:
-                        continue
-                text = lines[i]
-                iso_ts, bsd_ts, host, _tag, pid = m.groups()
-                if iso_ts is not None:
-                    ev = event(route, ts_iso, iso_ts, host, pid, text[m.end():], text, source,  # type: ignore[arg-type]
-                               first_lineno + i)
-                else:
-                    ev = event(route, ts_bsd, bsd_ts, host, pid, text[m.end():], text, source,  # type: ignore[arg-type]
-                               first_lineno + i)
-            if ev is not None:
-                yield ev
+            text = lines[i]
+            msg = text[m.end():]
+            if len(msg) > MAX_MESSAGE:
+                continue
+            if msg.endswith("\r"):  # CRLF files (sshd -E writes them)
+                msg = msg[:-1]
+                text = text.rstrip("\r")
+            which = route[0]  # type: ignore[index]
+            if which == _SSHD:
+                pid = m[5]
+                hit = sshd(msg, (m[3], pid) if pid is not None else None)
+            elif which == _DOVECOT:
+                hit = dovecot(msg)
+            elif which == _POSTFIX:
+                hit = postfix(route[1], msg)  # type: ignore[index]
+            else:
+                hit = courier(route[1], msg)  # type: ignore[index]
+            if hit is None:
+                continue
+            iso_ts = m[1]
+            if iso_ts is not None:
+                yield finish(hit, ts_iso, iso_ts, text, source, first_lineno + i)
+            else:
+                yield finish(hit, ts_bsd, m[2], text, source, first_lineno + i)
 
     def _fast_event(self, m: re.Match[str], route: tuple[int, str | None], text: str,
                     source: str, lineno: int | None) -> AuthEvent | None:
@@ -230,6 +249,10 @@ class Parser:
             hit = courier(service, msg)  # type: ignore[arg-type]
         if hit is None:
             return None
+        return self._finish(hit, kind, ts, text, source, lineno)
+
+    def _finish(self, hit: tuple, kind: int, ts: str, text: str, source: str, lineno: int | None) -> AuthEvent:
+        """A rule's hit -> the event: address normalised, text sanitised, timestamp resolved."""
         svc, ev_kind, addr, user, attempts, session = hit
         ip = _norm(addr) if addr else None
         # clean() leaves short printable ASCII as it is; skip its regex for those

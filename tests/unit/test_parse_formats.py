@@ -291,3 +291,22 @@ def test_mapped_and_hex_mapped_addresses_become_ipv4() -> None:
 
 def test_tz_fixture_really_is_utc() -> None:
     assert os.environ["TZ"] == "UTC"
+
+
+def test_parse_many_equals_parse_text_line_by_line() -> None:
+    from pathlib import Path
+
+    from tests.unit.test_parse_hostile import INJECTIONS, MARKUP, TEMPLATES
+
+    root = Path(__file__).resolve().parents[2] / "popwatch" / "data" / "samples"
+    lines: list[str] = []
+    for path in sorted(root.glob("*/*")):
+        lines += path.read_bytes().decode("utf-8", "replace").split("\n")  # CRLF kept
+    for t in TEMPLATES.values():
+        lines += [t.replace("{U}", u) for u in INJECTIONS + MARKUP]
+    lines += ["", "x" * 20000, f"2026-11-28T05:00:21Z mx sshd[1]: Invalid user {'y' * 9000} from {IP} port 5"]
+    a = list(Parser(now=lambda: NOW).parse_many(lines, "s", 10))
+    p = Parser(now=lambda: NOW)
+    b = [e for e in (p.parse_text(t, "s", i) for i, t in enumerate(lines, 10)) if e is not None]
+    assert a == b
+    assert len(a) > 2000
