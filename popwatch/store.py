@@ -701,7 +701,8 @@ class StateStore:
             d.clear()
             dn.clear()
 
-    def top(self, k: int, sort: str = "failures", flt: str = "", rollup: bool = False) -> tuple[list[Attacker], int]:
+    def top(self, k: int, sort: str = "failures", flt: str = "",
+            rollup: bool = False) -> tuple[list[Attacker], int]:
         """Top ``k`` addresses (or networks) by ``sort`` among those matching ``flt``, and how
         many match. Incremental: O(changed + k) per call, see :class:`_View`."""
         view = self._view(rollup, sort, flt)
@@ -778,7 +779,8 @@ class StateStore:
             users=tuple(UserRow(u, s.failures, len(s.ips), s.last) for u, s in top_users),
             events_per_s=self._eps, failures_total=self.failures_total, events_total=self.events_total,
             sort=sort, filter=flt, notes=tuple(self.notes[-3:]), rollup=rollup,
-            shares=tuple(self.shares(now, best if sort == "rate" and not flt and not rollup else None)), ban_dropped_s=self._ban_drop_rate,
+            shares=tuple(self.shares(now, best if sort == "rate" and not flt and not rollup else None)),
+            ban_dropped_s=self._ban_drop_rate,
             ban_dropped_hist=tuple(self._ban_drop_hist),
             full_passes=sum(v.full_passes for v in self._views.values()),
         )

@@ -9,7 +9,6 @@ the Monitor, whose firewall work runs off the UI thread.
 from __future__ import annotations
 
 import socket
-
 from typing import Any
 
 from rich.text import Text
@@ -63,10 +62,14 @@ class PopwatchApp(App[None]):
         Binding("B", "ban_all", "Ban all", show=False, tooltip="ban every address matching the filter",
                 id="ban_all", priority=True),
         Binding("u", "unban", "Unban", tooltip="lift the selected address's ban", id="unban", priority=True),
-        Binding("plus,equals_sign", "rate(1)", "Rate+", key_display="+", group=_RATE, id="rate_up", priority=True),
-        Binding("minus", "rate(-1)", "Rate-", key_display="-", group=_RATE, id="rate_down", priority=True),
-        Binding("right_square_bracket", "burst(1)", "Burst+", key_display="]", group=_BURST, id="burst_up", priority=True),
-        Binding("left_square_bracket", "burst(-1)", "Burst-", key_display="[", group=_BURST, id="burst_down", priority=True),
+        Binding("plus,equals_sign", "rate(1)", "Rate+", key_display="+", group=_RATE, id="rate_up",
+                tooltip="raise the selected port's rate one step", priority=True),
+        Binding("minus", "rate(-1)", "Rate-", key_display="-", group=_RATE, id="rate_down",
+                tooltip="lower the selected port's rate one step (tighter)", priority=True),
+        Binding("right_square_bracket", "burst(1)", "Burst+", key_display="]", group=_BURST, id="burst_up",
+                tooltip="raise the selected port's burst", priority=True),
+        Binding("left_square_bracket", "burst(-1)", "Burst-", key_display="[", group=_BURST, id="burst_down",
+                tooltip="lower the selected port's burst (tighter)", priority=True),
         Binding("m", "mode", "Mode", tooltip="count only -> global -> per-source", id="mode", priority=True),
         Binding("e", "edit", "Edit", tooltip="edit the selected port's limit and burst", id="edit", priority=True),
         Binding("slash", "filter", "Filter", key_display="/", id="filter", priority=True),
@@ -79,7 +82,8 @@ class PopwatchApp(App[None]):
         Binding("a", "auto_ban", "Auto-ban", show=False, tooltip="switch automatic banning on or off",
                 id="auto_ban", priority=True),
         Binding("w", "what_if", "What-if", show=False,
-                tooltip="replay recent events under another policy or limit; changes nothing", id="what_if", priority=True),
+                tooltip="replay recent events under another policy or limit; changes nothing", id="what_if",
+                priority=True),
         Binding("U", "undo", "Undo", show=False, tooltip="undo the last ban, unban or limit change",
                 id="undo", priority=True),
         Binding("question_mark", "help", "Help", key_display="?", id="help", priority=True),
