@@ -72,13 +72,16 @@ class PopwatchApp(App[None]):
                 tooltip="lower the selected port's burst (tighter)", priority=True),
         Binding("m", "mode", "Mode", tooltip="count only -> global -> per-source", id="mode", priority=True),
         Binding("e", "edit", "Edit", tooltip="edit the selected port's limit and burst", id="edit", priority=True),
-        Binding("slash", "filter", "Filter", key_display="/", id="filter", priority=True),
-        Binding("s", "sort", "Sort", id="sort", priority=True),
+        Binding("slash", "filter", "Filter", key_display="/", id="filter", priority=True,
+                tooltip="by IP, prefix or CIDR, user or service; Enter applies, Esc clears"),
+        Binding("s", "sort", "Sort", id="sort", priority=True,
+                tooltip="cycle: failures, rate per minute, last seen"),
         Binding("r", "rollup", "/24", show=False, tooltip="roll addresses up into /24 and /64 networks",
                 id="rollup", priority=True),
         Binding("v", "users", "Users", show=False, tooltip="show or hide the users-under-attack panel",
                 id="users", priority=True),
-        Binding("enter", "detail", "Detail", show=False, id="detail", priority=True),
+        Binding("enter", "detail", "Detail", show=False, id="detail", priority=True,
+                tooltip="everything about the selected address (on a network: list its addresses)"),
         Binding("a", "auto_ban", "Auto-ban", show=False, tooltip="switch automatic banning on or off",
                 id="auto_ban", priority=True),
         Binding("w", "what_if", "What-if", show=False,
@@ -91,8 +94,7 @@ class PopwatchApp(App[None]):
     ]
     #: keys the help screen lists besides the bindings above
     EXTRA_KEYS = [("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
-                  ("Tab", "next panel: attackers, ports"),
-                  ("Enter", "detail of the selected address (on a network: list its addresses)")]
+                  ("Tab", "next panel: attackers, ports")]
 
     def __init__(self, monitor: Monitor, *, mode: str = "live", host: str | None = None,
                  tick: float = 0.5, run_monitor: bool = True, ban_ttl: float | None = 3600.0,
