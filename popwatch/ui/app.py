@@ -174,10 +174,10 @@ class PopwatchApp(App[None]):
 
     def read_only_reason(self) -> str:
         if self.monitor.firewall.name == "none":
-            why = "the firewall backend is 'none' (monitor only)"
-        else:
-            why = "popwatch is not running as root (needs CAP_NET_ADMIN)"
-        return f"read-only: {why}, so it cannot ban or change limits here; run it with sudo to act"
+            return ("read-only: the firewall backend is 'none' (monitor only), so popwatch cannot ban or "
+                    "change limits; to act, run it as root with a firewall backend (--backend auto)")
+        return ("read-only: popwatch is not running as root (needs CAP_NET_ADMIN), so it cannot ban or "
+                "change limits here; run it with sudo to act")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Acting keys stay in the footer but greyed when read-only; :meth:`on_key` says why.
