@@ -471,7 +471,9 @@ class StateStore:
                 elif ev.ts < x.first:
                     x.first = ev.ts
                 x.services |= svc_bit.get(ev.service, 0)
-            if (is_fail or kind == _PROBE) and not (a.failures or a.probes):
+            # becomes an attacker with its first counted failure or probe (a de-duplication
+            # twin with attempts=0 counts for nothing)
+            if ((is_fail and ev.attempts) or kind == _PROBE) and not (a.failures or a.probes):
                 self.n_attackers += 1
                 if not (net.failures or net.probes):
                     self.n_nets += 1

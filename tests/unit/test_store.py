@@ -58,6 +58,9 @@ def test_zero_attempt_events_do_not_count_twice():
     s = StateStore(clock=c)
     s.add_events([ev("203.0.113.5", c.t, attempts=0), ev("203.0.113.5", c.t, attempts=1)])
     assert s.snapshot().rows[0].failures == 1
+    # twins alone (attempts=0) from other addresses do not make attackers
+    s.add_events([ev(f"198.51.100.{i % 3}", c.t, attempts=0) for i in range(9)])
+    assert s.n_attackers == 1 and s.snapshot().total_ips == 1
 
 
 def test_rate_per_minute_slides():
