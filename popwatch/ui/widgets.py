@@ -70,10 +70,9 @@ def sparkline(values: Sequence[float], width: int, span: int | None = None) -> s
     them, scaled from 0 to their max (a gap is exactly 0)."""
     vals = list(values)[-(span or width):]
     if len(vals) > width:
-        n = -(-len(vals) // width)  # values per bar, rounded up; the oldest bar may be partial
-        first = len(vals) - n * (width - 1)
-        chunks = [vals[:first]] + [vals[i:i + n] for i in range(first, len(vals), n)]
-        vals = [sum(c) / len(c) for c in chunks if c]
+        n = len(vals)
+        bounds = [i * n // width for i in range(width + 1)]  # near-equal buckets, oldest first
+        vals = [sum(vals[a:b]) / (b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
     if not vals:
         return " " * width
     top = max(vals)
@@ -264,6 +263,8 @@ class AttackerTable(Widget, can_focus=True):
         users = ", ".join(safe(u, 40) for u in reversed(r.users[-4:]))
         if r.nusers > 1:
             users = f"{r.nusers}: {users}"
+        if r.probes and not r.nusers:
+            users = f"scanner: {r.probes} probe{'s' if r.probes != 1 else ''}, no login tried"
         if r.successes:
             users = f"✓login {users}"
         if self.rollup:
