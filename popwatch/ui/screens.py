@@ -80,7 +80,7 @@ class DetailScreen(ModalScreen[None]):
         t.append(f"{r.ip}\n", style="bold")
         t.append(f"state: {r.state}")
         if self.ban is not None:
-            t.append(f" (ban by {self.ban.origin}: {safe(self.ban.reason, 80) or 'no reason'}, "
+            t.append(f" (ban by {self.ban.origin}: {safe(self.ban.reason, 300) or 'no reason'}, "
                      f"{left(r.ban_left)} left)")
         if self.why:
             t.append(f"  protected: {self.why}", style="green")
@@ -110,7 +110,7 @@ class DetailScreen(ModalScreen[None]):
             if h.origin:
                 t.append(f" by {safe(h.origin, 20)}")
             if h.reason:
-                t.append(f": {safe(h.reason, 80)}")
+                t.append(f": {safe(h.reason, 300)}")
             if h.action == "ban":
                 t.append(" (permanent)" if h.expires is None else
                          f" until {_time.strftime('%H:%M:%S', _time.localtime(h.expires))}")
