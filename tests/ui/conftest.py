@@ -4,7 +4,6 @@ screen print wall-clock times) and the input cursor does not blink, so snapshots
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -12,13 +11,15 @@ from textual.widgets import Input
 
 from popwatch.demo import FrozenDemo
 
-os.environ["TZ"] = "UTC"
-time.tzset()
-
 
 @pytest.fixture(autouse=True)
-def _no_cursor_blink(monkeypatch: pytest.MonkeyPatch) -> None:
+def _utc_and_no_cursor_blink(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
     monkeypatch.setattr(Input, "_toggle_cursor", lambda self: None)
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 @pytest.fixture
