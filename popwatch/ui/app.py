@@ -386,14 +386,16 @@ class PopwatchApp(App[None]):
     async def _do_ban_all(self, ips: list[str], skipped: int) -> None:
         ok = failed = 0
         first_error = ""
-        for ip in ips:
+        reason = f"mass ban: filter {self.filter!r}"
+        for n, ip in enumerate(ips, 1):
             try:
-                await self.monitor.aban(ip, ttl=self.ban_ttl, reason=f"mass ban: filter {self.filter!r}",
-                                        origin="key")
+                await self.monitor.aban(ip, ttl=self.ban_ttl, reason=reason, origin="key")
                 ok += 1
             except Exception as e:  # noqa: BLE001 - count and go on
                 failed += 1
                 first_error = first_error or str(e)
+            if n % 500 == 0 and n < len(ips):
+                self.notify(f"banning: {n:,} of {len(ips):,} done", markup=False, timeout=2)
         msg = f"banned {ok:,} addresses" + (f", {skipped} protected skipped" if skipped else "")
         if failed:
             msg += f", {failed} failed ({first_error})"
