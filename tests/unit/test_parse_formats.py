@@ -310,3 +310,20 @@ def test_parse_many_equals_parse_text_line_by_line() -> None:
     b = [e for e in (p.parse_text(t, "s", i) for i, t in enumerate(lines, 10)) if e is not None]
     assert a == b
     assert len(a) > 2000
+
+
+def test_iso_minute_cache_matches_datetime() -> None:
+    import datetime as dt
+    import random
+
+    r = random.Random(11)
+    clock = pfx.Clock(now=lambda: NOW)
+    for _ in range(5000):
+        base = dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=r.randrange(0, 3 * 86400))
+        zone = r.choice(["+00:00", "+01:00", "-05:30", "+14:00"])
+        stamp = base.strftime("%Y-%m-%dT%H:%M:%S") + f".{r.randrange(0, 10**6):06d}" + zone
+        assert clock.resolve(pfx.TS_ISO, stamp) == pytest.approx(dt.datetime.fromisoformat(stamp).timestamp(),
+                                                                  abs=1e-6)
+    # garbage in the seconds of a cached minute does not pass as a time
+    clock.resolve(pfx.TS_ISO, "2026-11-28T05:00:21.000000+00:00")
+    assert clock.resolve(pfx.TS_ISO, "2026-11-28T05:00:x1.000000+00:00") == NOW
