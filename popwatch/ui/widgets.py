@@ -450,11 +450,18 @@ class UsersPanel(Widget):
         super().__init__(**kw)
         self.snapshot: Snapshot | None = None
 
+    #: seconds between repaints when only the counts moved (the ranking changing repaints at once)
+    SLOW = 2.0
+
     def set_snapshot(self, snap: Snapshot) -> None:
         old = self.snapshot
+        if old is not None and old.users == snap.users:
+            return
+        names = [u.user for u in snap.users]
+        if old is not None and names == [u.user for u in old.users] and snap.now - old.now < self.SLOW:
+            return  # a flood moves every count every tick: a slow aggregate need not repaint 4x/s
         self.snapshot = snap
-        if old is None or old.users != snap.users:
-            self.refresh()
+        self.refresh()
 
     def render(self) -> Text:
         out = Text(no_wrap=True, overflow="ellipsis")
