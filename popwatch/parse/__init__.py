@@ -177,8 +177,7 @@ class Parser:
         dict lookup, and a routed line that says nothing builds no intermediate values.
         """
         fast = _FAST
-        tags_get = self._tags.get
-        unseen = _UNSEEN
+        tags = self._tags
         finish = self._finish
         parse_text = self.parse_text
         sshd = self.sshd.parse
@@ -192,13 +191,12 @@ class Parser:
                 if ev is not None:
                     yield ev
                 continue
-            route = tags_get(m[4], unseen)
+            try:
+                route = tags[m[4]]
+            except KeyError:
+                route = self._route(m[4])
             if route is None:
                 continue
-            if route is unseen:
-                route = self._route(m[4])
-                if route is None:
-                    continue
             text = lines[i]
             msg = text[m.end():]
             if len(msg) > MAX_MESSAGE:

@@ -107,9 +107,9 @@ def _rfc5424(text: str, p: int) -> Split | None:
 #: the two common syslog shapes in one match: (iso ts, bsd ts, host, tag, pid). When it
 #: matches, the result is exactly what :func:`split` gives (the tag token has no space or
 #: colon, so its ``: `` is the first one after the host); otherwise callers use :func:`split`.
-FAST = re.compile(
-    r"(?:(\d{4}-\d\d-\d\dT[^ ]{8,40})|((?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    r"[ \d]\d \d\d:\d\d:\d\d)) ([^\s:(]+) ([^\s:\[\]]+)(?:\[([^\]\s]*)\])?: ")
+FAST = re.compile(  # possessive quantifiers: each token ends at a delimiter it cannot contain
+    r"(?:(\d{4}-\d\d-\d\dT[^ ]{8,40}+)|((?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"[ \d]\d \d\d:\d\d:\d\d)) ([^\s:(]++) ([^\s:\[\]]++)(?:\[([^\]\s]*+)\])?: ")
 
 
 def split(text: str) -> Split:
