@@ -32,7 +32,7 @@ from .model import FAILURE_KINDS, AuthEvent
 if TYPE_CHECKING:
     from .monitor import Monitor
 
-DEFAULT_PORT = 9177
+DEFAULT_PORT = 9177  # also in commands/watch.py (METRICS_PORT), kept there to keep the CLI light
 #: source states that mean "reading" (others: waiting, denied, error, stopped)
 HEALTHY = frozenset({"following", "journal", "replay"})
 #: firewall methods timed by the latency histogram
@@ -357,16 +357,6 @@ class _Union(Collector):
 
 
 # ----------------------------------------------------------------------- command line
-
-def add_arguments(p: Any) -> None:
-    """``--metrics``, ``--metrics-textfile``, ``--metrics-allow-remote`` on a subcommand parser."""
-    p.add_argument("--metrics", metavar="[HOST:]PORT", help="serve Prometheus metrics over HTTP, e.g. "
-                   f"127.0.0.1:{DEFAULT_PORT} (loopback only unless --metrics-allow-remote)")
-    p.add_argument("--metrics-textfile", metavar="PATH", help="also write the metrics to PATH every 10 s "
-                   "(atomically) for node_exporter's textfile collector; PATH should end in .prom")
-    p.add_argument("--metrics-allow-remote", action="store_true", help="allow --metrics on a non-loopback "
-                   "address (the endpoint has no authentication: firewall it)")
-
 
 def start_exporters(monitor: "Monitor", args: Any, cfg: Any = None) -> Callable[[], None]:
     """Start what the options and config ask for: the metrics endpoint/textfile and the CrowdSec

@@ -8,15 +8,13 @@ import contextlib
 import os
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..config import Config, parse_duration, parse_ports
-from ..demo import build_demo
-from ..metrics import add_arguments as add_metrics_arguments, start_exporters
 from ..firewall.base import NeedsRoot
-from ..monitor import Monitor
-from ..policy import Protector
-from ..store import StateStore
+
+if TYPE_CHECKING:
+    from ..monitor import Monitor
 
 
 def _ports(value: str) -> list[int]:
@@ -41,6 +39,25 @@ def _positive(value: str) -> float:
     if not 0 < v <= 1000:
         raise argparse.ArgumentTypeError(f"{value!r} must be between 0 and 1000")
     return v
+
+
+METRICS_PORT = 9177
+
+
+def add_metrics_arguments(p: argparse.ArgumentParser) -> None:
+    """``--metrics``, ``--metrics-textfile``, ``--metrics-allow-remote`` (see popwatch/metrics.py)."""
+    p.add_argument("--metrics", metavar="[HOST:]PORT", help="serve Prometheus metrics over HTTP, e.g. "
+                   f"127.0.0.1:{METRICS_PORT} (loopback only unless --metrics-allow-remote)")
+    p.add_argument("--metrics-textfile", metavar="PATH", help="also write the metrics to PATH every 10 s "
+                   "(atomically) for node_exporter's textfile collector; PATH should end in .prom")
+    p.add_argument("--metrics-allow-remote", action="store_true", help="allow --metrics on a non-loopback "
+                   "address (the endpoint has no authentication: firewall it)")
+
+
+def start_exporters(monitor: "Monitor", args: argparse.Namespace, cfg: Any = None) -> Any:
+    from ..metrics import start_exporters as start
+
+    return start(monitor, args, cfg)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -94,6 +111,8 @@ async def _run_for(monitor: Monitor, duration: float | None) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from ..demo import build_demo
+
     if args.no_tui:
         monitor, _ = build_demo(speed=args.speed, seed=args.seed, events_out=sys.stdout)
         stop_exporters = start_exporters(monitor, args)
@@ -194,6 +213,10 @@ def run_watch(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             persist = None
     firewall, why_ro = _make_firewall(cfg, dry_run)
+    from ..monitor import Monitor
+    from ..policy import Protector
+    from ..store import StateStore
+
     store = StateStore(clock=time.time)
     events_out = _open_events(args.events)
     monitor = Monitor(store=store, parser=Parser(now=time.time), sources=_make_sources(cfg, args),
