@@ -25,7 +25,6 @@ import heapq
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile

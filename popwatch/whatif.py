@@ -22,6 +22,7 @@ from .autoban import AutoBan, fmt_duration
 from .config import PolicyConfig, parse_duration
 from .firewall.base import PortLimit, Rate, parse_burst
 from .model import FAILURE_KINDS, AuthEvent, Kind
+from .firewall.sim import TokenBucket
 
 _FAILS = frozenset(str(k) for k in FAILURE_KINDS)
 _SUCCESS = str(Kind.SUCCESS)
@@ -211,30 +212,14 @@ def what_if_policy(events: Iterable[AuthEvent], policy: PolicyConfig, *, maxretr
                         sorted(b.ip for b in banned if b.logged_in))
 
 
-class _Bucket:
-    __slots__ = ("tokens", "last")
-
-    def __init__(self, burst: int, now: float) -> None:
-        self.tokens, self.last = float(burst), now
-
-    def take(self, rate: float, burst: int, now: float) -> bool:
-        if now > self.last:
-            self.tokens = min(float(burst), self.tokens + (now - self.last) * rate)
-            self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 def what_if_limit(events: Iterable[AuthEvent], limit: PortLimit, *, ipv6_prefix: int = 64) -> WhatIfReport:
     """Replay the attempts on ``limit.port`` through its token bucket(s): who would be dropped."""
     import ipaddress
 
     evs = sorted((e for e in events if e.ip and limit.port in SERVICE_PORTS.get(e.service, ())),
                  key=lambda e: e.ts)
-    glob: _Bucket | None = None
-    per: dict[str, _Bucket] = {}
+    glob: TokenBucket | None = None
+    per: dict[str, TokenBucket] = {}
     dropped: dict[str, int] = {}
     ips: set[str] = set()
     hit: set[str] = set()
@@ -251,10 +236,10 @@ def what_if_limit(events: Iterable[AuthEvent], limit: PortLimit, *, ipv6_prefix:
             continue
         n = e.attempts if e.kind != _SUCCESS else 1
         if limit.mode == "global":
-            b = glob = glob or _Bucket(burst, e.ts)
+            b = glob = glob or TokenBucket(burst, e.ts)
         else:
             key = ip if ":" not in ip else str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False))
-            b = per.get(key) or per.setdefault(key, _Bucket(burst, e.ts))
+            b = per.get(key) or per.setdefault(key, TokenBucket(burst, e.ts))
         for _ in range(max(1, n)):
             if not b.take(rate, burst, e.ts):
                 dropped[ip] = dropped.get(ip, 0) + 1

@@ -13,9 +13,13 @@ ACCEPTs: packets are DROPped (banned, over limit) or RETURN to the admin's own r
 from __future__ import annotations
 
 import re
+import fcntl
+import os
+import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Iterator, Literal
 
 from ..model import Ban, PortCounters
 
@@ -37,6 +41,26 @@ MAX_BURST = 10000
 
 class FirewallError(RuntimeError):
     """A firewall operation failed; the message is for the admin."""
+
+
+@contextmanager
+def flock_wait(path: str, wait: float, busy: str, poll: float = 0.005) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if missing) for the block; wait at most
+    ``wait`` seconds (at least 1) for it, then raise FirewallError(``busy``)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + max(wait, 1)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FirewallError(busy) from None
+                time.sleep(poll)
+        yield
+    finally:
+        os.close(fd)
 
 
 class NeedsRoot(FirewallError):

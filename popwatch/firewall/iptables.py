@@ -16,20 +16,18 @@ plan is read and applied.
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import os
 import shlex
 import socket
 import struct
 import subprocess
-import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Sequence
 
 from ..model import PortCounters
 from . import rules as R
-from .base import Firewall, FirewallError, NeedsRoot, PortLimit
+from .base import Firewall, FirewallError, NeedsRoot, PortLimit, flock_wait
 from .ipset import Ipset, run_binary
 
 DEFAULT_LOCK = "/run/popwatch.lock"
@@ -116,20 +114,9 @@ class KernelFirewall(Firewall):
         if self._recording or not self.lock_path:
             yield
             return
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + max(self.wait, 1)
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise FirewallError(f"another popwatch holds {self.lock_path}; try again") from None
-                    time.sleep(0.01)
+        with flock_wait(self.lock_path, self.wait, f"another popwatch holds {self.lock_path}; try again",
+                        poll=0.01):
             yield
-        finally:
-            os.close(fd)
 
     @contextmanager
     def recording(self) -> Iterator[list[str]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import threading
 import time
@@ -32,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 from . import rules as R
-from .base import FirewallError
+from .base import FirewallError, flock_wait
 from .iptables import KernelFirewall, _maybe_root
 
 T = TypeVar("T")
@@ -115,21 +114,9 @@ class IptcFirewall(KernelFirewall):
 
     @contextmanager
     def _xlock(self) -> Iterator[None]:
-        fd = os.open(self.xtables_lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + max(self.wait, 1)
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise FirewallError(f"the xtables lock {self.xtables_lock} is held by another "
-                                            f"program for more than {self.wait}s") from None
-                    time.sleep(0.005)
+        with flock_wait(self.xtables_lock, self.wait, f"the xtables lock {self.xtables_lock} is held by "
+                        f"another program for more than {self.wait}s"):
             yield
-        finally:
-            os.close(fd)
 
     def _refresh(self, t: Any) -> None:
         for attempt in range(self.retries):
@@ -241,7 +228,6 @@ class IptcFirewall(KernelFirewall):
         _on_iptc_thread(self._apply_now, family, work)
 
     def _apply_now(self, family: R.Family, work: R._Work) -> None:
-        iptc = self._iptc
         want = R.expected_keys(work)
         last: Exception | None = None
         for attempt in range(self.retries):

@@ -27,7 +27,10 @@ from .base import Firewall, PortLimit
 _MAX_SOURCES = 100_000
 
 
-class _Bucket:
+class TokenBucket:
+    """One ``-m limit`` / hashlimit bucket: refills at ``rate`` per second, holds ``burst`` tokens.
+    Also used by the what-if replay of a proposed limit."""
+
     __slots__ = ("tokens", "last")
 
     def __init__(self, burst: int, now: float) -> None:
@@ -61,8 +64,8 @@ class SimFirewall(Firewall):
         self._passed: dict[int, int] = {}
         self._dropped: dict[int, int] = {}
         self._banned_dropped = 0
-        self._global: dict[int, _Bucket] = {}
-        self._per_src: dict[int, dict[str, _Bucket]] = {}
+        self._global: dict[int, TokenBucket] = {}
+        self._per_src: dict[int, dict[str, TokenBucket]] = {}
         self.log: list[str] = []  # every change, like an audit of commands
 
     # ------------------------------------------------------------ the interface
@@ -135,7 +138,7 @@ class SimFirewall(Firewall):
         elif lim.mode == "global":
             b = self._global.get(port)
             if b is None:
-                b = self._global[port] = _Bucket(lim.burst, now)
+                b = self._global[port] = TokenBucket(lim.burst, now)
             ok = b.take(lim.rate.per_second, lim.burst, now)
         else:
             buckets = self._per_src.setdefault(port, {})
@@ -144,7 +147,7 @@ class SimFirewall(Firewall):
             if b is None:
                 if len(buckets) >= _MAX_SOURCES:
                     buckets.clear()  # hashlimit's table is bounded too (--hashlimit-htable-max)
-                b = buckets[k] = _Bucket(lim.burst, now)
+                b = buckets[k] = TokenBucket(lim.burst, now)
             ok = b.take(lim.rate.per_second, lim.burst, now)
         if ok:
             self._passed[port] = self._passed.get(port, 0) + 1

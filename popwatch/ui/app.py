@@ -440,13 +440,20 @@ class PopwatchApp(App[None]):
             self.notify("no watched port", markup=False)
         return lim
 
-    def action_rate(self, d: int) -> None:
+    def _limited_port(self) -> PortLimit | None:
+        """The selected port when its rate/burst can be tuned now (says why not otherwise)."""
         lim = self._port_or_say()
         if lim is None or not self._can_act():
-            return
+            return None
         if lim.mode == "count":
             self.notify(f"port {lim.port} only counts: press m to pick global or per-source first "
                         "(Tab selects a port)", markup=False)
+            return None
+        return lim
+
+    def action_rate(self, d: int) -> None:
+        lim = self._limited_port()
+        if lim is None:
             return
         new_rate: Rate = lim.rate.step(d > 0)
         if new_rate == lim.rate:
@@ -456,12 +463,8 @@ class PopwatchApp(App[None]):
         self._retune(lim.with_(rate=new_rate))
 
     def action_burst(self, d: int) -> None:
-        lim = self._port_or_say()
-        if lim is None or not self._can_act():
-            return
-        if lim.mode == "count":
-            self.notify(f"port {lim.port} only counts: press m to pick global or per-source first "
-                        "(Tab selects a port)", markup=False)
+        lim = self._limited_port()
+        if lim is None:
             return
         if d > 0:
             b = next((x for x in BURSTS if x > lim.burst), lim.burst)

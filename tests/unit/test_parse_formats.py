@@ -162,7 +162,7 @@ S = "2026-11-28T05:00:21Z mx sshd[100]: "
     (f"fatal: Timeout before authentication for {IP} port 5", "probe", IP, None),
     (f"Timeout before authentication for {IP} port 5", "probe", IP, None),
     (f"drop connection #0 from [{IP}]:5555 on [192.0.2.1]:22 penalty: failed authentication", "probe", IP, None),
-    (f"drop connection #3 from [2001:db8::9]:5555 on [2001:db8::1]:22 past MaxStartups", "probe", "2001:db8::9", None),
+    ("drop connection #3 from [2001:db8::9]:5555 on [2001:db8::1]:22 past MaxStartups", "probe", "2001:db8::9", None),
     (f"fatal: Unable to negotiate with {IP} port 5: no matching cipher found [preauth]", "probe", IP, None),
 ])
 def test_openssh_variants(msg: str, kind: str, ip: str, user: str | None) -> None:
@@ -228,10 +228,10 @@ def test_dovecot_variants(msg: str, service: str, kind: str, user: str | None, a
 @pytest.mark.parametrize("msg", [
     f"auth: passwd-file(bob,{IP},<x>): Username character disallowed by auth_username_chars",
     "master: Dovecot v2.4.1 starting up for imap, pop3",
-    f"imap(bob)<12><x>: Disconnected: Logged out in=1 out=2",
-    f"lmtp(4242): Connect from local",
-    f"imap-login: Login: user=<bob>, method=PLAIN, lip=192.0.2.1",          # no rip: nothing to say
-    f"auth: passwd-file(bob): unknown user",                                 # no address
+    "imap(bob)<12><x>: Disconnected: Logged out in=1 out=2",
+    "lmtp(4242): Connect from local",
+    "imap-login: Login: user=<bob>, method=PLAIN, lip=192.0.2.1",          # no rip: nothing to say
+    "auth: passwd-file(bob): unknown user",                                 # no address
 ])
 def test_dovecot_lines_without_events(msg: str) -> None:
     assert one(D + msg) is None

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from popwatch.model import RawLine
+from tests.conftest import need
 from popwatch.sources import _inotify
 from popwatch.sources.tail import (
     FileSource,
@@ -374,8 +375,7 @@ def test_make_file_sources_picks_the_kind() -> None:
 
 
 def test_inotify_binding_reports_events(tmp_path) -> None:
-    if not _inotify.available():
-        pytest.skip("no inotify on this system")
+    need(_inotify.available(), "no inotify on this system")
     ino = _inotify.Inotify()
     try:
         wd = ino.add_watch(str(tmp_path), _inotify.IN_CREATE)

@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 
 from popwatch.model import RawLine
 from popwatch.sources.tail import FileSource, GlobSource
