@@ -50,7 +50,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from tests.netns.nslab import REPO, SERVER_V4, SERVER_V6, Client, Lab, cleanup_stale, is_doc_address
 
@@ -564,6 +564,20 @@ def parse_ts(s: str) -> float:
     return dt.datetime.fromisoformat(s).timestamp()
 
 
+def syslog_lines(*paths: Path) -> Iterator[tuple[float, re.Match[str], str]]:
+    """(time, prefix match, line) for each RFC 3339 syslog line of the files that exist.
+    Match groups: 1 time, 2 host, 3 tag, 4 pid, 5 message."""
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            m = _TS.match(line)
+            if m:
+                yield parse_ts(m.group(1)), m, line
+
+
 def _norm(ip: str) -> str:
     return ip[7:] if ip.lower().startswith("::ffff:") and "." in ip else ip
 
@@ -577,38 +591,30 @@ def guesses(mail_log: Path, auth_log: Path) -> list[Guess]:
     out: list[Guess] = []
     svc_of: dict[str, str] = {}
     pending: list[tuple[float, str, str, str, str]] = []
-    for path in (mail_log, auth_log):
-        try:
-            text = path.read_text(errors="replace")
-        except FileNotFoundError:
-            continue
-        for line in text.splitlines():
-            m = _TS.match(line)
-            if not m:
+    for ts, m, line in syslog_lines(mail_log, auth_log):
+        tag, msg = m.group(3), m.group(5)
+        if tag == "dovecot":
+            a = _DV_AUTH.match(msg)
+            if a:
+                pending.append((ts, _norm(a.group(2)), a.group(1), a.group(3), line))
                 continue
-            ts, tag, msg = parse_ts(m.group(1)), m.group(3), m.group(5)
-            if tag == "dovecot":
-                a = _DV_AUTH.match(msg)
-                if a:
-                    pending.append((ts, _norm(a.group(2)), a.group(1), a.group(3), line))
-                    continue
-                s = _DV_SESSION_SVC.match(msg)
-                if s:
-                    svc_of[s.group(2)] = s.group(1)
-                lg = _DV_LOGIN.match(msg)
-                if lg:
-                    out.append(Guess(ts, _norm(lg.group(3)), lg.group(1), lg.group(2), True, line, lg.group(4),
-                                     lg.group(4)))
-            elif tag == "sshd":
-                f = _SSH_FAIL.match(msg)
-                if f:
-                    out.append(Guess(ts, _norm(f.group(2)), "ssh", f.group(1), False, line, None,
-                                     f"sshd[{m.group(4)}]"))
-                    continue
-                ok = _SSH_OK.match(msg)
-                if ok:
-                    out.append(Guess(ts, _norm(ok.group(2)), "ssh", ok.group(1), True, line, None,
-                                     f"sshd[{m.group(4)}]"))
+            s = _DV_SESSION_SVC.match(msg)
+            if s:
+                svc_of[s.group(2)] = s.group(1)
+            lg = _DV_LOGIN.match(msg)
+            if lg:
+                out.append(Guess(ts, _norm(lg.group(3)), lg.group(1), lg.group(2), True, line, lg.group(4),
+                                 lg.group(4)))
+        elif tag == "sshd":
+            f = _SSH_FAIL.match(msg)
+            if f:
+                out.append(Guess(ts, _norm(f.group(2)), "ssh", f.group(1), False, line, None,
+                                 f"sshd[{m.group(4)}]"))
+                continue
+            ok = _SSH_OK.match(msg)
+            if ok:
+                out.append(Guess(ts, _norm(ok.group(2)), "ssh", ok.group(1), True, line, None,
+                                 f"sshd[{m.group(4)}]"))
     for ts, ip, user, sess, line in pending:
         out.append(Guess(ts, ip, svc_of.get(sess, "dovecot"), user, False, line, sess, sess))
     out.sort(key=lambda g: g.ts)
@@ -621,40 +627,26 @@ _SESS_ANY = re.compile(r"<([A-Za-z0-9+/=]{12,})>")
 def conn_first_seen(mail_log: Path, auth_log: Path) -> dict[str, float]:
     """When each connection first appeared in the logs: ``sshd[PID]`` and dovecot sessions."""
     out: dict[str, float] = {}
-    for path in (mail_log, auth_log):
-        try:
-            text = path.read_text(errors="replace")
-        except FileNotFoundError:
-            continue
-        for line in text.splitlines():
-            m = _TS.match(line)
-            if not m:
-                continue
-            ts = parse_ts(m.group(1))
-            keys = []
-            if m.group(3) == "sshd" and m.group(4):
-                keys.append(f"sshd[{m.group(4)}]")
-            elif m.group(3) == "dovecot":
-                keys += _SESS_ANY.findall(m.group(5))
-            for k in keys:
-                out.setdefault(k, ts)
+    for ts, m, _line in syslog_lines(mail_log, auth_log):
+        keys = []
+        if m.group(3) == "sshd" and m.group(4):
+            keys.append(f"sshd[{m.group(4)}]")
+        elif m.group(3) == "dovecot":
+            keys += _SESS_ANY.findall(m.group(5))
+        for k in keys:
+            out.setdefault(k, ts)
     return out
 
 
 def summaries(mail_log: Path) -> list[dict[str, Any]]:
     """dovecot's per-connection summary lines: ts, service, ip, user, attempts, session."""
     out = []
-    try:
-        text = mail_log.read_text(errors="replace")
-    except FileNotFoundError:
-        return out
-    for line in text.splitlines():
-        m = _TS.match(line)
-        if not m or m.group(3) != "dovecot":
+    for ts, m, line in syslog_lines(mail_log):
+        if m.group(3) != "dovecot":
             continue
         s = _DV_SUMMARY.match(m.group(5))
         if s:
-            out.append({"ts": parse_ts(m.group(1)), "service": s.group(1), "attempts": int(s.group(2)),
+            out.append({"ts": ts, "service": s.group(1), "attempts": int(s.group(2)),
                         "user": s.group(3), "ip": _norm(s.group(4)), "session": s.group(5), "line": line})
     return out
 
