@@ -7,20 +7,9 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from popwatch.model import AuthEvent, Ban, CounterSample, PortCounters
+from popwatch.model import Ban, CounterSample, PortCounters
 from popwatch.store import SCAN_SLICE, StateStore, make_filter
-
-
-class Clock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def ev(ip, t, service="ssh", kind="auth_failed", user="root", attempts=1):
-    return AuthEvent(ts=t, service=service, kind=kind, ip=ip, user=user, attempts=attempts)
+from tests.helpers import Clock, ev
 
 
 @settings(max_examples=60, deadline=None)

@@ -21,6 +21,7 @@ from popwatch.monitor import Monitor
 from popwatch.parse import Parser
 from popwatch.policy import Protector, Refused
 from popwatch.store import StateStore
+from tests.helpers import Clock
 
 LINES = [
     # imap: 3 failed attempts in one dovecot summary
@@ -41,16 +42,8 @@ LINES = [
 ]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_795_844_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def make() -> tuple[Monitor, SimFirewall, Metrics]:
-    clock = Clock()
+    clock = Clock(1_795_844_000.0)
     sim = SimFirewall(clock=clock)
     mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim,
                   protector=Protector(allow=["192.0.2.0/24"]), mono=clock)
@@ -137,7 +130,7 @@ def test_bans_unbans_by_origin_and_refusals() -> None:
 
 
 def test_auto_bans_are_counted_as_auto() -> None:
-    clock = Clock()
+    clock = Clock(1_795_844_000.0)
     sim = SimFirewall(clock=clock)
     from popwatch.config import PolicyConfig
 
@@ -287,7 +280,7 @@ async def test_scrapes_while_the_loop_ingests_never_fail() -> None:
 
 def test_describing_a_ban_is_not_timed_as_a_ban() -> None:
     """The kernel backends' describe_ban runs ban() in recording mode: not a firewall operation."""
-    clock = Clock()
+    clock = Clock(1_795_844_000.0)
     sim = SimFirewall(clock=clock)
     # like IptablesFirewall.describe_ban: it calls the backend's own ban() (here for real)
     sim.describe_ban = lambda ip, ttl=None: (sim.ban(ip, ttl), sim.unban(ip), [f"ban {ip}"])[2]  # type: ignore

@@ -22,16 +22,8 @@ from popwatch.store import StateStore
 SAMPLES = resources.files("popwatch") / "data" / "samples"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_795_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def make(lines, tmp_path=None, **kw):
-    clock = Clock()
+    clock = Clock(1_795_000_000.0)
     sim = SimFirewall(clock=clock)
     out = io.StringIO()
     mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim,
@@ -146,6 +138,7 @@ from dataclasses import replace as _replace  # noqa: E402
 
 from popwatch.config import PolicyConfig  # noqa: E402
 from popwatch.model import Ban, RawLine  # noqa: E402
+from tests.helpers import Clock
 
 
 def dove(ip: str, n: int, i: int = 0, user: str = "root") -> str:
@@ -155,7 +148,7 @@ def dove(ip: str, n: int, i: int = 0, user: str = "root") -> str:
 
 
 def pmon(tmp_path=None, **pol):
-    clock = Clock()
+    clock = Clock(1_795_000_000.0)
     sim = SimFirewall(clock=clock)
     policy = _replace(PolicyConfig(), **pol)
     mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim,
@@ -292,7 +285,7 @@ async def test_async_undo_and_in_memory_log_without_state_dir():
 
 def test_reconcile_restores_adopts_and_drops(tmp_path):
     d = tmp_path / "state"
-    clock = Clock()
+    clock = Clock(1_795_000_000.0)
     Persist(d).save_bans([Ban("203.0.113.30", clock.t - 100, clock.t + 500, "a", "key"),    # restore
                           Ban("203.0.113.31", clock.t - 100, clock.t - 1, "b", "auto"),     # expired
                           Ban("203.0.113.32", clock.t - 100, None, "c", "cli"),             # in kernel

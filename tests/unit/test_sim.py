@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from popwatch.firewall.base import PortLimit, Rate
 from popwatch.firewall.sim import SimFirewall
-
-
-class Clock:
-    t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.helpers import Clock
 
 
 def flood(sim, clock, srcs, port, seconds, per_second):
@@ -23,7 +17,7 @@ def flood(sim, clock, srcs, port, seconds, per_second):
 
 
 def test_global_limit_is_one_bucket_for_everyone():
-    c = Clock()
+    c = Clock(0.0)
     sim = SimFirewall(clock=c)
     sim.install([PortLimit(110, "global", Rate.parse("1/second"), 1)])
     got = flood(sim, c, ["203.0.113.1", "203.0.113.2", "192.0.2.50"], 110, 60, 10)
@@ -33,7 +27,7 @@ def test_global_limit_is_one_bucket_for_everyone():
 
 
 def test_per_source_limit_gives_each_address_its_bucket():
-    c = Clock()
+    c = Clock(0.0)
     sim = SimFirewall(clock=c)
     sim.install([PortLimit(110, "per-source", Rate.parse("1/second"), 1)])
     got = flood(sim, c, ["203.0.113.1", "203.0.113.2", "192.0.2.50"], 110, 60, 10)
@@ -41,7 +35,7 @@ def test_per_source_limit_gives_each_address_its_bucket():
 
 
 def test_v6_per_source_is_per_64():
-    c = Clock()
+    c = Clock(0.0)
     sim = SimFirewall(clock=c)
     sim.install([PortLimit(143, "per-source", Rate.parse("1/second"), 1)])
     got = flood(sim, c, ["2001:db8::1", "2001:db8::2"], 143, 10, 10)
@@ -49,7 +43,7 @@ def test_v6_per_source_is_per_64():
 
 
 def test_bans_expire_and_come_before_limits():
-    c = Clock()
+    c = Clock(0.0)
     sim = SimFirewall(clock=c)
     sim.install([PortLimit(22)])
     sim.ban("203.0.113.9", ttl=10)
@@ -63,7 +57,7 @@ def test_bans_expire_and_come_before_limits():
 
 
 def test_retune_carries_counters_and_refills():
-    c = Clock()
+    c = Clock(0.0)
     sim = SimFirewall(clock=c)
     sim.install([PortLimit(110, "global", Rate.parse("1/minute"), 1)])
     assert sim.connect("203.0.113.1", 110) and not sim.connect("203.0.113.1", 110)

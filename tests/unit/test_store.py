@@ -7,20 +7,9 @@ import random
 from hypothesis import given, settings, strategies as st
 
 from popwatch.firewall.base import PortLimit
-from popwatch.model import AuthEvent, Ban, CounterSample, PortCounters
+from popwatch.model import Ban, CounterSample, PortCounters
 from popwatch.store import USERS_PER_IP, StateStore
-
-
-class Clock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def ev(ip, t, service="ssh", kind="auth_failed", user="root", attempts=1):
-    return AuthEvent(ts=t, service=service, kind=kind, ip=ip, user=user, attempts=attempts)
+from tests.helpers import Clock, ev
 
 
 def test_one_row_per_ip_across_services_counting_attempts():
