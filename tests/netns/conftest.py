@@ -14,6 +14,8 @@ from .fwdriver import FwClient
 from .nslab import Lab, cleanup_stale
 
 KERNEL_BACKENDS = ("legacy", "nft")
+#: the iptables backends plus the native one (popwatch's own ``table inet popwatch``)
+ALL_KERNEL_BACKENDS = (*KERNEL_BACKENDS, "nftables")
 
 
 @pytest.fixture(scope="session", autouse=True)

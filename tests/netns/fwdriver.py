@@ -46,6 +46,9 @@ def make(backend: str, opts: dict[str, Any]) -> Any:
     if backend == "legacy-binaries":
         from popwatch.firewall.iptables import IptablesFirewall
         return IptablesFirewall(flavour="legacy", **opts)
+    if backend == "nftables":
+        from popwatch.firewall.nftables import NftablesFirewall
+        return NftablesFirewall(**opts)
     raise SystemExit(f"unknown backend {backend}")
 
 

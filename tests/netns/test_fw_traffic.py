@@ -12,7 +12,7 @@ import pytest
 
 from popwatch.firewall.base import PortLimit, Rate
 
-from .conftest import KERNEL_BACKENDS, make_fw
+from .conftest import ALL_KERNEL_BACKENDS, make_fw
 from .nslab import Lab
 
 pytestmark = pytest.mark.netns
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.netns
 SLOW = Rate.parse("1/minute")  # no refill during a test
 
 
-@pytest.fixture(params=KERNEL_BACKENDS)
+@pytest.fixture(params=ALL_KERNEL_BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
