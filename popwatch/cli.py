@@ -41,7 +41,8 @@ def _common(default_suppress: bool) -> argparse.ArgumentParser:
     g = p.add_argument_group("global options")
     g.add_argument("--backend", choices=BACKENDS, default=d,
                    help="firewall backend: auto (detect from `iptables --version`), legacy "
-                        "(python-iptables), nft (iptables-nft binaries), sim (simulated), none "
+                        "(python-iptables), nft (iptables-nft binaries), nftables (popwatch's own "
+                        "nft table), sim (simulated), none "
                         "(monitor only). Default: auto, or `backend` in the config")
     g.add_argument("--config", metavar="FILE", type=Path, default=d,
                    help="TOML config file (default /etc/popwatch/popwatch.toml if it exists)")

@@ -18,7 +18,7 @@ from .firewall.base import MODES, PortLimit, Rate, parse_burst
 DEFAULT_CONFIG = Path("/etc/popwatch/popwatch.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/popwatch")
 DEFAULT_PORTS = (110, 143, 22)
-BACKENDS = ("auto", "legacy", "nft", "sim", "none")
+BACKENDS = ("auto", "legacy", "nft", "nftables", "sim", "none")
 
 
 class ConfigError(ValueError):

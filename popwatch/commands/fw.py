@@ -330,7 +330,7 @@ def status_dict(cfg: Config, fw: Firewall) -> dict[str, Any]:
         ports.append({"port": port, "mode": lim.mode, "rate": str(lim.rate), "burst": lim.burst,
                       "passed": c.passed if c else 0, "dropped": c.dropped if c else 0,
                       "installed": port in limits})
-    return {"backend": fw.name, "ports": ports, "bans": len(fw.bans()),
+    return {"backend": fw.name, "backend_why": getattr(fw, "why", ""), "ports": ports, "bans": len(fw.bans()),
             "banned_dropped": fw.banned_dropped(), "warnings": fw.warnings()}
 
 
@@ -345,7 +345,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=1))
         return EXIT_OK
-    print(f"backend: {st['backend']}    bans: {st['bans']}    dropped by bans: {st['banned_dropped']}")
+    why = f" ({st['backend_why']})" if st["backend_why"] else ""
+    print(f"backend: {st['backend']}{why}    bans: {st['bans']}    dropped by bans: {st['banned_dropped']}")
     for p in st["ports"]:
         lim = "count only" if p["mode"] == "count" else f"{p['mode']} {p['rate']} burst {p['burst']}"
         state = "" if p["installed"] else "   (not installed)"

@@ -1,7 +1,9 @@
-"""Pick and build the firewall backend: ``auto | legacy | nft | sim | none``.
+"""Pick and build the firewall backend: ``auto | legacy | nft | nftables | sim | none``.
 
-``auto`` reads ``iptables --version``: ``(nf_tables)`` -> ``nft`` (the iptables-nft binaries),
-``(legacy)`` -> ``legacy`` (python-iptables). python-iptables is never used on an nf_tables
+``auto`` reads ``iptables --version``: ``(nf_tables)`` -> ``nftables`` (popwatch's own ``table
+inet popwatch``, :mod:`.nftables`) unless popwatch's rules already live in iptables-nft, which
+then stays in use (``nft``, with a note on how to move); ``(legacy)`` -> ``legacy``
+(python-iptables); no iptables binary but libnftables -> ``nftables``. python-iptables is never used on an nf_tables
 host: there it would create legacy tables whose rules apply but are invisible to ``iptables``.
 
 Before anything is written, popwatch looks for its chain in *both* kernel backends. Reading
@@ -22,7 +24,7 @@ from .base import Firewall, FirewallError, NeedsRoot, NoFirewall, PortLimit
 from .iptables import DEFAULT_LOCK
 from .rules import CHAIN
 
-BACKENDS = ("auto", "legacy", "nft", "sim", "none")
+BACKENDS = ("auto", "legacy", "nft", "nftables", "sim", "none")
 CAP_NET_ADMIN = 12
 
 
@@ -55,6 +57,31 @@ def host_flavour() -> str | None:
     if "nf_tables" in text:
         return "nft"
     return "legacy"  # "(legacy)", and iptables < 1.8 which prints no flavour at all
+
+
+def popwatch_in_nftables() -> bool:
+    """Whether popwatch's own ``table inet popwatch`` exists (one netlink request)."""
+    try:
+        from .nftables import NftNetlink
+
+        nl = NftNetlink()
+        try:
+            return nl.chain_exists()
+        finally:
+            nl.close()
+    except OSError:
+        return False
+
+
+def has_libnftables() -> bool:
+    import ctypes.util
+
+    return ctypes.util.find_library("nftables") is not None or Path("/usr/lib/x86_64-linux-gnu/libnftables.so.1").exists()
+
+
+MOVE_NOTE = ("popwatch keeps using iptables-nft here because its rules are already there; to move "
+             "to the native nftables backend (bans are kept): `popwatch --backend nft uninstall && "
+             "popwatch --backend nftables watch`")
 
 
 def legacy_tables(proc: Path = Path("/proc/net")) -> dict[int, bool]:
@@ -109,6 +136,24 @@ def both_message() -> str:
             "run popwatch with --backend set")
 
 
+def _auto(flavour: str | None) -> tuple[str, str]:
+    """``--backend auto``: (backend, why)."""
+    if flavour is None:
+        if has_libnftables():
+            return "nftables", "auto: no iptables binary, libnftables present"
+        raise FirewallError("iptables is not installed: install the 'iptables' and 'ipset' "
+                            "packages, or run with --backend none to only watch")
+    if flavour == "legacy":
+        return "legacy", "auto: this host's iptables is the legacy flavour"
+    if not has_libnftables():
+        return "nft", "auto: nf_tables host without libnftables (install libnftables1 for the native backend)"
+    if popwatch_in_nftables():
+        return "nftables", "auto: nf_tables host, popwatch's table inet popwatch exists"
+    if has_net_admin() and popwatch_in_nft():
+        return "nft", MOVE_NOTE
+    return "nftables", "auto: nf_tables host, no iptables rules of popwatch"
+
+
 def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = None,
                   limits: list[PortLimit] | None = None, ban_action: str = "drop",
                   ipv6_prefix: int = 64, dry_run: bool = False, lock_path: str | None = DEFAULT_LOCK,
@@ -136,11 +181,21 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
                         f"--backend none to only watch)")
     flavour = host_flavour()
     chosen = backend
+    why = "named with --backend or in the config"
     if backend == "auto":
-        if flavour is None:
-            raise FirewallError("iptables is not installed: install the 'iptables' and 'ipset' "
-                                "packages, or run with --backend none to only watch")
-        chosen = flavour
+        chosen, why = _auto(flavour)
+    if exempt is None and chosen == "nftables":
+        exempt = default_exempt(allow)
+    if chosen == "nftables":
+        from .nftables import NftablesFirewall
+
+        nfw = NftablesFirewall(ban_action=ban_action, ipv6_prefix=ipv6_prefix, dry_run=dry_run,
+                               lock_path=lock_path, exempt=exempt)
+        nfw.why = why
+        if check_both and has_net_admin() and popwatch_in_nft():
+            nfw._warn("popwatch's iptables-nft rules still exist: remove them with "
+                      "`popwatch --backend nft uninstall` (bans are restored from the state dir)")
+        return nfw
     cleanup_only = False
     if chosen == "legacy" and flavour == "nft" and not allow_legacy_on_nft:
         # allowed only to clean up a legacy copy of popwatch's rules (`--backend legacy uninstall`)
@@ -161,6 +216,10 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
         from .iptc_backend import IptcFirewall
 
         fw = IptcFirewall(xtables_lock=xtables_lock, **common)
+    fw.why = why
+    if chosen == "nft" and check_both and has_net_admin() and popwatch_in_nftables():
+        fw._warn("popwatch's native nftables table also exists: remove it with "
+                 "`popwatch --backend nftables uninstall`")
     if cleanup_only:
         fw._warn("this host's iptables is the nf_tables flavour: --backend legacy is only for "
                  "removing an old legacy copy of popwatch's rules (`popwatch --backend legacy uninstall`)")
@@ -177,4 +236,6 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
         elif chosen == "nft" and any(legacy_tables().values()):
             fw._warn("legacy iptables tables are present too: their rules still apply, and "
                      "`iptables` (nft) does not show them")
+    if why == MOVE_NOTE:
+        fw._warn(MOVE_NOTE)
     return fw

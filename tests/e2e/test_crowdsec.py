@@ -390,7 +390,7 @@ apply = true
         env.pop("SSH_CONNECTION", None)
         pw = subprocess.Popen(["ip", "netns", "exec", ns1, sys.executable, "-m", "popwatch", "watch", "--no-tui",
                                "--config", str(conf), "--state-dir", str(d / "state"), "--log", str(log),
-                               "--backend", "auto", "--duration", "90", "--metrics", "127.0.0.1:9177",
+                               "--backend", "nft", "--duration", "90", "--metrics", "127.0.0.1:9177",
                                "--metrics-textfile", str(d / "popwatch.prom")], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=(d / "popwatch.err").open("wb"))
         (d / "bouncer").mkdir()

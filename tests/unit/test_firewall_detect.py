@@ -55,11 +55,24 @@ def test_auto_picks_by_flavour(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(detect, "popwatch_in_nft", lambda: False)
     monkeypatch.setattr(detect, "popwatch_in_legacy", lambda: False)
     monkeypatch.setattr(detect, "legacy_tables", lambda proc=None: {4: False, 6: False})
+    monkeypatch.setattr(detect, "popwatch_in_nftables", lambda: False)
+    monkeypatch.setattr(detect, "has_libnftables", lambda: True)
     monkeypatch.setattr(detect, "host_flavour", lambda: "nft")
+    fw = detect.make_firewall("auto")
+    assert fw.name == "nftables" and "no iptables rules" in fw.why
+    # popwatch's rules already in iptables-nft: keep them, say how to move
+    monkeypatch.setattr(detect, "popwatch_in_nft", lambda: True)
+    fw = detect.make_firewall("auto")
+    assert fw.name == "nft" and any("--backend nftables" in w for w in fw.warnings())
+    monkeypatch.setattr(detect, "popwatch_in_nft", lambda: False)
+    monkeypatch.setattr(detect, "has_libnftables", lambda: False)
     assert detect.make_firewall("auto").name == "nft"
+    monkeypatch.setattr(detect, "has_libnftables", lambda: True)
     monkeypatch.setattr(detect, "host_flavour", lambda: "legacy")
     assert detect.make_firewall("auto").name == "legacy"
     monkeypatch.setattr(detect, "host_flavour", lambda: None)
+    assert detect.make_firewall("auto").name == "nftables"   # nft only, no iptables binary
+    monkeypatch.setattr(detect, "has_libnftables", lambda: False)
     with pytest.raises(FirewallError, match="not installed"):
         detect.make_firewall("auto")
 
@@ -69,6 +82,7 @@ def test_rules_in_both_backends_refuse_writes(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(detect, "host_flavour", lambda: "nft")
     monkeypatch.setattr(detect, "popwatch_in_nft", lambda: True)
     monkeypatch.setattr(detect, "popwatch_in_legacy", lambda: True)
+    monkeypatch.setattr(detect, "popwatch_in_nftables", lambda: False)
     fw = detect.make_firewall("auto")
     assert not fw.can_write and "both" in fw.warnings()[0]
     with pytest.raises(FirewallError, match="both"):
