@@ -1,6 +1,6 @@
 """Firewall benchmark: popwatch's ipset bans and rule changes vs one iptables rule per IP.
 
-Run as root: ``python benchmarks/firewall.py [--backends nft,legacy] [--samples 200]``.
+Run as root: ``python benchmarks/firewall.py [--backends nft,nftables,legacy] [--samples 200]``.
 Everything happens in a network namespace this script creates and deletes (``pwfwbench-*``);
 the host's tables are never touched. Addresses are documentation ranges only; no packets are
 sent. Figures are medians and p99 of many samples on a shared, noisy machine.
@@ -14,6 +14,11 @@ Measured per backend (nft = iptables-nft binaries, legacy = python-iptables):
   * baseline, same run: one ``iptables -w -A INPUT -s IP -j DROP`` per IP with 0 / 1k / 10k
     such rules present, 1k of them added one by one, and a poll with ``iptables-save -c``.
 Targets (issue 5): ban <= 2 ms median at 10k, poll <= 3 ms at 10k, bulk 10k <= 0.5 s.
+
+``nftables`` (popwatch's own ``table inet popwatch``, issue 14) is measured the same way (ban
+through libnftables, counters by one netlink dump, bulk as one transaction; its baseline is one
+``nft add rule ... ip saddr IP drop`` per IP) and printed side by side with ``nft``.
+Targets (issue 14): ban <= 0.2 ms at 10k, poll <= 1 ms at 10k, bulk 10k <= 0.3 s.
 """
 
 from __future__ import annotations
@@ -76,8 +81,82 @@ def run(argv: list[str], stdin: str | None = None) -> None:
 
 # ----------------------------------------------------------------------------- inside the netns
 
+def inner_nftables(samples: int) -> dict[str, Any]:
+    from popwatch.firewall.base import PortLimit, Rate
+    from popwatch.firewall.nftables import NftablesFirewall
+
+    lock = f"/tmp/pwfwbench-{os.getpid()}.lock"
+    fw = NftablesFirewall(lock_path=lock, exempt=[])
+    run(["nft", "-f", "-"], "table inet admin {\n chain in { type filter hook input priority filter; "
+        "policy accept;\n  iif lo accept\n  tcp dport 25 accept\n }\n}\n")
+    limits = [PortLimit(110, "per-source", Rate.parse("5/second"), 10),
+              PortLimit(143, "global", Rate.parse("5/second"), 10), PortLimit(22)]
+    fw.install(limits)
+    res: dict[str, Any] = {"backend": "nftables", "ban_netlink": {}, "ban_ipset_binary": {}}
+    counter = [10**6]
+
+    def fresh() -> str:
+        counter[0] += 1
+        return v4(counter[0]) if counter[0] % 4 == 0 else v6(counter[0])
+
+    def flush() -> None:
+        for s in ("ban4", "ban6", "ban6n"):
+            run(["nft", "flush", "set", "inet", "popwatch", s])
+    for present in (0, 1000, 10000):
+        flush()
+        if present:
+            fw.ban_many(population(present))
+        res["ban_netlink"][present] = timed(lambda: fw.ban(fresh(), 3600), samples)
+    flush()
+    items = population(10000, offset=50_000)
+    t0 = time.perf_counter()
+    n = fw.ban_many(items)
+    res["bulk_10k_s"] = round(time.perf_counter() - t0, 3)
+    res["bulk_entries"] = len(fw.bans())
+    assert n == 10000
+    res["poll_at_10k"] = timed(fw.counters, samples)
+    modes = ["per-source", "global"]
+    k = [0]
+
+    def retune() -> None:
+        k[0] += 1
+        fw.set_limit(PortLimit(110, modes[k[0] % 2], Rate.parse(f"{k[0] % 50 + 1}/second"), 10))
+    res["retune"] = timed(retune, max(20, samples // 5))
+    fw.uninstall()
+    # baseline: one nft rule per banned IP, added with the nft binary
+    base: dict[str, Any] = {"append_rule": {}}
+    cnt = [2 * 10**6]
+    run(["nft", "add", "table", "inet", "base"])
+    run(["nft", "add", "chain", "inet", "base", "in", "{ type filter hook input priority -5; }"])
+
+    def add_rule() -> None:
+        cnt[0] += 1
+        run(["nft", "add", "rule", "inet", "base", "in", "ip", "saddr", v4(cnt[0]), "drop"])
+    for present in (0, 1000, 10000):
+        run(["nft", "flush", "chain", "inet", "base", "in"])
+        if present:
+            run(["nft", "-f", "-"], "".join(f"add rule inet base in ip saddr {v4(i)} drop\n" for i in range(present)))
+        base["append_rule"][present] = timed(add_rule, max(20, samples // 5))
+    run(["nft", "flush", "chain", "inet", "base", "in"])
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        add_rule()
+    base["append_1k_one_by_one_s"] = round(time.perf_counter() - t0, 3)
+    base["poll_iptables_save_at_10k"] = timed(lambda: run(["nft", "list", "ruleset"]), 20)
+    res["baseline"] = base
+    fw.close()
+    try:
+        os.unlink(lock)
+    except OSError:
+        pass
+    return res
+
+
 def inner(backend: str, samples: int) -> dict[str, Any]:
     from popwatch.firewall.base import PortLimit, Rate
+
+    if backend == "nftables":
+        return inner_nftables(samples)
 
     lock = f"/tmp/pwfwbench-{os.getpid()}.lock"
     if backend == "nft":
@@ -188,11 +267,33 @@ def outer(backends: list[str], samples: int) -> int:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     for r in results:
         print_report(r)
+    by = {r["backend"]: r for r in results}
+    if "nft" in by and "nftables" in by:
+        print_side_by_side(by["nft"], by["nftables"])
     print(json.dumps(results))
     return 0
 
 
+def print_side_by_side(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """iptables-nft (+ ipset) vs the native nftables backend, measured in the same run."""
+    print("\n== side by side: nft (iptables-nft binaries + ipset) vs nftables (table inet popwatch)")
+    print(f"{'':<36} | {'nft':>10} | {'nftables':>10} | ratio")
+    rows = [(f"ban, {n} present (median ms)", a["ban_netlink"][n]["median_ms"], b["ban_netlink"][n]["median_ms"])
+            for n in ("0", "1000", "10000")]
+    rows += [("bulk 10k bans (s)", a["bulk_10k_s"], b["bulk_10k_s"]),
+             ("counter poll at 10k (median ms)", a["poll_at_10k"]["median_ms"], b["poll_at_10k"]["median_ms"]),
+             ("counter poll at 10k (p99 ms)", a["poll_at_10k"]["p99_ms"], b["poll_at_10k"]["p99_ms"]),
+             ("retune (median ms)", a["retune"]["median_ms"], b["retune"]["median_ms"])]
+    for name, x, y in rows:
+        print(f"{name:<36} | {x:>10.3f} | {y:>10.3f} | {x / y if y else 0:>5.1f}x")
+    ok = (b["ban_netlink"]["10000"]["median_ms"] <= 0.2, b["poll_at_10k"]["median_ms"] <= 1, b["bulk_10k_s"] <= 0.3)
+    print("nftables targets (ban<=0.2ms@10k, poll<=1ms@10k, bulk<=0.3s):",
+          *(["MISS", "ok"][o] for o in ok))
+
+
 def print_report(r: dict[str, Any]) -> None:
+    if r["backend"] == "nftables":
+        return  # printed in the side-by-side table (its own baseline is in the JSON)
     b = r["baseline"]
     print(f"\n== backend {r['backend']} (popwatch: ipset bans)   vs   baseline: one iptables rule per IP")
     print(f"{'bans present':>14} | {'ban (netlink) med / p99 ms':>27} | {'ban (ipset binary) med':>23} | "
@@ -216,7 +317,7 @@ def print_report(r: dict[str, Any]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backends", default="nft,legacy")
+    ap.add_argument("--backends", default="nft,nftables,legacy")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--inner", help=argparse.SUPPRESS)
     a = ap.parse_args()
