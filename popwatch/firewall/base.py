@@ -190,6 +190,8 @@ class Firewall(ABC):
     name: str = "abstract"
     #: False for ``none`` and when popwatch lacks the rights to change anything
     can_write: bool = True
+    #: why this backend is the one in use (set by ``detect.make_firewall``; ``status`` prints it)
+    why: str = ""
 
     @abstractmethod
     def install(self, limits: list[PortLimit]) -> None:
