@@ -163,6 +163,9 @@ class NftNetlink(NftCounters):
                         return
                     if typ == 2:  # NLMSG_ERROR
                         (err,) = struct.unpack_from("=i", buf, off + 16)
+                        if err in (-errno.EPERM, -errno.EACCES):
+                            raise NeedsRoot("reading nftables needs root or CAP_NET_ADMIN: run "
+                                            "popwatch with sudo (or use --backend sim or none)")
                         if err:
                             raise OSError(-err, os.strerror(-err))
                         return  # ACK
@@ -513,8 +516,27 @@ class NftablesFirewall(Firewall):
         stray = [r for r in rules or [] if str(r.get("comment", "")).startswith(("pw exempt", "pw ban"))]
         cmds: list[dict[str, Any]] = [{"delete": {"rule": dict(_T, chain=CHAIN, handle=r["handle"])}}
                                       for r in stray]
+        old = {int(m.group(1)) for r in stray if (m := re.search(r" /(\d+)$", str(r.get("comment", ""))))}
+        if old and self.ipv6_prefix not in old:
+            cmds += self._move_ban6(old.pop())
         cmds += [{"insert": w} for w in reversed(want)]  # insert without position: at the top
         return cmds
+
+    def _move_ban6(self, old_prefix: int) -> list[dict[str, Any]]:
+        """The IPv6 prefix was changed in the config: ``ban6`` holds addresses masked to the
+        old prefix, which the new rule would not match; move them (with the time they have
+        left) into ``ban6n`` as networks of the old length, in the same transaction."""
+        elems = []
+        for o in self._read({"set": dict(_T, name="ban6")}) or []:
+            for e in o.get("set", {}).get("elem", []):
+                val, left = e, 0
+                if isinstance(e, dict) and "elem" in e:
+                    val, left = e["elem"]["val"], int(e["elem"].get("expires", e["elem"].get("timeout", 0)))
+                pfx = {"prefix": {"addr": val, "len": old_prefix}}
+                elems.append({"elem": {"val": pfx, "timeout": max(1, left)}} if left else pfx)
+        if not elems:
+            return []
+        return [{"add": {"element": dict(_T, name="ban6n", elem=elems)}}, {"flush": {"set": dict(_T, name="ban6")}}]
 
     def _port_cmds(self, ports: dict[int, tuple[PortLimit, int, list[int]]], limits: Iterable[PortLimit],
                    force: bool = False) -> list[dict[str, Any]]:

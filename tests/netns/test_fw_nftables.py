@@ -250,3 +250,19 @@ def test_auto_choice_and_moving_from_iptables_nft_keeps_bans(lab: Lab, tmp_path:
     assert cli(lab, state, "status", backend="auto").stdout.startswith("backend: nftables (auto: ")
     r = cli(lab, state, "uninstall", backend="nftables")
     assert r.returncode == 0 and nft(lab, "list", "ruleset").strip() == ""
+
+
+def test_ipv6_prefix_change_keeps_v6_bans(lab: Lab, fw: Any, lock: str) -> None:
+    """ban6 is keyed on the configured prefix; a new prefix moves its bans to ban6n (same time left)."""
+    fw.install(LIMITS)
+    fw.ban("2001:db8:5::3", 600)
+    fw.ban("2001:db8:6::3")
+    other = make_fw(lab, "nftables", lock, ipv6_prefix=56)
+    other.install(LIMITS)
+    assert members(lab, "ban6") == set()
+    assert members(lab, "ban6n") == {"2001:db8:5::/64", "2001:db8:6::/64"}
+    bans = other.bans()
+    assert 590 < bans["2001:db8:5::/64"] <= 600 and bans["2001:db8:6::/64"] is None
+    assert any("ip6 saddr & ffff:ffff:ffff:ff00:: == @ban6" in l for l in chain_text(lab))
+    other.ban("2001:db8:7::1", 60)
+    assert "2001:db8:7::/56" in other.bans()
