@@ -45,8 +45,8 @@ Why libnftables (ctypes, JSON API) and these set types - measured in a netns wit
 Self-healing (for the lead's hook): :meth:`NftablesFirewall.present` tells in one netlink
 request whether the table and chain exist; :meth:`NftablesFirewall.repair` re-creates them
 with the last limits and the protected sets (bans are restored by the caller from the state
-dir). ``nft monitor`` events could be had by subscribing a netlink socket to the
-NFNLGRP_NFTABLES group (a ``DELTABLE`` for ``popwatch``); not wired here.
+dir). nf_tables' own change events tell at once: :meth:`NftablesFirewall.table_touched` (or
+:class:`NftEvents` with ``loop.add_reader``) reports a deletion in popwatch's table.
 """
 
 from __future__ import annotations
@@ -205,6 +205,55 @@ class NftNetlink(NftCounters):
                 return False
             raise
         return True
+
+
+class NftEvents:
+    """nf_tables' own change events (what ``nft monitor`` prints), for self-healing: a netlink
+    socket in the NFNLGRP_NFTABLES group. :meth:`touched` drains what arrived (non-blocking)
+    and says whether anything of popwatch's table was deleted (``nft flush ruleset``, ``nft
+    delete table inet popwatch``, a rule or set removed by hand - or by popwatch's own retunes:
+    it is a trigger to check :meth:`NftablesFirewall.present`, not a verdict). ``fileno()``
+    suits ``loop.add_reader``. libnftables has no non-blocking event API (its ``monitor``
+    command blocks and prints), hence the raw socket."""
+
+    _GROUP = 7  # NFNLGRP_NFTABLES
+    _DELETES = {2, 5, 8, 11, 20}  # DEL{TABLE,CHAIN,RULE,SET,OBJ}; not SETELEM (unbans, expiry)
+
+    def __init__(self, table: str = TABLE) -> None:
+        self.table = table.encode() + b"\0"
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+        s.bind((0, 1 << (self._GROUP - 1)))
+        s.setblocking(False)
+        self.sock = s
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def touched(self) -> bool:
+        hit = False
+        while True:
+            try:
+                buf = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return hit
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # events were lost: assume the worst
+                    hit = True
+                    continue
+                raise
+            off = 0
+            while off + 16 <= len(buf):
+                ln, typ, _fl, _seq, _pid = struct.unpack_from("=IHHII", buf, off)
+                if ln < 16:
+                    break
+                if typ >> 8 == 10 and typ & 0xFF in self._DELETES and buf[off + 16] == 1:  # inet
+                    for atype, val in NftCounters._attrs(buf, off + 20, off + ln):
+                        if atype == 1 and val == self.table:
+                            hit = True
+                off += (ln + 3) & ~3
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 # ------------------------------------------------------------------------------ expressions
@@ -377,6 +426,7 @@ class NftablesFirewall(Firewall):
         self._last_limits: list[PortLimit] = []
         self.nft = Libnftables()
         self.nl = NftNetlink()
+        self.events: NftEvents | None = None
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -442,6 +492,8 @@ class NftablesFirewall(Firewall):
         return list(self._warnings)
 
     def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
         self.nl.close()
         self.nft.close()
 
@@ -476,6 +528,16 @@ class NftablesFirewall(Firewall):
     def present(self) -> bool:
         """Cheap health check (one netlink request): popwatch's table and chain exist."""
         return self.nl.chain_exists()
+
+    def watch_events(self) -> NftEvents:
+        """Subscribe to nf_tables' change events (see :class:`NftEvents`); kept on ``self.events``."""
+        if self.events is None:
+            self.events = NftEvents()
+        return self.events
+
+    def table_touched(self) -> bool:
+        """Drain the events since the last call: was anything of popwatch's table deleted?"""
+        return self.watch_events().touched()
 
     def limits(self) -> dict[int, PortLimit]:
         rules = self._rules()

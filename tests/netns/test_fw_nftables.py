@@ -217,8 +217,20 @@ def test_dry_run_changes_nothing(lab: Lab, lock: str) -> None:
 
 def test_self_heal_after_flush_ruleset(lab: Lab, fw: Any) -> None:
     fw.install(LIMITS)
-    assert fw.present() is True
+    fw.table_touched()                                            # subscribes
+    fw.ban("203.0.113.5", 60)
+    assert fw.present() is True and fw.table_touched() is False   # adding is no alarm
+    nft(lab, "delete", "table", "inet", "admin", check=False)
+    nft(lab, "add", "table", "ip", "other")
+    nft(lab, "delete", "table", "ip", "other")                    # another table: no alarm
+    assert fw.table_touched() is False
     nft(lab, "flush", "ruleset")
+    deadline = time.monotonic() + 5
+    seen = False
+    while not seen and time.monotonic() < deadline:               # events are asynchronous
+        seen = fw.table_touched()
+        time.sleep(0.05)
+    assert seen
     assert fw.present() is False
     assert fw.counters() == {}                            # the poll sees no table, no error
     fw.repair()
