@@ -38,9 +38,12 @@ Why libnftables (ctypes, JSON API) and these set types - measured in a netns wit
   ``list counters`` at 10k bans. The per-second counter poll therefore reads the named
   counters with one raw ``NFT_MSG_GETOBJ`` netlink dump filtered on this table (~0.1 ms,
   flat in the number of bans); libnftables is used for writes and for the rare reads.
-* pyroute2 0.9's nftables module has no JSON layer and no stateful set statements: every
-  expression would be hand-built netlink attributes. The Debian python3-nftables binding
-  targets the system python; the ctypes binding below is the same ~30 lines.
+* pyroute2 0.9.7's nftables API: one ban (``set_elems("add")``) measured 0.91 ms vs 0.22 ms
+  here (same netns, 10k present, same run); it wraps every command in its own batch, so a
+  retune (new rules + deleted rules + new/deleted bucket sets) could not be one transaction;
+  it has no named-object (counter) calls, and rules are raw netlink expression lists. The
+  Debian python3-nftables binding targets the system python; the ctypes binding below is the
+  same ~30 lines over the same library.
 
 Self-healing (for the lead's hook): :meth:`NftablesFirewall.present` tells in one netlink
 request whether the table and chain exist; :meth:`NftablesFirewall.repair` re-creates them
