@@ -673,13 +673,7 @@ class NftablesFirewall(Firewall):
         self._run(self._exempt_cmds(replace=True))
 
     def exempted(self) -> list[str]:
-        out: list[str] = []
-        for name in ("x4", "x6"):
-            got = self._read({"set": dict(_T, name=name)}) or []
-            for o in got:
-                for e in o.get("set", {}).get("elem", []):
-                    out.append(_elem_text(e))
-        return out
+        return [_elem_text(e) for st in self._sets(("x4", "x6")) for e in st.get("elem", [])]
 
     def set_limit(self, limit: PortLimit) -> None:
         self._check_first()
@@ -776,19 +770,28 @@ class NftablesFirewall(Firewall):
                 if "No such file" not in str(err):
                     raise
 
+    def _sets(self, names: tuple[str, ...]) -> list[dict[str, Any]]:
+        """These sets (JSON), read in one libnftables call (one cache fill: it reads every
+        element of the table anyway); set by set when one is missing."""
+        try:
+            return [o["set"] for o in self.nft.run([{"list": {"set": dict(_T, name=n)}} for n in names]) if "set" in o]
+        except NeedsRoot:
+            raise
+        except FirewallError:
+            return [o["set"] for n in names for o in self._read({"set": dict(_T, name=n)}) or [] if "set" in o]
+
     def bans(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
-        for name in ("ban4", "ban6", "ban6n"):
-            for o in self._read({"set": dict(_T, name=name)}) or []:
-                for e in o.get("set", {}).get("elem", []):
-                    left: float | None = None
-                    if isinstance(e, dict) and "elem" in e:
-                        left = float(e["elem"].get("expires", e["elem"].get("timeout", 0))) or None
-                        e = e["elem"]["val"]
-                    key = _elem_text(e)
-                    if name == "ban6":
-                        key = f"{key}/{self.ipv6_prefix}"
-                    out[key] = left
+        for st in self._sets(("ban4", "ban6", "ban6n")):
+            for e in st.get("elem", []):
+                left: float | None = None
+                if isinstance(e, dict) and "elem" in e:
+                    left = float(e["elem"].get("expires", e["elem"].get("timeout", 0))) or None
+                    e = e["elem"]["val"]
+                key = _elem_text(e)
+                if st.get("name") == "ban6":
+                    key = f"{key}/{self.ipv6_prefix}"
+                out[key] = left
         return out
 
     def ban_key(self, ip: str, *, net: bool | None = None) -> str:
