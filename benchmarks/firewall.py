@@ -115,6 +115,7 @@ def inner_nftables(samples: int) -> dict[str, Any]:
     res["bulk_entries"] = len(fw.bans())
     assert n == 10000
     res["poll_at_10k"] = timed(fw.counters, samples)
+    res["check_enforcement_at_10k"] = timed(fw.check_enforcement, samples)
     modes = ["per-source", "global"]
     k = [0]
 
@@ -286,6 +287,9 @@ def print_side_by_side(a: dict[str, Any], b: dict[str, Any]) -> None:
              ("retune (median ms)", a["retune"]["median_ms"], b["retune"]["median_ms"])]
     for name, x, y in rows:
         print(f"{name:<36} | {x:>10.3f} | {y:>10.3f} | {x / y if y else 0:>5.1f}x")
+    c = b["check_enforcement_at_10k"]
+    print(f"nftables self-heal check at 10k (check_enforcement): {c['median_ms']:.3f} ms median, "
+          f"{c['p99_ms']:.3f} ms p99")
     ok = (b["ban_netlink"]["10000"]["median_ms"] <= 0.2, b["poll_at_10k"]["median_ms"] <= 1, b["bulk_10k_s"] <= 0.3)
     print("nftables targets (ban<=0.2ms@10k, poll<=1ms@10k, bulk<=0.3s):",
           *(["MISS", "ok"][o] for o in ok))

@@ -45,10 +45,11 @@ Why libnftables (ctypes, JSON API) and these set types - measured in a netns wit
   Debian python3-nftables binding targets the system python; the ctypes binding below is the
   same ~30 lines over the same library.
 
-Self-healing (for the lead's hook): :meth:`NftablesFirewall.present` tells in one netlink
-request whether the table and chain exist; :meth:`NftablesFirewall.repair` re-creates them
-with the last limits and the protected sets (bans are restored by the caller from the state
-dir). nf_tables' own change events tell at once: :meth:`NftablesFirewall.table_touched` (or
+Self-healing (the ``check_enforcement`` / ``repair(bans, stop=)`` hooks the iptables backends
+have): :meth:`NftablesFirewall.check_enforcement` reads the chain's rule comments with one
+netlink dump (cheap enough for every counter poll; :meth:`NftablesFirewall.present` is a
+single request); :meth:`NftablesFirewall.repair` re-creates the table, sets, rules and, when
+the ban sets were lost, the bans it is given. nf_tables' own change events tell at once: :meth:`NftablesFirewall.table_touched` (or
 :class:`NftEvents` with ``loop.add_reader``) reports a deletion in popwatch's table.
 """
 
@@ -65,7 +66,7 @@ import socket
 import struct
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..model import PortCounters
 from . import rules as R
@@ -77,6 +78,8 @@ FAMILY = "inet"
 CHAIN = "input"
 PRIORITY = -10
 _T: dict[str, str] = {"family": FAMILY, "table": TABLE}
+#: how many rules a port's block has, by mode
+RULES_PER_MODE = {"count": 1, "global": 2, "per-source": 3}
 
 _JSON_FLAGS = 1 << 4  # NFT_CTX_OUTPUT_JSON
 _HANDLE_FLAGS = 1 << 3  # NFT_CTX_OUTPUT_HANDLE
@@ -197,6 +200,32 @@ class NftNetlink(NftCounters):
                 out[name] = pkts
         return out
 
+    def rule_comments(self, table: str = TABLE, chain: str = CHAIN) -> list[str] | None:
+        """The comments of the chain's rules in order (one ``GETRULE`` dump, no set elements);
+        None when the chain does not exist."""
+        body = (struct.pack("=BBH", 1, 0, 0) + self._attr(1, table.encode() + b"\0")
+                + self._attr(2, chain.encode() + b"\0"))
+        out: list[str] = []
+        try:
+            for typ, buf, off, end in self._request(self._GETRULE, self._DUMP, body):
+                if typ != (self._SUBSYS << 8) | self._NEWRULE:
+                    continue
+                comment = ""
+                for atype, val in self._attrs(buf, off, end):
+                    if atype == 7:  # NFTA_RULE_USERDATA: TLVs (type, len, value), comment = 0
+                        i = 0
+                        while i + 2 <= len(val):
+                            t, ln = val[i], val[i + 1]
+                            if t == 0:
+                                comment = val[i + 2:i + 2 + ln].rstrip(b"\0").decode(errors="replace")
+                            i += 2 + ln
+                out.append(comment)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        return out if out or self.chain_exists(table, chain) else None
+
     def chain_exists(self, table: str = TABLE, chain: str = CHAIN) -> bool:
         body = (struct.pack("=BBH", 1, 0, 0) + self._attr(1, table.encode() + b"\0")
                 + self._attr(3, chain.encode() + b"\0"))
@@ -220,7 +249,7 @@ class NftEvents:
     command blocks and prints), hence the raw socket."""
 
     _GROUP = 7  # NFNLGRP_NFTABLES
-    _DELETES = {2, 5, 8, 11, 20}  # DEL{TABLE,CHAIN,RULE,SET,OBJ}; not SETELEM (unbans, expiry)
+    _DELETES = frozenset({2, 5, 8, 11, 20})  # DEL{TABLE,CHAIN,RULE,SET,OBJ}; not SETELEM (unbans, expiry)
 
     def __init__(self, table: str = TABLE) -> None:
         self.table = table.encode() + b"\0"
@@ -301,6 +330,11 @@ def _ps_sets(port: int, gen: int) -> tuple[str, str]:
 
 def port_comment(limit: PortLimit, gen: int) -> str:
     return f"pw port {limit.port} {limit.mode} {limit.rate} {limit.burst} {gen}"
+
+
+def _port_of(text: str) -> PortLimit | None:
+    p = parse_comment(text)
+    return p[0] if p else None
 
 
 def parse_comment(text: str) -> tuple[PortLimit, int] | None:
@@ -426,7 +460,8 @@ class NftablesFirewall(Firewall):
         self._warnings: list[str] = []
         self._writes_refused: str | None = None
         self._banned_dropped = 0
-        self._last_limits: list[PortLimit] = []
+        #: the ports install() was asked for (repair puts them back)
+        self._want: dict[int, PortLimit] = {}
         self.nft = Libnftables()
         self.nl = NftNetlink()
         self.events: NftEvents | None = None
@@ -608,7 +643,7 @@ class NftablesFirewall(Firewall):
         cmds: list[dict[str, Any]] = []
         for lim in limits:
             cur = ports.get(lim.port)
-            if cur is not None and cur[0] == lim and not force:
+            if cur is not None and cur[0] == lim and len(cur[2]) == RULES_PER_MODE[lim.mode] and not force:
                 continue  # adopt what is there (keeps its buckets)
             gen = (cur[1] + 1) if cur else 1
             cmds.append({"add": {"counter": dict(_T, name=f"pass_{lim.port}")}})
@@ -643,23 +678,81 @@ class NftablesFirewall(Firewall):
 
     def install(self, limits: list[PortLimit]) -> None:
         self._check_first()
-        self._last_limits = list(limits)
+        self._want = {l.port: l for l in limits}
         with self._locked():
-            rules = self._rules()
-            ports = self._ports(rules or [])
-            cmds = [{"add": o} for o in base_objects()]
-            cmds += self._exempt_cmds(replace=True) + self._head_cmds(rules)
-            wanted = {l.port for l in limits}
-            for port, cur in ports.items():
-                if port not in wanted:
-                    cmds += self._drop_port(cur, keep_counters=False)
-            cmds += self._port_cmds(ports, limits)
-            self._run(cmds)
+            self._install_locked(limits)
 
-    def repair(self, limits: list[PortLimit] | None = None) -> None:
-        """Re-create the table after it was deleted behind popwatch's back (``nft flush
-        ruleset``): same as :meth:`install` with the last limits. Bans are the caller's."""
-        self.install(list(limits if limits is not None else self._last_limits))
+    def _install_locked(self, limits: list[PortLimit], adopt_live: bool = False) -> None:
+        rules = self._rules()
+        ports = self._ports(rules or [])
+        if adopt_live:  # repair: a port another popwatch retuned keeps its live rule
+            limits = [ports[l.port][0] if l.port in ports else l for l in limits]
+        cmds = [{"add": o} for o in base_objects()]
+        cmds += self._exempt_cmds(replace=True) + self._head_cmds(rules)
+        wanted = {l.port for l in limits}
+        for port, cur in ports.items():
+            if port not in wanted:
+                cmds += self._drop_port(cur, keep_counters=False)
+        cmds += self._port_cmds(ports, limits)
+        self._run(cmds)
+
+    # ------------------------------------------------------------------ self-healing
+    def check_enforcement(self) -> list[str]:
+        """What of popwatch's table is missing or changed, one short phrase each ([] when all
+        is in place). Cheap (one netlink rule dump of the chain, no set elements): meant to
+        run after every counter poll."""
+        if self._recording:
+            return []
+        comments = self.nl.rule_comments()
+        if comments is None:
+            return ["table inet popwatch (or its input chain) gone"]
+        problems = []
+        head = [w["rule"]["comment"] for w in head_rules(self.ban_action, self.ipv6_prefix)]
+        if comments[:len(head)] != head:
+            problems.append("protected/ban rules changed")
+        have: dict[int, list[PortLimit]] = {}
+        for c in comments:
+            if (p := _port_of(c)) is not None:
+                have.setdefault(p.port, []).append(p)
+        miss = sorted(set(self._want) - set(have))
+        if miss:
+            problems.append(f"rules of port {', '.join(map(str, miss))} gone")
+        bad = sorted(p for p, ls in have.items() if len(ls) != RULES_PER_MODE[ls[0].mode])
+        if bad:
+            problems.append(f"rules of port {', '.join(map(str, bad))} changed")
+        return problems
+
+    def repair(self, bans: dict[str, float | None], *, stop: Callable[[], bool] | None = None) -> list[str]:
+        """Put popwatch's table back (``nft flush ruleset``, a rule deleted by hand): the
+        table, sets, protected and ban rules and the ports installed; ports another popwatch
+        retuned keep their live rule. When the ban sets were lost, refill them from ``bans``
+        (kernel entry -> seconds left, None = permanent) in the same transaction's wake.
+        ``stop()`` (asked once the lock is held) True means do nothing."""
+        self._check_first()
+        with self._locked():
+            if stop is not None and stop():
+                return []
+            problems = self.check_enforcement()
+            if not problems:
+                return []
+            had = {n for n in ("ban4", "ban6", "ban6n") if self._read({"set": dict(_T, name=n)}) is not None}
+            self._install_locked(list(self._want.values()), adopt_live=True)
+            done = [f"put back {'; '.join(problems)}"]
+            if len(had) < 3 and bans:
+                n = self.ban_many(bans.items())
+                done.append(f"restored {n} ban{'' if n == 1 else 's'} from popwatch's state")
+            return done
+
+    def close_connections(self, ips: Iterable[str]) -> dict[str, int]:
+        """Close open TCP connections of banned sources, when the kernel backends' helper
+        (``.sockkill``, another branch) is there; otherwise nothing."""
+        if self._recording or self.dry_run:
+            return {}
+        try:
+            from .sockkill import close_tcp  # type: ignore[import-not-found]
+        except ImportError:
+            return {}
+        return dict(close_tcp(ips))
 
     def uninstall(self) -> None:
         self._check_first()
@@ -683,7 +776,8 @@ class NftablesFirewall(Firewall):
                 raise FirewallError("popwatch's table is not installed: start `popwatch watch` "
                                     "(or ban or limit from the command line) to install it first")
             self._run(self._port_cmds(self._ports(rules), [limit]))
-        self._last_limits = [l for l in self._last_limits if l.port != limit.port] + [limit]
+        if limit.port in self._want:
+            self._want[limit.port] = limit
 
     # ------------------------------------------------------------------ counters
     def counters(self) -> dict[int, PortCounters]:

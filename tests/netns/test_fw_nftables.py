@@ -217,13 +217,21 @@ def test_dry_run_changes_nothing(lab: Lab, lock: str) -> None:
 
 def test_self_heal_after_flush_ruleset(lab: Lab, fw: Any) -> None:
     fw.install(LIMITS)
+    fw.set_limit(PortLimit(110, "global", Rate.parse("3/minute"), 2))   # a live retune
     fw.table_touched()                                            # subscribes
     fw.ban("203.0.113.5", 60)
     assert fw.present() is True and fw.table_touched() is False   # adding is no alarm
-    nft(lab, "delete", "table", "inet", "admin", check=False)
+    assert fw.check_enforcement() == []
     nft(lab, "add", "table", "ip", "other")
     nft(lab, "delete", "table", "ip", "other")                    # another table: no alarm
     assert fw.table_touched() is False
+    # a rule deleted by hand: found, and put back without touching the bans
+    h = next(r["handle"] for r in chain_rules(lab) if r["comment"].startswith("pw port 143"))
+    nft(lab, "delete", "rule", "inet", "popwatch", "input", "handle", str(h))
+    assert fw.check_enforcement() == ["rules of port 143 changed"]
+    assert fw.repair({"203.0.113.5": 60}) == ["put back rules of port 143 changed"]
+    assert fw.check_enforcement() == [] and members(lab, "ban4") == {"203.0.113.5"}
+    fw.table_touched()
     nft(lab, "flush", "ruleset")
     deadline = time.monotonic() + 5
     seen = False
@@ -233,35 +241,14 @@ def test_self_heal_after_flush_ruleset(lab: Lab, fw: Any) -> None:
     assert seen
     assert fw.present() is False
     assert fw.counters() == {}                            # the poll sees no table, no error
-    fw.repair()
-    assert fw.present() is True
-    assert {p: l["mode"] for p, l in fw.limits().items()} == {"110": "count", "143": "global", "22": "per-source"}
-
-
-def test_auto_choice_and_moving_from_iptables_nft_keeps_bans(lab: Lab, tmp_path: Any) -> None:
-    """auto keeps iptables-nft where popwatch's rules already are (and says how to move);
-    the documented move loses no ban: the state dir holds them, the new backend restores them."""
-    from .test_fw_cli import cli
-
-    state, log = tmp_path / "state", tmp_path / "auth.log"
-    log.write_text("")
-    assert cli(lab, state, "ban", "203.0.113.5", "--ttl", "1h", backend="nft").returncode == 0
-    assert cli(lab, state, "ban", "2001:db8:5::1", "--ttl", "forever", backend="nft").returncode == 0
-    st = json.loads(cli(lab, state, "status", "--json", backend="auto").stdout)
-    assert st["backend"] == "nft" and any("--backend nftables" in w for w in st["warnings"])
-    r = cli(lab, state, "uninstall", backend="nft")
-    assert r.returncode == 0, r.stderr
-    st = json.loads(cli(lab, state, "status", "--json", backend="auto").stdout)
-    assert st["backend"] == "nftables" and "no iptables rules" in st["backend_why"]
-    r = cli(lab, state, "watch", "--no-tui", "--log", str(log), "--duration", "2", backend="auto")
-    assert r.returncode == 0, r.stderr
-    bans = {b["ip"]: b for b in json.loads(cli(lab, state, "bans", "--json", backend="auto").stdout)}
-    assert set(bans) == {"203.0.113.5", "2001:db8:5::1"} and bans["2001:db8:5::1"]["expires"] is None
+    assert fw.check_enforcement() == ["table inet popwatch (or its input chain) gone"]
+    done = fw.repair({"203.0.113.5": 50, "2001:db8:5::/64": None})
+    assert done[1] == "restored 2 bans from popwatch's state"
+    assert fw.present() is True and fw.check_enforcement() == []
     assert members(lab, "ban4") == {"203.0.113.5"} and members(lab, "ban6") == {"2001:db8:5::"}
-    no_iptables_objects(lab)
-    assert cli(lab, state, "status", backend="auto").stdout.startswith("backend: nftables (auto: ")
-    r = cli(lab, state, "uninstall", backend="nftables")
-    assert r.returncode == 0 and nft(lab, "list", "ruleset").strip() == ""
+    assert {p: l["mode"] for p, l in fw.limits().items()} == {"110": "global", "143": "global", "22": "per-source"}
+    assert fw.limits()["110"]["rate"] == "3/minute"
+    assert fw.repair({}, stop=None) == []                 # nothing missing: nothing done
 
 
 def test_ipv6_prefix_change_keeps_v6_bans(lab: Lab, fw: Any, lock: str) -> None:
