@@ -265,3 +265,39 @@ def test_ipv6_prefix_change_keeps_v6_bans(lab: Lab, fw: Any, lock: str) -> None:
     assert any("ip6 saddr & ffff:ffff:ffff:ff00:: == @ban6" in l for l in chain_text(lab))
     other.ban("2001:db8:7::1", 60)
     assert "2001:db8:7::/56" in other.bans()
+
+
+_WRITER = r"""
+import subprocess, sys
+n = int(sys.argv[1])
+for i in range(n):
+    subprocess.run(["nft", "add", "rule", "inet", "admin", "in", "ip", "saddr", f"198.51.100.{i + 1}", "drop"],
+                   check=True)
+print("done")
+"""
+
+
+def test_concurrent_nft_writer_loses_nothing(lab: Lab, fw: Any) -> None:
+    import subprocess
+    import sys
+
+    seed_admin(lab)
+    fw.install(LIMITS)
+    n = 60
+    writer = lab.popen(lab.server, [sys.executable, "-c", _WRITER, str(n)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    modes = ["global", "per-source", "count"]
+    k = 0
+    while writer.poll() is None and k < 60:                   # bounded
+        fw.set_limit(PortLimit(143, modes[k % 3], Rate.parse(f"{k % 9 + 1}/second"), 3))
+        fw.ban(f"203.0.113.{k + 1}", 600)
+        k += 1
+    _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    assert k >= 3                                             # changes really interleaved
+    admin = [l.strip() for l in nft(lab, "list", "chain", "inet", "admin", "in").splitlines()
+             if l.strip().startswith("ip saddr 198.51.100.") and l.strip().endswith(" drop")]
+    assert admin[1:] == [f"ip saddr 198.51.100.{i + 1} drop" for i in range(n)]   # after the seeded one
+    assert fw.limits()["143"]["mode"] == modes[(k - 1) % 3]
+    assert len(members(lab, "ban4")) == k
+    assert fw.check_enforcement() == []
