@@ -251,6 +251,32 @@ def test_self_heal_after_flush_ruleset(lab: Lab, fw: Any) -> None:
     assert fw.repair({}, stop=None) == []                 # nothing missing: nothing done
 
 
+def test_auto_choice_and_moving_from_iptables_nft_keeps_bans(lab: Lab, tmp_path: Any) -> None:
+    """auto keeps iptables-nft where popwatch's rules already are (and says how to move);
+    the documented move loses no ban: the state dir holds them, the new backend restores them."""
+    from .test_fw_cli import cli
+
+    state, log = tmp_path / "state", tmp_path / "auth.log"
+    log.write_text("")
+    assert cli(lab, state, "ban", "203.0.113.5", "--ttl", "1h", backend="nft").returncode == 0
+    assert cli(lab, state, "ban", "2001:db8:5::1", "--ttl", "forever", backend="nft").returncode == 0
+    st = json.loads(cli(lab, state, "status", "--json", backend="auto").stdout)
+    assert st["backend"] == "nft" and any("--backend nftables" in w for w in st["warnings"])
+    r = cli(lab, state, "uninstall", backend="nft")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(cli(lab, state, "status", "--json", backend="auto").stdout)
+    assert st["backend"] == "nftables" and "no iptables rules" in st["backend_why"]
+    r = cli(lab, state, "watch", "--no-tui", "--log", str(log), "--duration", "2", backend="auto")
+    assert r.returncode == 0, r.stderr
+    bans = {b["ip"]: b for b in json.loads(cli(lab, state, "bans", "--json", backend="auto").stdout)}
+    assert set(bans) == {"203.0.113.5", "2001:db8:5::1"} and bans["2001:db8:5::1"]["expires"] is None
+    assert members(lab, "ban4") == {"203.0.113.5"} and members(lab, "ban6") == {"2001:db8:5::"}
+    no_iptables_objects(lab)
+    assert cli(lab, state, "status", backend="auto").stdout.startswith("backend: nftables (auto: ")
+    r = cli(lab, state, "uninstall", backend="nftables")
+    assert r.returncode == 0 and nft(lab, "list", "ruleset").strip() == ""
+
+
 def test_ipv6_prefix_change_keeps_v6_bans(lab: Lab, fw: Any, lock: str) -> None:
     """ban6 is keyed on the configured prefix; a new prefix moves its bans to ban6n (same time left)."""
     fw.install(LIMITS)
