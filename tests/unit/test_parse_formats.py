@@ -143,7 +143,7 @@ S = "2026-11-28T05:00:21Z mx sshd[100]: "
 @pytest.mark.parametrize("msg,kind,ip,user", [
     (f"Invalid user admin from {IP}", "invalid_user", IP, "admin"),                   # 7.x, no port
     (f"Failed none for invalid user admin from {IP} port 5 ssh2", "invalid_user", IP, "admin"),
-    (f"Failed publickey for root from {IP} port 5 ssh2: RSA SHA256:abcDEF+/0", "auth_failed", IP, "root"),
+    (f"Failed publickey for root from {IP} port 5 ssh2: RSA SHA256:abcDEF+/0", "probe", IP, "root"),  # a probe (policy.count_publickey)
     (f"Failed keyboard-interactive/pam for root from {IP} port 5 ssh2", "auth_failed", IP, "root"),
     (f"Accepted keyboard-interactive/pam for ann from {IP} port 5 ssh2", "success", IP, "ann"),
     (f"Accepted publickey for ann from {IP} port 5 ssh2: ED25519-CERT SHA256:abc ID ann (serial 3) CA "
