@@ -46,6 +46,8 @@ __all__ = ["Parser", "MAX_MESSAGE", "SSHD_TAGS"]
 MAX_MESSAGE = 8192
 
 SSHD_TAGS = frozenset({"sshd", "sshd-session", "sshd-auth"})
+#: dovecot, and the tags its auth processes' PAM modules log under (the binary's name)
+DOVECOT_TAGS = frozenset({"dovecot", "dovecot-auth", "auth", "auth-worker"})
 
 _SSHD, _DOVECOT, _POSTFIX, _COURIER = 1, 2, 3, 4
 _UNSEEN = object()
@@ -122,9 +124,11 @@ class Parser:
     def _route(self, tag: str) -> tuple[int, str | None] | None:
         """Tag -> (rule set, service) or None; memoised (tags repeat)."""
         r: tuple[int, str | None] | None = None
-        if tag in SSHD_TAGS:
+        if tag.startswith("[") and tag.endswith("]"):
+            tag = tag[1:-1]  # `[sshd]: msg` (a tag without pid, bracketed by some relays)
+        if tag in SSHD_TAGS or tag == "com.openssh.sshd":
             r = (_SSHD, None)
-        elif tag == "dovecot":
+        elif tag in DOVECOT_TAGS:
             r = (_DOVECOT, None)
         elif tag in COURIER_TAGS:
             r = (_COURIER, COURIER_TAGS[tag])
