@@ -106,15 +106,17 @@ _make_event = _event_factory()
 class Parser:
     """Stateful line parser. State (bounded) only serves to count each attempt once."""
 
-    def __init__(self, now: Callable[[], float] = time.time, *, bare_tag: str | None = "sshd") -> None:
+    def __init__(self, now: Callable[[], float] = time.time, *, bare_tag: str | None = "sshd",
+                 count_publickey: bool = False) -> None:
         """``now`` is the reference time for year-less timestamps and lines without one.
 
         ``bare_tag``: lines with no syslog prefix at all are taken as messages of this daemon
-        (``sshd -E`` files); None ignores them.
+        (``sshd -E`` files); None ignores them. ``count_publickey``: ``Failed publickey`` is a
+        failed attempt (policy.count_publickey) instead of a probe.
         """
         self.now = now
         self.clock = _prefix.Clock(now)
-        self.sshd = SshdRules()
+        self.sshd = SshdRules(count_publickey=count_publickey)
         self.dovecot = DovecotRules()
         self.bare_tag = bare_tag
         self._tags: dict[str, object] = {}
