@@ -126,6 +126,7 @@ class Parser:
     def _route(self, tag: str) -> tuple[int, str | None] | None:
         """Tag -> (rule set, service) or None; memoised (tags repeat)."""
         r: tuple[int, str | None] | None = None
+        key = tag
         if tag.startswith("[") and tag.endswith("]"):
             tag = tag[1:-1]  # `[sshd]: msg` (a tag without pid, bracketed by some relays)
         if tag in SSHD_TAGS or tag == "com.openssh.sshd":
@@ -140,7 +141,7 @@ class Parser:
                 r = (_POSTFIX, svc)
         if len(self._tags) > 1024:
             self._tags.clear()
-        self._tags[tag] = r
+        self._tags[key] = r
         return r
 
     def parse(self, raw: RawLine) -> AuthEvent | None:

@@ -32,6 +32,12 @@ def postfix_service(tag: str) -> str | None:
 def postfix(service: str, msg: str) -> Hit | None:
     """One postfix smtpd message."""
     c = msg[:1]
+    if c == "[" and msg.startswith("[ID "):  # illumos `[ID 947420 mail.warning] `
+        e = msg.find("] ")
+        if e < 0:
+            return None
+        msg = msg[e + 2:]
+        c = msg[:1]
     if c == "w":
         if " authentication failed:" not in msg:
             return None

@@ -48,7 +48,7 @@ _PAM_ERR = re.compile(r"PAM: (?:Authentication failure|authentication error|"
                       r"(User not known to the underlying authentication module)|Permission denied) "
                       r"for (illegal user )?(.*) from (\S+?)(?: via \S+)?$")
 # packet.c: `Received disconnect from HOST[ port N]:CODE: REASON` (REASON is the client's text)
-_RECV_DISC = re.compile(r"Received disconnect from (\S+?)(?: port (\d+))?: ?\d+: .*Auth fail")
+_RECV_DISC = re.compile(r"Received disconnect from (\S+?)(?: port (\d+):|: )\d+: .*Auth fail")
 # tcp-wrappers (libwrap refuse()): `refused connect from ADDR` / `NAME (ADDR)` / `user@NAME (ADDR)`
 _REFUSED = re.compile(r"refused connect from (?:\S*? \()?([0-9A-Fa-f:.]+)\)?$")
 _CONN_PLAIN = re.compile(r"(?:Disconnected from|Connection closed by|Connection reset by) (\S+) port (\d+)$")
@@ -62,6 +62,10 @@ _DISCONNECTING_ADDR = re.compile(r"Disconnecting (\S+) port (\d+): Too many auth
 _NOT_ALLOWED = re.compile(r"User (.*) from (\S+) not allowed because (?:not listed|listed|none of|a group|"
                           r"shell|account|user|not in)[^\n]*$")
 _ILLEGAL = re.compile(r"Illegal user (.*) from (\S+)$")
+_NOT_ALLOWED_NOADDR = re.compile(
+    r"User (\S+) not allowed because (?:account is locked|shell \S+ (?:does not exist|is not executable)|"
+    r"listed in DenyUsers|not listed in AllowUsers|not in any group|a group is listed in DenyGroups|"
+    r"none of user's groups are listed in AllowGroups)$")
 _ROOT_REFUSED = re.compile(r"ROOT LOGIN REFUSED FROM (\S+?)(?: port (\d+))?$")
 _NEGOTIATE = re.compile(r"Unable to negotiate with (\S+) port (\d+): ")
 _BANNER = re.compile(r"banner exchange: Connection from (\S+) port (\d+): ")
@@ -248,7 +252,7 @@ class SshdRules:
                     if ip is None:
                         return None
                     port = None
-                    user = msg[51:] if msg.startswith(" for ", 47) else None
+                    user = msg[52:] if msg.startswith(" for ", 47) else None
                 else:
                     m = _DISCONNECTING_ADDR.match(msg)
                     if m is None:
@@ -291,7 +295,14 @@ class SshdRules:
             if msg.startswith("User "):
                 m = _NOT_ALLOWED.match(msg)
                 if m is None:
-                    return None
+                    # OpenSSH < 4.0, and shell/locked in every version: no address, the
+                    # connection's own (known from an earlier line of the same pid)
+                    m = _NOT_ALLOWED_NOADDR.match(msg)
+                    ip = self.conn_ip(conn) if m is not None else None
+                    if ip is None:
+                        return None
+                    n = self._credit(conn, 1, ip=ip)
+                    return (SSH, K_NOT_ALLOWED, ip, m.group(1), n, None)  # type: ignore[union-attr]
                 user, ip = m.groups()
                 n = self._credit(conn, 1, ip=ip) if conn is not None else 1
                 return (SSH, K_NOT_ALLOWED, ip, user, n, None)

@@ -1,0 +1,214 @@
+"""Detection in the wild: every failure form of tests/data/parse/wild-corpus.tsv (derived from
+the daemons' format strings across versions) under every supported line prefix.
+
+Each message is put under each prefix the daemon can be logged with (syslog RFC 3339 / BSD /
+unpadded day / RFC 5424 / RFC 3164 <PRI> / busybox / illumos ``[ID ...]`` / macOS ASL /
+no timestamp / no pid / ``[tag]`` / journald fields; dovecot log_path, TAI64N and bare forms;
+``sshd -E`` and multilog for sshd). Per daemon, precision and recall must be 1.0, and every
+field (address, user, kind, attempts, service) must be the expected one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from popwatch.model import FAILURE_KINDS, RawLine
+from popwatch.parse import Parser
+from popwatch.parse.prefix import TS_NONE, split
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "parse" / "wild-corpus.tsv"
+NOW = 1795900000.0
+FAILS = {k.value for k in FAILURE_KINDS}
+DOVECOT_PROCS = ("auth", "pop3-login", "imap-login", "submission-login", "managesieve-login")
+
+
+def rows() -> list[dict[str, str]]:
+    lines = [ln.rstrip("\n") for ln in CORPUS.open(encoding="utf-8") if not ln.startswith("#")]
+    head = lines[0].split("\t")
+    return [dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:] if ln]
+
+
+def pid_prefixes(tag: str, pid: int) -> dict[str, str]:
+    return {
+        "rfc3339": f"2026-11-28T05:00:21.664766+00:00 mx {tag}[{pid}]: ",
+        "bsd": f"Nov 28 05:00:21 mx {tag}[{pid}]: ",
+        "bsd-padded-day": f"Nov  8 05:00:21 mx {tag}[{pid}]: ",
+        "bsd-unpadded-day": f"Nov 8 05:00:21 mx {tag}[{pid}]: ",
+        "rfc5424": f"<38>1 2026-11-28T05:00:21.664766Z mx {tag} {pid} - - ",
+        "rfc3164-pri": f"<38>Nov 28 05:00:21 mx {tag}[{pid}]: ",
+        "busybox": f"Nov 28 05:00:21 mx auth.info {tag}[{pid}]: ",
+        "illumos": f"Nov 28 05:00:21 mx {tag}[{pid}]: [ID 800047 auth.info] ",
+        "macos-asl": f"Nov 28 05:00:21 mx {tag}[{pid}] <Notice>: ",
+        "no-timestamp": f"mx {tag}[{pid}]: ",
+        "no-timestamp-no-host": f"{tag}[{pid}]: ",
+    }
+
+
+def nopid_prefixes(row: dict[str, str], tag: str) -> dict[str, str]:
+    out = {"no-pid": f"Nov 28 05:00:21 mx {tag}: ", "bracket-tag": f"Nov 28 05:00:21 mx [{tag}]: "}
+    msg = row["message"]
+    if row["daemon"] == "sshd" and tag == "sshd":
+        out["sshd -E"] = ""
+        out["multilog"] = "@4000000069291a1f0d2ac4fc "
+    if row["daemon"] == "dovecot" and tag == "dovecot" and msg.startswith(DOVECOT_PROCS):
+        out["log_path-bsd"] = "Nov 28 05:18:22 "
+        out["log_path-iso"] = "2026-11-28 05:19:09 "
+        out["multilog"] = "@4000000069291a1f0d2ac4fc "
+        out["stderr"] = ""
+    return out
+
+
+def cases() -> Iterator[tuple[dict[str, str], str, str, list[RawLine]]]:
+    """(row, prefix name, line, raw lines to parse in order: context first)."""
+    for i, row in enumerate(rows()):
+        pid = 1000 + i
+        for tag in row["tags"].split(","):
+            variants: list[tuple[str, bool, object]] = []
+            for name, pre in pid_prefixes(tag, pid).items():
+                variants.append((name, True, pre))
+            variants.append(("journal", True, {"SYSLOG_IDENTIFIER": tag, "_PID": str(pid),
+                                               "__REALTIME_TIMESTAMP": "1795900000000000"}))
+            if row["nopid"] != "x":
+                for name, pre in nopid_prefixes(row, tag).items():
+                    variants.append((name, False, pre))
+            for name, _has_pid, pre in variants:
+                msgs = [m for m in (row["context"], row["message"]) if m]
+                if isinstance(pre, dict):
+                    raws = [RawLine(m, "corpus", n, pre) for n, m in enumerate(msgs, 1)]
+                else:
+                    raws = [RawLine(pre + m, "corpus", n) for n, m in enumerate(msgs, 1)]
+                yield row, f"{tag} {name}", raws[-1].text, raws
+
+
+def check(row: dict[str, str], prefix: str, raws: list[RawLine]) -> tuple[str, str | None]:
+    """(outcome tp/fn/fp/tn, mismatch description or None)."""
+    p = Parser(now=lambda: NOW)
+    ev = None
+    for raw in raws:
+        ev = p.parse(raw)
+    kind, ip = row["kind"], row["ip"]
+    got_fail = ev is not None and ev.kind in FAILS
+    if kind == "!":
+        ok = ev is None or ev.ip is None or ev.ip == ip[1:]
+        return ("tn" if ok else "fp"), (None if ok else f"hostile line reported {ev.ip}")  # type: ignore[union-attr]
+    if kind == "none":
+        return ("fp" if got_fail else "tn"), (None if ev is None else f"unexpected {ev.kind} event")
+    want_ip = None if ip == "-" else ip
+    if ev is None:
+        return ("fn" if kind in FAILS else "tn"), "no event"
+    has_pid = not prefix.endswith(("no-pid", "bracket-tag", "sshd -E", "multilog", "log_path-bsd",
+                                   "log_path-iso", "stderr"))
+    want = (kind, want_ip, None if row["user"] == "-" else row["user"],
+            int(row["attempts"] if has_pid else row["nopid"]), row["service"])
+    got = (ev.kind, ev.ip, ev.user, ev.attempts, ev.service)
+    if kind in FAILS:
+        outcome = "tp" if got_fail and ev.ip == want_ip else ("fp" if got_fail else "fn")
+    else:
+        outcome = "fp" if got_fail else "tn"
+    return outcome, (None if got == want else f"got {got}, want {want}")
+
+
+def measure() -> tuple[dict[str, Counter], list[str], int]:
+    stats: dict[str, Counter] = {}
+    bad: list[str] = []
+    n = 0
+    for row, prefix, line, raws in cases():
+        n += 1
+        outcome, why = check(row, prefix, raws)
+        stats.setdefault(row["daemon"], Counter())[outcome] += 1
+        if why is not None and not (row["kind"] in ("none", "!") and why in ("no event",)):
+            bad.append(f"[{prefix}] {line!r}: {why}")
+    return stats, bad, n
+
+
+def test_corpus_is_large_and_every_form_is_under_every_prefix() -> None:
+    rs = rows()
+    assert len(rs) >= 120
+    n = sum(1 for _ in cases())
+    assert n >= 400 * 4, n  # every message under each of its prefixes
+    # the real-format messages cover all three daemons, with negatives for each
+    for d in ("sshd", "dovecot", "postfix"):
+        assert any(r["daemon"] == d and r["kind"] in FAILS for r in rs)
+        assert any(r["daemon"] == d and r["kind"] not in FAILS for r in rs)
+
+
+def test_precision_and_recall_per_daemon_are_one() -> None:
+    stats, bad, n = measure()
+    report = []
+    for d, c in sorted(stats.items()):
+        tp, fp, fn = c["tp"], c["fp"], c["fn"]
+        prec = tp / (tp + fp) if tp + fp else 1.0
+        rec = tp / (tp + fn) if tp + fn else 1.0
+        report.append(f"{d}: {tp + fn} failure lines, {c['tn']} negatives, precision {prec:.3f}, recall {rec:.3f}")
+    print(f"\n{n} corpus lines\n" + "\n".join(report))
+    assert all(", precision 1.000, recall 1.000" in r for r in report), "\n".join(report + bad[:40])
+    assert not bad, f"{len(bad)} mismatches:\n" + "\n".join(bad[:40])
+
+
+def test_prefix_split_keeps_the_message() -> None:
+    msg = "Invalid user admin from 203.0.113.14 port 4444"
+    for name, pre in pid_prefixes("sshd", 77).items():
+        kind, _ts, _host, tag, pid, rest = split(pre + msg)
+        assert (tag, pid) == ("sshd", "77"), name
+        assert rest.endswith(msg), name
+        if name.startswith("no-timestamp"):
+            assert kind == TS_NONE
+
+
+def test_bsd_day_without_padding_gets_its_date() -> None:
+    p = Parser(now=lambda: NOW)
+    a = p.parse(RawLine("Nov 8 05:00:21 mx sshd[1]: Invalid user a from 203.0.113.1 port 2", "t", 1))
+    b = p.parse(RawLine("Nov  8 05:00:21 mx sshd[2]: Invalid user a from 203.0.113.1 port 2", "t", 2))
+    assert a is not None and b is not None and a.ts == b.ts
+
+
+def test_tai64n_label_is_its_time() -> None:
+    p = Parser(now=lambda: NOW)
+    # 2**62 + 10 + 1795900000 = 0x400000006b0b... ; nanoseconds 0
+    label = f"@{2**62 + 10 + 1795900000:016x}00000000"
+    ev = p.parse(RawLine(f"{label} auth: passwd-file(bob,203.0.113.9,<s>): unknown user", "t", 1))
+    assert ev is not None and ev.ts == 1795900000 and ev.ip == "203.0.113.9"
+
+
+def test_pid_reused_by_another_address_is_a_new_attempt() -> None:
+    p = Parser(now=lambda: NOW)
+    got = [p.parse(RawLine(f"Nov 28 05:0{i}:00 mx sshd[4242]: Invalid user ftp from {ip} port 22", "t", i))
+           for i, ip in enumerate(["203.0.113.31", "203.0.113.31", "203.0.113.32"])]
+    assert [(e.ip, e.attempts) for e in got if e] == [("203.0.113.31", 1), ("203.0.113.31", 0), ("203.0.113.32", 1)]
+
+
+def test_publickey_is_a_probe_unless_configured() -> None:
+    line = "Nov 28 05:00:21 mx sshd[9]: Failed publickey for bob from 203.0.113.9 port 5 ssh2: RSA SHA256:x"
+    ev = Parser(now=lambda: NOW).parse(RawLine(line, "t", 1))
+    assert ev is not None and (ev.kind, ev.attempts) == ("probe", 0)
+    ev = Parser(now=lambda: NOW, count_publickey=True).parse(RawLine(line, "t", 1))
+    assert ev is not None and (ev.kind, ev.attempts) == ("auth_failed", 1)
+    # keys refused before a password guess do not shift the password's count
+    p = Parser(now=lambda: NOW)
+    seq = [line, line, "Nov 28 05:00:22 mx sshd[9]: Failed password for bob from 203.0.113.9 port 5 ssh2"]
+    assert [p.parse(RawLine(t, "t", i)).attempts for i, t in enumerate(seq)] == [0, 0, 1]  # type: ignore[union-attr]
+
+
+def test_mail_service_is_never_other_and_gives_way_to_the_protocol() -> None:
+    from popwatch.store import StateStore
+
+    p = Parser(now=lambda: NOW)
+    lines = [
+        "Nov 28 05:00:21 mx dovecot: auth: passwd-file(root,203.0.113.10,<Sx1>): unknown user",
+        "Nov 28 05:00:22 mx dovecot: auth: passwd-file(root,203.0.113.10,<Sx1>): unknown user",
+        "Nov 28 05:00:30 mx dovecot: pop3-login: Disconnected (auth failed, 2 attempts in 9 secs): "
+        "user=<root>, method=PLAIN, rip=203.0.113.10, lip=192.0.2.1, session=<Sx1>",
+    ]
+    evs = [p.parse(RawLine(t, "t", i)) for i, t in enumerate(lines)]
+    assert [e.service for e in evs if e] == ["mail", "mail", "pop3"]
+    st = StateStore(clock=lambda: NOW)
+    st.add_events([e for e in evs[:2] if e])
+    assert st.snapshot().rows[0].services == ("mail",)
+    st.add_events([evs[2]])  # type: ignore[list-item]
+    assert st.snapshot().rows[0].services == ("pop3",)
+    # a later attempt of a known session carries its protocol at once
+    ev = p.parse(RawLine("Nov 28 05:00:31 mx dovecot: auth: passwd-file(root,203.0.113.10,<Sx1>): "
+                         "Password mismatch", "t", 9))
+    assert ev is not None and ev.service == "pop3"
