@@ -157,9 +157,9 @@ def split(text: str) -> Split:
                 inner = split(text[p:])
                 if inner[3] is not None:
                     return inner
-    r = _no_timestamp(text)
-    if r is not None:
-        return r
+    nt = _no_timestamp(text)
+    if nt is not None:
+        return nt
     return (TS_NONE, "", None, None, None, text)
 
 

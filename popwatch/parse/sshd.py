@@ -241,27 +241,7 @@ class SshdRules:
                 kind = K_INVALID if what == "invalid" else K_FAIL
                 return (SSH, kind, ip, user, n, None)
             if msg.startswith("Disconnecting"):
-                if "Too many authentication failures" not in msg:
-                    return None
-                m = _DISCONNECTING.match(msg)
-                if m is not None:
-                    what, user, ip, port = m.groups()
-                elif msg.startswith("Disconnecting: Too many authentication failures"):
-                    # OpenSSH < 7.6: no address; the connection's own (by pid)
-                    ip = self.conn_ip(conn)
-                    if ip is None:
-                        return None
-                    port = None
-                    user = msg[52:] if msg.startswith(" for ", 47) else None
-                else:
-                    m = _DISCONNECTING_ADDR.match(msg)
-                    if m is None:
-                        return None
-                    ip, port = m.groups()
-                    user = None
-                key = self._key(conn, ip, port)
-                n = self._credit(key, 0, at_least_one=True, ip=ip)
-                return (SSH, K_TOO_MANY, ip, user, n, None)
+                return self._disconnecting(msg, conn)
             m = _CONN_PLAIN.match(msg)
             if m is not None:
                 ip, port = m.groups()
@@ -331,6 +311,33 @@ class SshdRules:
                 return (SSH, K_NOT_ALLOWED, m.group(1), None, 1, None)
             return None
         return self._probe_rules(msg)
+
+    def _disconnecting(self, msg: str, conn: object | None) -> Hit | None:
+        """``Disconnecting[ who]: Too many authentication failures[ for USER]``."""
+        if "Too many authentication failures" not in msg:
+            return None
+        user: str | None
+        port: str | None
+        ip: str | None
+        m = _DISCONNECTING.match(msg)
+        if m is not None:
+            _what, user, ip, port = m.groups()
+        elif msg.startswith("Disconnecting: Too many authentication failures"):
+            # OpenSSH < 7.6: no address; the connection's own (by pid)
+            ip = self.conn_ip(conn)
+            if ip is None:
+                return None
+            port = None
+            user = msg[52:] if msg.startswith(" for ", 47) else None
+        else:
+            m = _DISCONNECTING_ADDR.match(msg)
+            if m is None:
+                return None
+            ip, port = m.groups()
+            user = None
+        key = self._key(conn, ip, port)
+        n = self._credit(key, 0, at_least_one=True, ip=ip)
+        return (SSH, K_TOO_MANY, ip, user, n, None)
 
     def _failed_accepted(self, msg: str, conn: object | None) -> Hit | None:
         failed = msg[0] == "F"

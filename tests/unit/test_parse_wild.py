@@ -11,8 +11,8 @@ field (address, user, kind, attempts, service) must be the expected one.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from popwatch.model import FAILURE_KINDS, RawLine
 from popwatch.parse import Parser
@@ -198,8 +198,8 @@ def test_mail_service_is_never_other_and_gives_way_to_the_protocol() -> None:
     lines = [
         "Nov 28 05:00:21 mx dovecot: auth: passwd-file(root,203.0.113.10,<Sx1>): unknown user",
         "Nov 28 05:00:22 mx dovecot: auth: passwd-file(root,203.0.113.10,<Sx1>): unknown user",
-        "Nov 28 05:00:30 mx dovecot: pop3-login: Disconnected (auth failed, 2 attempts in 9 secs): "
-        "user=<root>, method=PLAIN, rip=203.0.113.10, lip=192.0.2.1, session=<Sx1>",
+        ("Nov 28 05:00:30 mx dovecot: pop3-login: Disconnected (auth failed, 2 attempts in 9 secs): "
+         "user=<root>, method=PLAIN, rip=203.0.113.10, lip=192.0.2.1, session=<Sx1>"),
     ]
     evs = [p.parse(RawLine(t, "t", i)) for i, t in enumerate(lines)]
     assert [e.service for e in evs if e] == ["mail", "mail", "pop3"]
