@@ -212,3 +212,35 @@ def test_mail_service_is_never_other_and_gives_way_to_the_protocol() -> None:
     ev = p.parse(RawLine("Nov 28 05:00:31 mx dovecot: auth: passwd-file(root,203.0.113.10,<Sx1>): "
                          "Password mismatch", "t", 9))
     assert ev is not None and ev.service == "pop3"
+
+
+def test_real_openssh92_policy_refusals_from_the_lab() -> None:
+    """tests/data/parse/openssh92-policy-lab.log: OpenSSH 9.2p1 with UsePAM, PermitRootLogin no,
+    AllowUsers/DenyUsers/DenyGroups, MaxAuthTries 3, attacked by hydra over IPv4 and IPv6
+    (captured by tests/e2e/tools/capture_policy.py). Every connection counts as many attempts
+    as it has `Failed password` lines (at least one if it failed at all), at the right address."""
+    import re
+
+    path = CORPUS.parent / "openssh92-policy-lab.log"
+    p = Parser(now=lambda: NOW)
+    att: Counter = Counter()
+    failed: Counter = Counter()
+    seen_fail: set[str] = set()
+    kinds: Counter = Counter()
+    for i, line in enumerate(path.open(encoding="utf-8"), 1):
+        m = re.search(r" sshd\[(\d+)\]: ", line)
+        assert m is not None
+        pid = m.group(1)
+        ev = p.parse(RawLine(line.rstrip("\n"), "lab", i))
+        addr = re.search(r"(203\.0\.113\.\d+|2001:db8:[0-9a-f:]+)", line)
+        if ev is not None:
+            assert ev.ip == (addr.group(1) if addr else None), line
+            kinds[ev.kind] += 1
+            att[pid] += ev.attempts
+            if ev.kind in FAILS:
+                seen_fail.add(pid)
+        if "Failed password" in line:
+            failed[pid] += 1
+    assert kinds["not_allowed"] >= 8 and kinds["invalid_user"] and kinds["auth_failed"]
+    for pid in seen_fail:
+        assert att[pid] == max(failed[pid], 1), pid
