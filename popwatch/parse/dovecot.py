@@ -84,6 +84,10 @@ class DovecotRules:
         self._sessions: Ledger[list[int]] = Ledger(cap)
         # session -> service, from the login process's lines (auth lines do not name it)
         self._svc: Ledger[str] = Ledger(cap)
+        # address -> [attempts counted by PAM lines and not yet by a dovecot line]: PAM's own
+        # `pam_unix(dovecot:auth): authentication failure` has no session, dovecot's lines
+        # about the same attempt (auth_verbose, or the summary) then add nothing for it
+        self._pam_ip: Ledger[list[int]] = Ledger(cap)
 
     def parse(self, msg: str) -> Hit | None:
         """One dovecot message: ``pop3-login: ...`` / ``auth: ...`` (syslog tag removed)."""
@@ -195,6 +199,12 @@ class DovecotRules:
                 st = self._sessions.pop(session)
                 if st is not None:
                     n = max(0, n - max(st))
+            pend = self._pam_ip.get(ip)
+            if pend is not None and pend[0] and n:
+                # attempts already counted by their PAM lines alone (auth_verbose off)
+                k = min(n, pend[0])
+                pend[0] -= k
+                n -= k
             return (service, K_FAIL, ip, user, n, session)
         if "(no auth attempts" in left:
             return (service, K_PROBE, ip, user, 0, session)
@@ -214,6 +224,11 @@ class DovecotRules:
         if m is None:
             return None
         pam_service, rhost, user = m.groups()
+        pend = self._pam_ip.get(rhost)
+        if pend is None:
+            self._pam_ip.put(rhost, [1])
+        else:
+            pend[0] += 1
         return (_PAM_SERVICES.get(pam_service, MAIL), K_FAIL, rhost, user, 1, None)
 
     # -- auth_verbose lines -------------------------------------------------------------------
@@ -276,6 +291,12 @@ class DovecotRules:
             before = max(st)
             st[1 if worker else 0] += 1
             n = max(st) - before
+        if n and text.startswith("pam_authenticate"):
+            # pam_authenticate() failed: the PAM module logged this attempt just before
+            pend = self._pam_ip.get(ip)
+            if pend is not None and pend[0]:
+                pend[0] -= 1
+                n = 0
         # the service is only named by the login process (usually its summary, at the end):
         # until then a mail login whose protocol is not known yet (the store relabels)
         svc = (self._svc.get(session) if session is not None else None) or MAIL

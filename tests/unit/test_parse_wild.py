@@ -244,3 +244,23 @@ def test_real_openssh92_policy_refusals_from_the_lab() -> None:
     assert kinds["not_allowed"] >= 8 and kinds["invalid_user"] and kinds["auth_failed"]
     for pid in seen_fail:
         assert att[pid] == max(failed[pid], 1), pid
+
+
+def test_dovecot_pam_lines_and_dovecot_lines_count_each_attempt_once() -> None:
+    pam = ("Nov 28 05:00:2{i} mx auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 "
+           "tty=dovecot ruser=root rhost=203.0.113.20  user=root")
+    verbose = ("Nov 28 05:00:2{i} mx dovecot: auth-worker(77): pam(root,203.0.113.20,<Pm1>): pam_authenticate() "
+               "failed: Authentication failure (password mismatch?)")
+    summary = ("Nov 28 05:00:29 mx dovecot: imap-login: Disconnected (auth failed, 3 attempts in 9 secs): "
+               "user=<root>, method=PLAIN, rip=203.0.113.20, lip=192.0.2.1, session=<Pm1>")
+    # auth_verbose off: three PAM lines, then the summary
+    p = Parser(now=lambda: NOW)
+    evs = [p.parse(RawLine(t, "t", 1)) for t in [pam.format(i=1), pam.format(i=2), pam.format(i=3), summary]]
+    assert sum(e.attempts for e in evs if e) == 3
+    assert [e.attempts for e in evs if e] == [1, 1, 1, 0]
+    # auth_verbose on: each PAM line is followed by dovecot's line about the same attempt
+    p = Parser(now=lambda: NOW)
+    lines = [x.format(i=i) for i in range(1, 4) for x in (pam, verbose)] + [summary]
+    evs = [p.parse(RawLine(t, "t", 1)) for t in lines]
+    assert sum(e.attempts for e in evs if e) == 3
+    assert evs[-1] is not None and evs[-1].service == "imap" and evs[-1].attempts == 0
