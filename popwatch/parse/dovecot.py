@@ -221,8 +221,8 @@ class DovecotRules:
         """Linux-PAM's line from the auth worker: the only per-attempt line when
         auth_verbose is off. Its service is PAM's (``dovecot`` unless ``pam: args = %s``)."""
         m = _PAM.match(msg)
-        if m is None:
-            return None
+        if m is None or msg.count(" rhost=") != 1:
+            return None  # a second rhost= is in a user name (ruser= and user= are dovecot's user)
         pam_service, rhost, user = m.groups()
         pend = self._pam_ip.get(rhost)
         if pend is None:

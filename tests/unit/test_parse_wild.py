@@ -264,3 +264,30 @@ def test_dovecot_pam_lines_and_dovecot_lines_count_each_attempt_once() -> None:
     evs = [p.parse(RawLine(t, "t", 1)) for t in lines]
     assert sum(e.attempts for e in evs if e) == 3
     assert evs[-1] is not None and evs[-1].service == "imap" and evs[-1].attempts == 0
+
+
+def test_hostile_text_in_the_new_forms_never_yields_its_address() -> None:
+    fake, real = "198.51.100.66", "203.0.113.5"
+    hostile = [
+        # user name (ruser= and user= under dovecot) holding a whole rhost=/user= tail
+        (f"Nov 28 05:00:21 mx auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 "
+        f"tty=dovecot ruser=x rhost={fake}  user=y rhost={real}  user=x rhost={fake}  user=y"),
+        (f"Nov 28 05:00:21 mx sshd[5]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 "
+        f"tty=ssh ruser= rhost={real}  user=x rhost={fake}"),  # sshd sets no ruser: the first rhost
+        # reverse-DNS name chosen by the attacker
+        f"Nov 28 05:00:21 mx sshd[5]: refused connect from evil({fake}) ({real})",
+        f"Nov 28 05:00:21 mx sshd[5]: refused connect from {fake}.example ({real})",
+        # user names before the address (sshd writes the address last)
+        f"Nov 28 05:00:21 mx sshd[5]: error: PAM: Authentication failure for x from {fake} via {fake} from {real}",
+        (f"Nov 28 05:00:21 mx sshd[5]: error: PAM: authentication error for illegal user x from {fake} from {real} "
+        f"via 192.0.2.1"),
+        f"Nov 28 05:00:21 mx sshd[5]: Failed password for x from {fake} port 22 from {real} port 5",
+        f"Nov 28 05:00:21 mx sshd[5]: Received disconnect from {real} port 5:3: from {fake} port 22: Auth fail",
+        f"Nov 28 05:00:21 mx sshd[5]: Disconnecting: Too many authentication failures for x from {fake} port 1",
+        (f"Nov 28 05:00:21 mx dovecot: imap-login: Disconnected (auth failed, 1 attempts): user=<x>, rip={fake}>, "
+        f"method=PLAIN, rip={real}, lip=192.0.2.1"),
+    ]
+    for line in hostile:
+        ev = Parser(now=lambda: NOW).parse(RawLine(line, "t", 1))
+        assert ev is None or ev.ip in (None, real), line
+        assert ev is None or fake not in (ev.host or ""), line
