@@ -147,6 +147,20 @@ def test_precision_and_recall_per_daemon_are_one() -> None:
     assert not bad, f"{len(bad)} mismatches:\n" + "\n".join(bad[:40])
 
 
+def test_scan_path_agrees_with_the_live_path() -> None:
+    """parse_many (scan's inlined hot loop) gives the same events as parse (the monitor's)."""
+    n = 0
+    for _row, prefix, _line, raws in cases():
+        if prefix.endswith("journal"):
+            continue
+        p1, p2 = Parser(now=lambda: NOW), Parser(now=lambda: NOW)
+        one = [p1.parse(r) for r in raws]
+        many = list(p2.parse_many([r.text for r in raws], "corpus", 1))
+        assert [e for e in one if e is not None] == many, raws[-1].text
+        n += 1
+    assert n > 2000
+
+
 def test_prefix_split_keeps_the_message() -> None:
     msg = "Invalid user admin from 203.0.113.14 port 4444"
     for name, pre in pid_prefixes("sshd", 77).items():
