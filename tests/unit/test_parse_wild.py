@@ -305,3 +305,34 @@ def test_hostile_text_in_the_new_forms_never_yields_its_address() -> None:
         ev = Parser(now=lambda: NOW).parse(RawLine(line, "t", 1))
         assert ev is None or ev.ip in (None, real), line
         assert ev is None or fake not in (ev.host or ""), line
+
+
+def test_count_publickey_config_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pytest
+
+    from popwatch.config import ConfigError, from_dict
+
+    assert from_dict({}).policy.count_publickey is False
+    assert from_dict({"policy": {"count_publickey": True}}).policy.count_publickey is True
+    with pytest.raises(ConfigError, match="count_publickey"):
+        from_dict({"policy": {"count_publickey": "sometimes"}})
+    repo = Path(__file__).resolve().parents[2]
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "popwatch", "config", "--print-default"], capture_output=True,
+                         text=True, env=env, timeout=60, check=True).stdout
+    assert "\ncount_publickey = false\n" in out
+    # scan honours it: the same refused key is a probe, or a counted failure
+    log = tmp_path / "auth.log"
+    log.write_text("Nov 28 05:00:21 mx sshd[9]: Failed publickey for bob from 203.0.113.9 port 5 ssh2: "
+                   "RSA SHA256:x\n")
+    conf = tmp_path / "popwatch.toml"
+    conf.write_text("[policy]\ncount_publickey = true\n")
+    plain = subprocess.run([sys.executable, "-m", "popwatch", "scan", "--all", "--json", str(log)],
+                           capture_output=True, text=True, env=env, timeout=60, check=True).stdout
+    counted = subprocess.run([sys.executable, "-m", "popwatch", "--config", str(conf), "scan", "--json", str(log)],
+                             capture_output=True, text=True, env=env, timeout=60, check=True).stdout
+    assert '"kind": "probe"' in plain and '"attempts": 0' in plain
+    assert '"kind": "auth_failed"' in counted and '"attempts": 1' in counted
