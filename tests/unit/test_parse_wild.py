@@ -336,3 +336,33 @@ def test_count_publickey_config_key(tmp_path: Path) -> None:
                              capture_output=True, text=True, env=env, timeout=60, check=True).stdout
     assert '"kind": "probe"' in plain and '"attempts": 0' in plain
     assert '"kind": "auth_failed"' in counted and '"attempts": 1' in counted
+
+
+def test_real_dovecot23_pam_passdb_from_the_lab() -> None:
+    """tests/data/parse/dovecot23-pam-lab.log: dovecot 2.3.19 with passdb pam and auth_verbose,
+    hydra on pop3 (IPv4) and imap (IPv6); auth.log and mail.log merged in time order as a live
+    reader sees them. Per address: PAM's line, dovecot's `pam_authenticate() failed` (under the
+    2.3 `conn unix:auth-worker (...)` prefix) and the summary count each attempt once, and the
+    attacker table shows the protocol, not `mail`."""
+    import re
+
+    from popwatch.store import StateStore
+
+    path = CORPUS.parent / "dovecot23-pam-lab.log"
+    p = Parser(now=lambda: NOW)
+    att: Counter = Counter()
+    truth: Counter = Counter()
+    evs = []
+    for i, line in enumerate(path.open(encoding="utf-8"), 1):
+        ev = p.parse(RawLine(line.rstrip("\n"), "lab", i))
+        m = re.search(r"\(auth failed, (\d+) attempts.* rip=([^,]+),", line)
+        if m:
+            truth[m.group(2)] += int(m.group(1))
+        if ev is not None:
+            evs.append(ev)
+            att[ev.ip] += ev.attempts
+    assert len(truth) == 2 and all(truth.values())
+    assert {ip: n for ip, n in att.items() if n} == dict(truth)
+    st = StateStore(clock=lambda: NOW)
+    st.add_events(evs)
+    assert {r.ip: r.services for r in st.snapshot().rows} == {"203.0.113.10": ("pop3",), "2001:db8:3::20": ("imap",)}
