@@ -4,7 +4,7 @@
     ev = parser.parse(raw: RawLine) -> AuthEvent | None
     for ev in parser.parse_many(lines, source, first_lineno): ...   # batches (scan)
 
-Formats: RFC 3339 and BSD syslog, RFC 5424, dovecot ``log_path`` files, bare ``sshd -E``
+Formats: RFC 3339 and BSD syslog, RFC 5424, dovecot ``log_path`` files, TAI64N, no timestamp, bare ``sshd -E``
 lines and journald fields (see prefix.py); daemons: OpenSSH (sshd.py), dovecot (dovecot.py),
 postfix smtpd SASL and courier (mail.py).
 

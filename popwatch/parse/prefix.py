@@ -8,6 +8,9 @@ Formats (all seen on real systems):
   ``2026-11-28 05:19:09 auth: ...`` (no host, no tag: the whole rest is a dovecot message)
 - RFC 5424: ``<38>1 2026-11-28T05:00:21Z host sshd 1234 - - msg`` (and RFC 3164 with ``<PRI>``)
 - bare messages (``sshd -E``): no prefix at all
+- no timestamp: ``host sshd[123]: msg`` / ``sshd[123]: msg`` (journal exports, other tools)
+- daemontools/s6 multilog: ``@4000000063a1b2c30d2ac4fc msg`` (TAI64N label)
+- BSD with an unpadded day (``Sep 8 07:16:27``), macOS ASL ``sshd[123] <Notice>: msg``
 - journald entries: structured fields, see :func:`from_journal`
 
 Splitting is string slicing only; the timestamp is parsed lazily (only for lines a daemon

@@ -1,4 +1,4 @@
-"""OpenSSH (7.x-10.x, ``sshd``, ``sshd-session``, ``sshd-auth``) rules.
+"""OpenSSH (3.x-10.x, ``sshd``, ``sshd-session``, ``sshd-auth``) rules, with Linux-PAM and tcp-wrappers lines.
 
 Every rule is anchored at the start of the message (after the tag) and takes the address
 from the position sshd writes it. Where the user name (attacker text) comes *before* the
