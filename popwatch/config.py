@@ -103,6 +103,9 @@ class PolicyConfig:
     whatif_window: float = 3600.0
     #: ban history entries kept in the state directory (recidive, audit of past bans)
     history_max: int = 10000
+    #: `Failed publickey` counts toward maxretry (off: it is a probe, what an agent holding
+    #: several keys writes before `Accepted publickey`)
+    count_publickey: bool = False
     services: dict[str, ServicePolicy] = field(default_factory=dict)
 
     def for_service(self, service: str) -> tuple[int, float, float]:
@@ -141,7 +144,7 @@ _TABLE_KEYS = {"crowdsec"}
 _POLICY_KEYS = {"auto_ban", "maxretry", "findtime", "bantime", "allow", "ipv6_prefix", "ban_action",
                 "recidive_factor", "recidive_max", "recidive_window", "success_grace",
                 "success_maxretry", "user_ips", "user_maxretry", "whatif_window", "history_max",
-                "services"}
+                "count_publickey", "services"}
 _SERVICE_KEYS = {"maxretry", "findtime", "bantime"}
 _LIMIT_KEYS = {"mode", "rate", "burst"}
 
@@ -231,6 +234,8 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
     p = cfg.policy
     if "auto_ban" in pol:
         p.auto_ban = _val("policy.auto_ban", _bool, pol["auto_ban"])
+    if "count_publickey" in pol:
+        p.count_publickey = _val("policy.count_publickey", _bool, pol["count_publickey"])
     if "maxretry" in pol:
         p.maxretry = _val("policy.maxretry", _int_range(1, 100000), pol["maxretry"])
     if "findtime" in pol:

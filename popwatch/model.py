@@ -23,6 +23,7 @@ class Service(StrEnum):
     SIEVE = "sieve"
     LMTP = "lmtp"
     OTHER = "other"
+    MAIL = "mail"                    # a dovecot login whose protocol (pop3, imap...) is not known yet
 
 
 class Kind(StrEnum):

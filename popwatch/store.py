@@ -25,6 +25,9 @@ from .model import FAILURE_KINDS, AuthEvent, Ban, CounterSample, Kind, PortCount
 
 _SERVICES = [s.value for s in Service]
 _SVC_BIT = {s: 1 << i for i, s in enumerate(_SERVICES)}
+# `mail` (a dovecot login whose protocol is not named yet) gives way to the protocol once known
+_MAIL_BIT = _SVC_BIT["mail"]
+_MAIL_PROTOS = _SVC_BIT["pop3"] | _SVC_BIT["imap"] | _SVC_BIT["submission"] | _SVC_BIT["sieve"] | _SVC_BIT["smtp"]
 _FAILS = frozenset(str(k) for k in FAILURE_KINDS)
 _SUCCESS = str(Kind.SUCCESS)
 _PROBE = str(Kind.PROBE)
@@ -470,7 +473,11 @@ class StateStore:
                     x.last = ev.ts
                 elif ev.ts < x.first:
                     x.first = ev.ts
-                x.services |= svc_bit.get(ev.service, 0)
+                b = svc_bit.get(ev.service, 0)
+                if b & _MAIL_PROTOS:
+                    x.services = (x.services | b) & ~_MAIL_BIT
+                elif b != _MAIL_BIT or not x.services & _MAIL_PROTOS:
+                    x.services |= b
             # becomes an attacker with its first counted failure or probe (a de-duplication
             # twin with attempts=0 counts for nothing)
             if ((is_fail and ev.attempts) or kind == _PROBE) and not (a.failures or a.probes):

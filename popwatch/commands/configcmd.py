@@ -50,6 +50,9 @@ auto_ban = {str(p.auto_ban).lower()}
 # fail2ban-style: ban an address after maxretry failed attempts within findtime. Attempts, not
 # lines: dovecot's "(auth failed, 11 attempts ...)" counts 11. maxretry 1-100000.
 maxretry = {p.maxretry}
+# `Failed publickey` (a key offered and refused) counts as a failed attempt. Off: it is shown
+# as a probe and not counted (an agent holding several keys writes it before a good login).
+count_publickey = {str(p.count_publickey).lower()}
 findtime = "{d(p.findtime)}"
 # How long a ban lasts (in the kernel: ipset timeout, so it expires even if popwatch is down).
 bantime = "{d(p.bantime)}"

@@ -196,6 +196,9 @@ class _Summary:
     no_ip: int = 0
     successes: int = 0
     probes: int = 0
+    #: --all: per address, probes (scanners, refused keys): address -> [count, users]
+    show_probes: bool = False
+    probe_ips: dict[str, list] = field(default_factory=dict)
 
     def add(self, ev: AuthEvent) -> None:
         self.events += 1
@@ -204,6 +207,11 @@ class _Summary:
             return
         if ev.kind not in FAILURE_KINDS:
             self.probes += 1
+            if self.show_probes and ev.ip is not None and len(self.probe_ips) < 1_000_000:
+                pr = self.probe_ips.setdefault(ev.ip, [0, set()])
+                pr[0] += 1
+                if ev.user is not None and len(pr[1]) < 100:
+                    pr[1].add(ev.user)
             return
         if ev.attempts <= 0:
             return
@@ -239,7 +247,10 @@ class _Summary:
             for ip, s in rows[:top]:
                 users = sorted(s.users)
                 some = ", ".join(u or "''" for u in users[:3]) + (" ..." if len(users) > 3 else "")
-                w(f"{ip:<40} {s.failures:>7} {len(users):>5}  {','.join(sorted(s.services)):<16} "
+                svcs = s.services
+                if "mail" in svcs and len(svcs) > 1 and not svcs <= {"mail", "ssh", "other"}:
+                    svcs = svcs - {"mail"}  # the protocol became known (dovecot's summary line)
+                w(f"{ip:<40} {s.failures:>7} {len(users):>5}  {','.join(sorted(svcs)):<16} "
                   f"{_short(s.first)}  {_short(s.last)}  {some}\n")
             if len(rows) > top:
                 w(f"... {len(rows) - top} more addresses (use --json for all)\n")
@@ -250,6 +261,14 @@ class _Summary:
                 w(f"{svc:<12} {fails:>8} {len(ips):>9}\n")
         if self.no_ip:
             w(f"\n{self.no_ip} failed attempts had no usable address\n")
+        if self.probe_ips:
+            prow = sorted(self.probe_ips.items(), key=lambda kv: (-kv[1][0], kv[0]))
+            w(f"\n{'PROBES (not counted)':<40} {'PROBES':>7}  SOME USERS (refused keys)\n")
+            for ip, (n, users) in prow[:top]:
+                some = ", ".join(sorted(users)[:3]) + (" ..." if len(users) > 3 else "")
+                w(f"{ip:<40} {n:>7}  {some}\n")
+            if len(prow) > top:
+                w(f"... {len(prow) - top} more probing addresses\n")
 
 
 def _short(ts: float) -> str:
@@ -260,10 +279,12 @@ def _short(ts: float) -> str:
 # -- command -------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    parser = Parser(now=time.time)
+    cfg0 = getattr(args, "cfg", None)
+    parser = Parser(now=time.time, count_publickey=bool(cfg0 is not None and cfg0.policy.count_publickey))
     as_json = bool(args.json)
     show_all = bool(args.all)
     summary = _Summary()
+    summary.show_probes = show_all
     out = sys.stdout
     failure_kinds = FAILURE_KINDS
     wif = None

@@ -219,7 +219,8 @@ def run_watch(args: argparse.Namespace) -> int:
 
     store = StateStore(clock=time.time)
     events_out = _open_events(args.events)
-    monitor = Monitor(store=store, parser=Parser(now=time.time), sources=_make_sources(cfg, args),
+    monitor = Monitor(store=store, parser=Parser(now=time.time, count_publickey=cfg.policy.count_publickey),
+                      sources=_make_sources(cfg, args),
                       firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
                       dry_run=dry_run, events_out=events_out, policy=cfg.policy,
                       default_ttl=cfg.policy.bantime)

@@ -4,7 +4,7 @@
     ev = parser.parse(raw: RawLine) -> AuthEvent | None
     for ev in parser.parse_many(lines, source, first_lineno): ...   # batches (scan)
 
-Formats: RFC 3339 and BSD syslog, RFC 5424, dovecot ``log_path`` files, bare ``sshd -E``
+Formats: RFC 3339 and BSD syslog, RFC 5424, dovecot ``log_path`` files, TAI64N, no timestamp, bare ``sshd -E``
 lines and journald fields (see prefix.py); daemons: OpenSSH (sshd.py), dovecot (dovecot.py),
 postfix smtpd SASL and courier (mail.py).
 
@@ -46,6 +46,8 @@ __all__ = ["Parser", "MAX_MESSAGE", "SSHD_TAGS"]
 MAX_MESSAGE = 8192
 
 SSHD_TAGS = frozenset({"sshd", "sshd-session", "sshd-auth"})
+#: dovecot, and the tags its auth processes' PAM modules log under (the binary's name)
+DOVECOT_TAGS = frozenset({"dovecot", "dovecot-auth", "auth", "auth-worker"})
 
 _SSHD, _DOVECOT, _POSTFIX, _COURIER = 1, 2, 3, 4
 _UNSEEN = object()
@@ -104,15 +106,17 @@ _make_event = _event_factory()
 class Parser:
     """Stateful line parser. State (bounded) only serves to count each attempt once."""
 
-    def __init__(self, now: Callable[[], float] = time.time, *, bare_tag: str | None = "sshd") -> None:
+    def __init__(self, now: Callable[[], float] = time.time, *, bare_tag: str | None = "sshd",
+                 count_publickey: bool = False) -> None:
         """``now`` is the reference time for year-less timestamps and lines without one.
 
         ``bare_tag``: lines with no syslog prefix at all are taken as messages of this daemon
-        (``sshd -E`` files); None ignores them.
+        (``sshd -E`` files); None ignores them. ``count_publickey``: ``Failed publickey`` is a
+        failed attempt (policy.count_publickey) instead of a probe.
         """
         self.now = now
         self.clock = _prefix.Clock(now)
-        self.sshd = SshdRules()
+        self.sshd = SshdRules(count_publickey=count_publickey)
         self.dovecot = DovecotRules()
         self.bare_tag = bare_tag
         self._tags: dict[str, object] = {}
@@ -122,9 +126,12 @@ class Parser:
     def _route(self, tag: str) -> tuple[int, str | None] | None:
         """Tag -> (rule set, service) or None; memoised (tags repeat)."""
         r: tuple[int, str | None] | None = None
-        if tag in SSHD_TAGS:
+        key = tag
+        if tag.startswith("[") and tag.endswith("]"):
+            tag = tag[1:-1]  # `[sshd]: msg` (a tag without pid, bracketed by some relays)
+        if tag in SSHD_TAGS or tag == "com.openssh.sshd":
             r = (_SSHD, None)
-        elif tag == "dovecot":
+        elif tag in DOVECOT_TAGS:
             r = (_DOVECOT, None)
         elif tag in COURIER_TAGS:
             r = (_COURIER, COURIER_TAGS[tag])
@@ -134,7 +141,7 @@ class Parser:
                 r = (_POSTFIX, svc)
         if len(self._tags) > 1024:
             self._tags.clear()
-        self._tags[tag] = r
+        self._tags[key] = r
         return r
 
     def parse(self, raw: RawLine) -> AuthEvent | None:

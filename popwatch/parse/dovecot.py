@@ -38,7 +38,7 @@ from .ledger import Ledger
 
 K_FAIL, K_INVALID, K_ABORTED = Kind.AUTH_FAILED.value, Kind.INVALID_USER.value, Kind.ABORTED.value
 K_PROBE, K_SUCCESS = Kind.PROBE.value, Kind.SUCCESS.value
-OTHER = Service.OTHER.value
+MAIL = Service.MAIL.value
 
 LOGIN_SERVICES = {
     "pop3-login": Service.POP3.value,
@@ -59,11 +59,21 @@ _DRIVER = re.compile(r"[a-z][a-z0-9_-]*\(")
 _AUTH24_MSG = re.compile(r"(?:request \[\d+\]: )?(?:Info: )?(?:[A-Za-z0-9_-]+: )?")
 # failure messages of passdbs (the whole message must be one of these)
 _AUTH_FAIL = re.compile(
-    r"(?:(unknown user)|(Password mismatch)|(invalid credentials)"
+    r"(?:(unknown user)|(Password mismatch)(?: \(for LDAP bind\))?|(invalid credentials)"
     r"|pam_authenticate\(\) failed: (?:(User not known to the underlying authentication module)"
-    r"|Authentication failure|Permission denied)[^()]*(?: \([Pp]assword mismatch\?\))?)"
+    r"|Authentication failure|Permission denied)[^()]*(?: \([Pp]assword mismatch\?\))?"
+    r"|Login failed \(status=1\))"
     r"(?: \(given password: .*\)| \(SHA1 of given password: [0-9a-f]+\))?$")
-_AUTH_KEYWORDS = ("unknown user", "Password mismatch", "pam_authenticate() failed", "invalid credentials")
+_AUTH_KEYWORDS = ("unknown user", "Password mismatch", "pam_authenticate() failed", "invalid credentials",
+                  "Login failed (status=")
+_WORKER_CONN = re.compile(r"conn [^\s()]+ \(pid=\d+,uid=\d+\): auth-worker<\d+>: (?:Info: )?")
+# Linux-PAM `pam_unix(dovecot:auth): authentication failure; ... rhost=ADDR [ user=USER]`
+_PAM = re.compile(
+    r"pam_[a-z0-9_]+\(([A-Za-z0-9_.-]+):auth\): authentication failure; logname=\S* uid=\d* euid=\d* "
+    r"tty=\S* ruser=\S* rhost=(\S+) ?(?: user=(.*))?$")
+_PAM_SERVICES = {"imap": Service.IMAP.value, "imaps": Service.IMAP.value, "pop3": Service.POP3.value,
+                 "pop3s": Service.POP3.value, "submission": Service.SUBMISSION.value,
+                 "sieve": Service.SIEVE.value, "managesieve": Service.SIEVE.value, "smtp": Service.SMTP.value}
 
 
 class DovecotRules:
@@ -72,6 +82,12 @@ class DovecotRules:
     def __init__(self, cap: int = 65536) -> None:
         # session -> [auth lines counted, auth-worker lines counted]
         self._sessions: Ledger[list[int]] = Ledger(cap)
+        # session -> service, from the login process's lines (auth lines do not name it)
+        self._svc: Ledger[str] = Ledger(cap)
+        # address -> [attempts counted by PAM lines and not yet by a dovecot line]: PAM's own
+        # `pam_unix(dovecot:auth): authentication failure` has no session, dovecot's lines
+        # about the same attempt (auth_verbose, or the summary) then add nothing for it
+        self._pam_ip: Ledger[list[int]] = Ledger(cap)
 
     def parse(self, msg: str) -> Hit | None:
         """One dovecot message: ``pop3-login: ...`` / ``auth: ...`` (syslog tag removed)."""
@@ -80,6 +96,17 @@ class DovecotRules:
             if msg.startswith("auth"):
                 return self._auth(msg)
             return None
+        if c == "d" and msg.startswith("dovecot: "):
+            # doubled prefix: `dovecot[N]: dovecot: auth(default): ...` (1.x/2.0 via syslog)
+            msg = msg[9:]
+            c = msg[:1]
+            if c == "a":
+                return self._auth(msg) if msg.startswith("auth") else None
+        elif c == "[" and msg.startswith("[ID "):
+            e = msg.find("] ")  # illumos `[ID 702911 mail.info] `
+            return self.parse(msg[e + 2:]) if e > 0 else None
+        if c == "p" and msg.startswith("pam_") and " authentication failure; " in msg:
+            return self._pam(msg)
         colon = msg.find(": ", 0, 24)
         if colon < 0:
             return None
@@ -96,7 +123,7 @@ class DovecotRules:
     def _login(self, service: str, body: str) -> Hit | None:
         u = body.find("user=<")
         if u < 0:
-            return None
+            return self._login_nouser(service, body)
         if u == 0:
             left = ""
         elif body[u - 2:u] == ": ":
@@ -132,7 +159,37 @@ class DovecotRules:
         if not userpart.endswith(">"):
             return None
         user = userpart[:-1]
+        return self._outcome(service, left, ip, user, session)
 
+    def _login_nouser(self, service: str, body: str) -> Hit | None:
+        """A summary with no ``user=<>`` (dovecot leaves out empty fields): all of the right
+        part is dovecot's own (method, rip, lip, session), so the first ``rip=`` is the one."""
+        k = body.find(": method=")
+        if k < 0:
+            k = body.find(": rip=")
+            if k < 0:
+                return None
+        left, right = body[:k], body[k + 2:]
+        if right.startswith("rip="):
+            r = 4
+        else:
+            r = right.find(", rip=")
+            if r < 0:
+                return None
+            r += 6
+        e = right.find(",", r)
+        ip = right[r:] if e < 0 else right[r:e]
+        session = None
+        s = right.find(", session=<")
+        if s >= 0:
+            se = right.find(">", s + 11)
+            if se > 0:
+                session = right[s + 11:se]
+        return self._outcome(service, left, ip, None, session)
+
+    def _outcome(self, service: str, left: str, ip: str, user: str | None, session: str | None) -> Hit | None:
+        if session is not None:
+            self._svc.put(session, service)
         if left == "Login":
             return (service, K_SUCCESS, ip, user, 0, session)
         m = _ATTEMPTS.search(left)
@@ -142,6 +199,12 @@ class DovecotRules:
                 st = self._sessions.pop(session)
                 if st is not None:
                     n = max(0, n - max(st))
+            pend = self._pam_ip.get(ip)
+            if pend is not None and pend[0] and n:
+                # attempts already counted by their PAM lines alone (auth_verbose off)
+                k = min(n, pend[0])
+                pend[0] -= k
+                n -= k
             return (service, K_FAIL, ip, user, n, session)
         if "(no auth attempts" in left:
             return (service, K_PROBE, ip, user, 0, session)
@@ -149,7 +212,24 @@ class DovecotRules:
                 or "(tried to use disabled" in left:
             # dovecot 1.x `Aborted login: user=<root>, ...` (the 2009 seed), plaintext refused
             return (service, K_ABORTED, ip, user, 1, session)
+        if "(proxy dest auth failed)" in left:
+            # the backend refused the credentials this proxy passed on
+            return (service, K_FAIL, ip, user, 1, session)
         return None
+
+    def _pam(self, msg: str) -> Hit | None:
+        """Linux-PAM's line from the auth worker: the only per-attempt line when
+        auth_verbose is off. Its service is PAM's (``dovecot`` unless ``pam: args = %s``)."""
+        m = _PAM.match(msg)
+        if m is None or msg.count(" rhost=") != 1:
+            return None  # a second rhost= is in a user name (ruser= and user= are dovecot's user)
+        pam_service, rhost, user = m.groups()
+        pend = self._pam_ip.get(rhost)
+        if pend is None:
+            self._pam_ip.put(rhost, [1])
+        else:
+            pend[0] += 1
+        return (_PAM_SERVICES.get(pam_service, MAIL), K_FAIL, rhost, user, 1, None)
 
     # -- auth_verbose lines -------------------------------------------------------------------
 
@@ -160,11 +240,19 @@ class DovecotRules:
         else:
             return None
         worker = msg.startswith("auth-worker(")
-        if msg.startswith("auth: ") or (worker and msg[12:13].isdigit()):
+        if msg.startswith(("auth: ", "auth(default): ", "auth-worker(default): ")) \
+                or (worker and msg[12:13].isdigit()):
             # 2.3: `auth: [Info: ]DRIVER(user,ip,<sess>): msg` / `auth-worker(123): ...`
+            # (1.x/2.0: `auth(default): ...`, `auth-worker(default): ...`)
             p = msg.find(": ") + 2
             if msg.startswith("Info: ", p):
                 p += 6
+            if msg.startswith("conn ", p):
+                # 2.3.x worker: `conn unix:auth-worker (pid=N,uid=N): auth-worker<N>: DRIVER(...)`
+                w = _WORKER_CONN.match(msg, p)
+                if w is None:
+                    return None
+                p = w.end()
             d = _DRIVER.match(msg, p)
             if d is None:
                 return None
@@ -203,4 +291,13 @@ class DovecotRules:
             before = max(st)
             st[1 if worker else 0] += 1
             n = max(st) - before
-        return (OTHER, kind, ip, user, n, session)
+        if n and text.startswith("pam_authenticate"):
+            # pam_authenticate() failed: the PAM module logged this attempt just before
+            pend = self._pam_ip.get(ip)
+            if pend is not None and pend[0]:
+                pend[0] -= 1
+                n = 0
+        # the service is only named by the login process (usually its summary, at the end):
+        # until then a mail login whose protocol is not known yet (the store relabels)
+        svc = (self._svc.get(session) if session is not None else None) or MAIL
+        return (svc, kind, ip, user, n, session)

@@ -11,10 +11,11 @@ K_FAIL, K_PROBE, K_SUCCESS = Kind.AUTH_FAILED.value, Kind.PROBE.value, Kind.SUCC
 Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
 
 # `warning: NAME[ADDR]: SASL LOGIN authentication failed: REPLY[, sasl_username=USER]`
+# (smtpd_sasl_glue.c: no `: REPLY` before 2.3, `, sasl_username=` since 3.10)
 # NAME is a validated hostname or `unknown` (no spaces or brackets); the address comes only
 # from inside the brackets, at the fixed position right after `warning: `.
 _SASL = re.compile(
-    r"warning: [A-Za-z0-9._-]*\[([^\[\]\s]+)\](?::\d+)?: SASL [A-Za-z0-9_-]+ authentication failed:")
+    r"warning: [A-Za-z0-9._-]*\[([^\[\]\s]+)\](?::\d+)?: SASL [A-Za-z0-9_-]+ authentication failed(?::|$)")
 _LOST_AUTH = re.compile(r"lost connection after AUTH from [^\s\[\]]*\[([^\[\]\s]+)\]")
 _SUBMISSION = frozenset({"submission", "submissions", "smtps"})
 
@@ -32,8 +33,14 @@ def postfix_service(tag: str) -> str | None:
 def postfix(service: str, msg: str) -> Hit | None:
     """One postfix smtpd message."""
     c = msg[:1]
+    if c == "[" and msg.startswith("[ID "):  # illumos `[ID 947420 mail.warning] `
+        e = msg.find("] ")
+        if e < 0:
+            return None
+        msg = msg[e + 2:]
+        c = msg[:1]
     if c == "w":
-        if " authentication failed:" not in msg:
+        if " authentication failed" not in msg:
             return None
         m = _SASL.match(msg)
         if m is None:
@@ -44,6 +51,8 @@ def postfix(service: str, msg: str) -> Hit | None:
         if u >= 0:
             user = rest[u + 16:]
             rest = rest[:u]
+            if user == "(unavailable)":
+                user = None
         if "]: SASL " in rest:
             return None  # a second client field before the user name: not a line postfix writes
         return (service, K_FAIL, m.group(1), user, 1, None)

@@ -8,6 +8,9 @@ Formats (all seen on real systems):
   ``2026-11-28 05:19:09 auth: ...`` (no host, no tag: the whole rest is a dovecot message)
 - RFC 5424: ``<38>1 2026-11-28T05:00:21Z host sshd 1234 - - msg`` (and RFC 3164 with ``<PRI>``)
 - bare messages (``sshd -E``): no prefix at all
+- no timestamp: ``host sshd[123]: msg`` / ``sshd[123]: msg`` (journal exports, other tools)
+- daemontools/s6 multilog: ``@4000000063a1b2c30d2ac4fc msg`` (TAI64N label)
+- BSD with an unpadded day (``Sep 8 07:16:27``), macOS ASL ``sshd[123] <Notice>: msg``
 - journald entries: structured fields, see :func:`from_journal`
 
 Splitting is string slicing only; the timestamp is parsed lazily (only for lines a daemon
@@ -25,7 +28,7 @@ MONTHS = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 
 #: timestamp kinds returned by :func:`split`
-TS_NONE, TS_ISO, TS_BSD, TS_LOCAL_ISO, TS_EPOCH = 0, 1, 2, 3, 4
+TS_NONE, TS_ISO, TS_BSD, TS_LOCAL_ISO, TS_EPOCH, TS_TAI64N = 0, 1, 2, 3, 4, 5
 
 #: the pseudo tag for dovecot's own log_path files (the message keeps dovecot's process prefix)
 DOVECOT_LOGPATH = "dovecot"
@@ -64,6 +67,9 @@ def _host_tag_msg(text: str, p: int) -> tuple[str | None, str | None, str | None
         else:
             return None
     token = text[h + 1:c]
+    if token.endswith(">") and " <" in token:
+        # macOS ASL `syslog` std format: `sender[pid] <Level>: msg`
+        token = token[:token.rfind(" <")]
     if " " in token:
         # busybox syslogd adds `facility.level` before the tag
         token = token.rsplit(" ", 1)[1]
@@ -109,7 +115,7 @@ def _rfc5424(text: str, p: int) -> Split | None:
 #: colon, so its ``: `` is the first one after the host); otherwise callers use :func:`split`.
 FAST = re.compile(  # possessive quantifiers: each token ends at a delimiter it cannot contain
     r"(?:(\d{4}-\d\d-\d\dT[^ ]{8,40}+)|((?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    r"[ \d]\d \d\d:\d\d:\d\d)) ([^\s:(]++) ([^\s:\[\]]++)(?:\[([^\]\s]*+)\])?: ")
+    r"(?:[ \d]\d|\d) \d\d:\d\d:\d\d)) ([^\s:(]++) ([^\s:\[\]]++)(?:\[([^\]\s]*+)\])?: ")
 
 
 def split(text: str) -> Split:
@@ -126,10 +132,22 @@ def split(text: str) -> Split:
         elif text[4:5] == "-" and t10 == " " and text[13:14] == ":":
             # dovecot log_path with log_timestamp = "%Y-%m-%d %H:%M:%S "
             return (TS_LOCAL_ISO, text[:19], None, DOVECOT_LOGPATH, None, text[20:])
-    elif c0 in MONTHS_FIRST and text[3:4] == " " and text[:3] in MONTHS and text[9:10] == ":":
-        r = _host_tag_msg(text, 16)
-        if r is not None:
-            return (TS_BSD, text[:15], *r)
+    elif c0 in MONTHS_FIRST and text[3:4] == " " and text[:3] in MONTHS:
+        if text[9:10] == ":":
+            r = _host_tag_msg(text, 16)
+            if r is not None:
+                return (TS_BSD, text[:15], *r)
+        elif text[8:9] == ":" and text[5:6] == " ":
+            # day of the month not space-padded: `Sep 8 07:16:27`
+            r = _host_tag_msg(text, 15)
+            if r is not None:
+                return (TS_BSD, text[:14], *r)
+    elif c0 == "@" and text[1:5] == "4000" and text[25:26] == " ":
+        # daemontools multilog / s6 TAI64N label: `@4000000063a1b2c30d2ac4fc MESSAGE`
+        inner = split(text[26:])
+        if inner[0] == TS_NONE:
+            return (TS_TAI64N, text[1:25], *inner[2:])
+        return inner
     elif c0 == "<":
         e = text.find(">", 1, 6)
         if e > 1 and text[1:e].isdigit():
@@ -142,7 +160,31 @@ def split(text: str) -> Split:
                 inner = split(text[p:])
                 if inner[3] is not None:
                     return inner
+    nt = _no_timestamp(text)
+    if nt is not None:
+        return nt
     return (TS_NONE, "", None, None, None, text)
+
+
+#: `host tag[pid]: msg` / `tag[pid]: msg` with no timestamp (journal exports, other tools);
+#: without a pid only the tags of the daemons read here (a bare `sshd -E` message never
+#: starts with one of them followed by `: `)
+_NO_TS = re.compile(r"(?:([A-Za-z0-9][A-Za-z0-9._-]*) )?([A-Za-z][A-Za-z0-9_./-]*)(?:\[(\d+)\])?: ")
+_NO_TS_TAGS = frozenset({"sshd", "sshd-session", "dovecot"})
+_DOVECOT_PROCS = ("auth: ", "auth-worker(", "pop3-login: ", "imap-login: ", "submission-login: ",
+                  "managesieve-login: ", "auth(")
+
+
+def _no_timestamp(text: str) -> Split | None:
+    m = _NO_TS.match(text)
+    if m is not None:
+        host, tag, pid = m.groups()
+        if pid is not None or tag in _NO_TS_TAGS:
+            return (TS_NONE, "", host, tag, pid, text[m.end():])
+    if text.startswith(_DOVECOT_PROCS):
+        # dovecot's log_path / stderr with no timestamp (multilog adds its own)
+        return (TS_NONE, "", None, DOVECOT_LOGPATH, None, text)
+    return None
 
 
 MONTHS_FIRST = frozenset(m[0] for m in MONTHS)
@@ -185,6 +227,9 @@ class Clock:
                 return v
             if kind == TS_EPOCH:
                 return int(ts) / 1_000_000
+            if kind == TS_TAI64N:
+                # label = 2**62 + 10 + Unix seconds (daemontools' convention), then nanoseconds
+                return int(ts[:16], 16) - 4611686018427387914 + int(ts[16:24], 16) / 1e9
         except (ValueError, OverflowError, OSError):
             pass
         return self.now()
@@ -232,6 +277,8 @@ class Clock:
     def _bsd_ts(self, ts: str) -> float:
         # `Nov 28 05:00:21` / `Nov  8 05:00:21`, local time: the most recent such date
         # that is not in the future (one day of slack for clock skew between hosts).
+        if len(ts) == 14:  # `Sep 8 07:16:27`
+            ts = ts[:4] + " " + ts[4:]
         mon = MONTHS[ts[:3]]
         day = int(ts[4:6])
         hh, mm, ss = int(ts[7:9]), int(ts[10:12]), int(ts[13:15])

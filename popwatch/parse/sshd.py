@@ -1,4 +1,4 @@
-"""OpenSSH (7.x-10.x, ``sshd``, ``sshd-session``, ``sshd-auth``) rules.
+"""OpenSSH (3.x-10.x, ``sshd``, ``sshd-session``, ``sshd-auth``) rules, with Linux-PAM and tcp-wrappers lines.
 
 Every rule is anchored at the start of the message (after the tag) and takes the address
 from the position sshd writes it. Where the user name (attacker text) comes *before* the
@@ -34,21 +34,38 @@ _METHOD = re.compile(r"(Failed|Accepted) (\S+) for ")
 _FAILED_TAIL = re.compile(
     r" from (\S+) port (\d+) ssh2(?:: [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9a-f:]+|[0-9a-f:]+))?$")
 _INVALID_TAIL = re.compile(r" from (\S+?)(?: port (\d+))?$")
-_FROM_PORT = re.compile(r" from (\S+) port (\d+) ssh2(?=: |$)")
+# OpenSSH < 6.x: `port N` with no ` ssh2` or with ` ssh1`; anything after it is checked below
+_FROM_PORT = re.compile(r" from (\S+) port (\d+)(?: ssh[12])?(?=[: ]|$)")
 # key info after `ssh2: ` that holds no free text (plain keys; certificates carry a key ID)
 _STRICT_TAIL = re.compile(r": [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9a-f:]+|[0-9a-f:]+)$")
+# Linux-PAM's pam_unix (and pam_sss, pam_ldap... with the same wording): `MODULE(SERVICE:auth)`
 _PAM = re.compile(
-    r"pam_unix\(sshd:auth\): authentication failure; logname=\S* uid=\d* euid=\d* "
-    r"tty=\S* ruser=\S* rhost=(\S*) (?: user=(.*))?$")
-_PAM_ERR = re.compile(r"PAM: Authentication failure for (illegal user )?(.*) from (\S+)$")
+    r"pam_[a-z0-9_]+\([A-Za-z0-9_.-]+:auth\): authentication failure; logname=\S* uid=\d* euid=\d* "
+    r"tty=\S* ruser=\S* rhost=(\S*) ?(?: user=(.*))?$")
+# auth-pam.c: `PAM: <pam_strerror> for [illegal user ]USER from HOST`; Apple's sshd adds
+# ` via LOCAL-ADDRESS` (the server's own address, never the attacker's)
+_PAM_ERR = re.compile(r"PAM: (?:Authentication failure|authentication error|"
+                      r"(User not known to the underlying authentication module)|Permission denied) "
+                      r"for (illegal user )?(.*) from (\S+?)(?: via \S+)?$")
+# packet.c: `Received disconnect from HOST[ port N]:CODE: REASON` (REASON is the client's text)
+_RECV_DISC = re.compile(r"Received disconnect from (\S+?)(?: port (\d+):|: )\d+: .*Auth fail")
+# tcp-wrappers (libwrap refuse()): `refused connect from ADDR` / `NAME (ADDR)` / `user@NAME (ADDR)`
+_REFUSED = re.compile(r"refused connect from (?:\S*? \()?([0-9A-Fa-f:.]+)\)?$")
 _CONN_PLAIN = re.compile(r"(?:Disconnected from|Connection closed by|Connection reset by) (\S+) port (\d+)$")
 _DISCONNECTING = re.compile(
     r"Disconnecting (invalid|authenticating) user (.*) (\S+) port (\d+): "
     r"Too many authentication failures$")
 _MAX_EXCEEDED = re.compile(
-    r"maximum authentication attempts exceeded for (invalid user )?(.*) from (\S+) port (\d+) ssh2$")
+    r"maximum authentication attempts exceeded for (invalid user )?(.*) from (\S+) port (\d+)(?: ssh[12])?$")
+# `Disconnecting ADDR port N: ...` (7.x+ with no user yet) and the address-less older forms
+_DISCONNECTING_ADDR = re.compile(r"Disconnecting (\S+) port (\d+): Too many authentication failures$")
 _NOT_ALLOWED = re.compile(r"User (.*) from (\S+) not allowed because (?:not listed|listed|none of|a group|"
                           r"shell|account|user|not in)[^\n]*$")
+_ILLEGAL = re.compile(r"Illegal user (.*) from (\S+)$")
+_NOT_ALLOWED_NOADDR = re.compile(
+    r"User (\S+) not allowed because (?:account is locked|shell \S+ (?:does not exist|is not executable)|"
+    r"listed in DenyUsers|not listed in AllowUsers|not in any group|a group is listed in DenyGroups|"
+    r"none of user's groups are listed in AllowGroups)$")
 _ROOT_REFUSED = re.compile(r"ROOT LOGIN REFUSED FROM (\S+?)(?: port (\d+))?$")
 _NEGOTIATE = re.compile(r"Unable to negotiate with (\S+) port (\d+): ")
 _BANNER = re.compile(r"banner exchange: Connection from (\S+) port (\d+): ")
@@ -56,6 +73,11 @@ _NO_IDENT = re.compile(r"Did not receive identification string from (\S+?)(?: po
 _BAD_PROTO = re.compile(r"Bad protocol version identification .* from (\S+?)(?: port (\d+))?$")
 _TIMEOUT = re.compile(r"Timeout before authentication for (\S+) port (\d+)$")
 _DROP = re.compile(r"drop connection #\d+ from \[([^\]\s]+)\]:(\d+) on \[[^\]\s]*\]:\d+ ")
+
+
+def _addrish(s: str) -> bool:
+    """An address as sshd writes it (not a reverse-DNS name, which a pam rhost may be)."""
+    return ":" in s or s.replace(".", "").isdigit()
 
 
 _CONN_PREFIXES = ("Disconnected from ", "Connection closed by ", "Connection reset by ")
@@ -91,25 +113,42 @@ def _conn_user(msg: str) -> tuple[str, str, str, str] | None:
 class SshdRules:
     """sshd message -> Hit, with the per-connection counting ledger."""
 
-    def __init__(self, cap: int = 16384) -> None:
-        # conn key -> [counted, failed_lines_seen]
-        self._conns: Ledger[list[int]] = Ledger(cap)
+    def __init__(self, cap: int = 16384, *, count_publickey: bool = False) -> None:
+        # conn key -> [counted, failed_lines_seen, address text]
+        self._conns: Ledger[list] = Ledger(cap)
+        #: `Failed publickey` counts as a failed attempt (else it is a probe: a user's agent
+        #: offering several keys writes it before `Accepted publickey`)
+        self.count_publickey = count_publickey
 
     # -- counting -----------------------------------------------------------------------
 
-    def _state(self, key: object) -> list[int]:
+    def _state(self, key: object, ip: str | None = None) -> list:
         st = self._conns.get(key)
         if st is None:
-            st = [0, 0]
+            st = [0, 0, ip]
             self._conns.put(key, st)
+        elif ip is not None and st[2] != ip:
+            if st[2] is None:
+                st[2] = ip
+            elif _addrish(ip) and _addrish(st[2]):
+                # the pid was reused by a connection from another address: a new attempt
+                st[0] = st[1] = 0
+                st[2] = ip
         return st
 
+    def conn_ip(self, conn: object | None) -> str | None:
+        """The address last seen on a connection (for lines that do not name it)."""
+        if conn is None:
+            return None
+        st = self._conns.get(conn)
+        return st[2] if st is not None else None
+
     def _credit(self, key: object | None, idx_from_failed: int, *, failed: bool = False,
-                at_least_one: bool = False) -> int:
+                at_least_one: bool = False, ip: str | None = None) -> int:
         """How many new attempts this line stands for (see module doc)."""
         if key is None:
             return 1 if (failed or not at_least_one) else 0
-        st = self._state(key)
+        st = self._state(key, ip)
         if failed:
             st[1] += 1
             idx = st[1]
@@ -140,6 +179,15 @@ class SshdRules:
         if not msg:
             return None
         c = msg[0]
+        if c == "[" and msg.startswith("[ID "):
+            # illumos/Solaris syslog: `[ID 800047 auth.info] ` before the message
+            e = msg.find("] ")
+            if e < 0:
+                return None
+            msg = msg[e + 2:]
+            if not msg:
+                return None
+            c = msg[0]
         if c == "F":
             if msg.startswith("Failed "):
                 return self._failed_accepted(msg, conn)
@@ -156,11 +204,18 @@ class SshdRules:
                     return None
                 user = msg[13:i]
                 ip, port = m.groups()
-                n = self._credit(self._key(conn, ip, port), 1)
+                n = self._credit(self._key(conn, ip, port), 1, ip=ip)
+                return (SSH, K_INVALID, ip, user, n, None)
+            if msg.startswith("Illegal user "):  # OpenSSH < 3.8
+                m = _ILLEGAL.match(msg)
+                if m is None:
+                    return None
+                user, ip = m.groups()
+                n = self._credit(conn, 1, ip=ip)
                 return (SSH, K_INVALID, ip, user, n, None)
             return None
         if c == "p":
-            if msg.startswith("pam_unix(sshd:auth): authentication failure;"):
+            if msg.startswith("pam_") and " authentication failure; " in msg:
                 m = _PAM.match(msg)
                 if m is None:
                     return None
@@ -168,7 +223,7 @@ class SshdRules:
                 if not rhost:
                     return None
                 # no pid: cannot pair it with its `Failed password` twin, let that one count
-                n = self._credit(conn, 1) if conn is not None else 0
+                n = self._credit(conn, 1, ip=rhost) if conn is not None else 0
                 return (SSH, K_FAIL, rhost, user, n, None)
             return None
         if c == "A":
@@ -180,19 +235,13 @@ class SshdRules:
             if m is not None:
                 what, user, ip, port = m
                 key = self._key(conn, ip, port)
-                n = self._credit(key, 0, at_least_one=True)
+                n = self._credit(key, 0, at_least_one=True, ip=ip)
                 if key is not None:
                     self._conns.pop(key)
                 kind = K_INVALID if what == "invalid" else K_FAIL
                 return (SSH, kind, ip, user, n, None)
-            if msg.startswith("Disconnecting "):
-                m = _DISCONNECTING.match(msg)
-                if m is None:
-                    return None
-                what, user, ip, port = m.groups()
-                key = self._key(conn, ip, port)
-                n = self._credit(key, 0, at_least_one=True)
-                return (SSH, K_TOO_MANY, ip, user, n, None)
+            if msg.startswith("Disconnecting"):
+                return self._disconnecting(msg, conn)
             m = _CONN_PLAIN.match(msg)
             if m is not None:
                 ip, port = m.groups()
@@ -211,24 +260,31 @@ class SshdRules:
                     if m is None:
                         return None
                     _inv, user, ip, port = m.groups()
-                    n = self._credit(self._key(conn, ip, port), 0, at_least_one=True)
+                    n = self._credit(self._key(conn, ip, port), 0, at_least_one=True, ip=ip)
                     return (SSH, K_TOO_MANY, ip, user, n, None)
-                if body.startswith("PAM: Authentication failure for "):
+                if body.startswith("PAM: "):
                     m = _PAM_ERR.match(body)
                     if m is None:
                         return None
-                    illegal, user, ip = m.groups()
-                    n = self._credit(conn, 1) if conn is not None else 0
-                    return (SSH, K_INVALID if illegal else K_FAIL, ip, user, n, None)
+                    unknown, illegal, user, ip = m.groups()
+                    n = self._credit(conn, 1, ip=ip) if conn is not None else 0
+                    return (SSH, K_INVALID if (illegal or unknown) else K_FAIL, ip, user, n, None)
                 return self._probe_rules(body)
             return None
         if c == "U":
             if msg.startswith("User "):
                 m = _NOT_ALLOWED.match(msg)
                 if m is None:
-                    return None
+                    # OpenSSH < 4.0, and shell/locked in every version: no address, the
+                    # connection's own (known from an earlier line of the same pid)
+                    m = _NOT_ALLOWED_NOADDR.match(msg)
+                    ip = self.conn_ip(conn) if m is not None else None
+                    if ip is None:
+                        return None
+                    n = self._credit(conn, 1, ip=ip)
+                    return (SSH, K_NOT_ALLOWED, ip, m.group(1), n, None)  # type: ignore[union-attr]
                 user, ip = m.groups()
-                n = self._credit(conn, 1) if conn is not None else 1
+                n = self._credit(conn, 1, ip=ip) if conn is not None else 1
                 return (SSH, K_NOT_ALLOWED, ip, user, n, None)
             return self._probe_rules(msg)
         if c == "R":
@@ -237,10 +293,51 @@ class SshdRules:
                 if m is None:
                     return None
                 ip, port = m.groups()
-                n = self._credit(self._key(conn, ip, port), 1)
+                n = self._credit(self._key(conn, ip, port), 1, ip=ip)
                 return (SSH, K_NOT_ALLOWED, ip, "root", n, None)
+            if msg.startswith("Received disconnect from ") and "Auth fail" in msg:
+                m = _RECV_DISC.match(msg)
+                if m is None:
+                    return None
+                ip, port = m.groups()
+                n = self._credit(self._key(conn, ip, port), 0, at_least_one=True, ip=ip)
+                return (SSH, K_FAIL, ip, None, n, None)
+            return None
+        if c == "r":
+            if msg.startswith("refused connect from "):
+                m = _REFUSED.match(msg)
+                if m is None:
+                    return None
+                return (SSH, K_NOT_ALLOWED, m.group(1), None, 1, None)
             return None
         return self._probe_rules(msg)
+
+    def _disconnecting(self, msg: str, conn: object | None) -> Hit | None:
+        """``Disconnecting[ who]: Too many authentication failures[ for USER]``."""
+        if "Too many authentication failures" not in msg:
+            return None
+        user: str | None
+        port: str | None
+        ip: str | None
+        m = _DISCONNECTING.match(msg)
+        if m is not None:
+            _what, user, ip, port = m.groups()
+        elif msg.startswith("Disconnecting: Too many authentication failures"):
+            # OpenSSH < 7.6: no address; the connection's own (by pid)
+            ip = self.conn_ip(conn)
+            if ip is None:
+                return None
+            port = None
+            user = msg[52:] if msg.startswith(" for ", 47) else None
+        else:
+            m = _DISCONNECTING_ADDR.match(msg)
+            if m is None:
+                return None
+            ip, port = m.groups()
+            user = None
+        key = self._key(conn, ip, port)
+        n = self._credit(key, 0, at_least_one=True, ip=ip)
+        return (SSH, K_TOO_MANY, ip, user, n, None)
 
     def _failed_accepted(self, msg: str, conn: object | None) -> Hit | None:
         failed = msg[0] == "F"
@@ -249,26 +346,35 @@ class SshdRules:
         m = _FAILED_TAIL.match(msg, i) if 0 < j and j + 5 <= i else None
         method = msg[7:j] if failed else msg[9:j]
         if m is not None and method and " " not in method:
-            verb = "Failed" if failed else "Accepted"
-            user = msg[j + 5:i]
-            invalid = user.startswith("invalid user ")
-            if invalid:
-                user = user[13:]
             ip, port = m.groups()
-            if verb == "Failed":
-                n = self._credit(self._key(conn, ip, port), 0, failed=True)
-                return (SSH, K_INVALID if invalid else K_FAIL, ip, user, n, None)
-            key = self._key(conn, ip, port)
+            return self._outcome(failed, method, msg[j + 5:i], ip, port, conn)
+        return self._failed_accepted_slow(msg, conn)
+
+    def _outcome(self, failed: bool, method: str, user: str, ip: str, port: str, conn: object | None) -> Hit:
+        invalid = user.startswith("invalid user ")
+        if invalid:
+            user = user[13:]
+        key = self._key(conn, ip, port)
+        if not failed:
             if key is not None:
                 self._conns.pop(key)
             return (SSH, K_SUCCESS, ip, user, 0, None)
-        return self._failed_accepted_slow(msg, conn)
+        if method == "publickey" and not self.count_publickey:
+            # a key offered and refused: what an agent with several keys does before it succeeds
+            if key is not None:
+                self._state(key, ip)
+            return (SSH, K_PROBE, ip, user, 0, None)
+        if method == "none":
+            # the `none` method is every client's first request; sshd does not count it either
+            n = self._credit(key, 0, at_least_one=True, ip=ip)
+        else:
+            n = self._credit(key, 0, failed=True, ip=ip)
+        return (SSH, K_INVALID if invalid else K_FAIL, ip, user, n, None)
 
     def _failed_accepted_slow(self, msg: str, conn: object | None) -> Hit | None:
         m0 = _METHOD.match(msg)
         if m0 is None:
             return None
-        verb = m0.group(1)
         rest = msg[m0.end():]
         cands = list(_FROM_PORT.finditer(rest))
         if not cands:
@@ -279,18 +385,8 @@ class SshdRules:
             if tail and _STRICT_TAIL.match(tail) is None:
                 # attacker text on both sides of the address (certificate key ID): ambiguous
                 return None
-        user = rest[:last.start()]
-        ip, port = last.group(1), last.group(2)
-        invalid = user.startswith("invalid user ")
-        if invalid:
-            user = user[13:]
-        if verb == "Accepted":
-            key = self._key(conn, ip, port)
-            if key is not None:
-                self._conns.pop(key)
-            return (SSH, K_SUCCESS, ip, user, 0, None)
-        n = self._credit(self._key(conn, ip, port), 0, failed=True)
-        return (SSH, K_INVALID if invalid else K_FAIL, ip, user, n, None)
+        return self._outcome(m0.group(1) == "Failed", m0.group(2), rest[:last.start()],
+                             last.group(1), last.group(2), conn)
 
     @staticmethod
     def _probe_rules(msg: str) -> Hit | None:

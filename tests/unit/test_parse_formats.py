@@ -143,7 +143,7 @@ S = "2026-11-28T05:00:21Z mx sshd[100]: "
 @pytest.mark.parametrize("msg,kind,ip,user", [
     (f"Invalid user admin from {IP}", "invalid_user", IP, "admin"),                   # 7.x, no port
     (f"Failed none for invalid user admin from {IP} port 5 ssh2", "invalid_user", IP, "admin"),
-    (f"Failed publickey for root from {IP} port 5 ssh2: RSA SHA256:abcDEF+/0", "auth_failed", IP, "root"),
+    (f"Failed publickey for root from {IP} port 5 ssh2: RSA SHA256:abcDEF+/0", "probe", IP, "root"),  # a probe (policy.count_publickey)
     (f"Failed keyboard-interactive/pam for root from {IP} port 5 ssh2", "auth_failed", IP, "root"),
     (f"Accepted keyboard-interactive/pam for ann from {IP} port 5 ssh2", "success", IP, "ann"),
     (f"Accepted publickey for ann from {IP} port 5 ssh2: ED25519-CERT SHA256:abc ID ann (serial 3) CA "
@@ -207,17 +207,17 @@ D = "2026-11-28T05:00:21Z mx dovecot: "
     (f"pop3-login: Disconnected (no auth attempts in 39 secs): user=<>, rip={IP}, lip=192.0.2.1, session=<x5>",
      "pop3", "probe", None, 0),
     (f"auth-worker(4242): pam(root,{IP},<x6>): pam_authenticate() failed: Authentication failure "
-     "(password mismatch?)", "other", "auth_failed", "root", 1),
+     "(password mismatch?)", "mail", "auth_failed", "root", 1),
     (f"auth-worker(4242): pam(nobody,{IP},<x7>): pam_authenticate() failed: User not known to the "
-     "underlying authentication module", "other", "invalid_user", "nobody", 1),
-    (f"auth-worker(4242): sql(bob,{IP}): unknown user", "other", "invalid_user", "bob", 1),  # 2.2, no session
-    (f"auth: ldap(bob,{IP},<x8>): invalid credentials", "other", "auth_failed", "bob", 1),
+     "underlying authentication module", "mail", "invalid_user", "nobody", 1),
+    (f"auth-worker(4242): sql(bob,{IP}): unknown user", "mail", "invalid_user", "bob", 1),  # 2.2, no session
+    (f"auth: ldap(bob,{IP},<x8>): invalid credentials", "mail", "auth_failed", "bob", 1),
     (f"auth-worker(bob@example.com,{IP})<1489><x9>: request [393]: unix_user: pam_authenticate() failed: "
-     "Authentication failure (Password mismatch?)", "other", "auth_failed", "bob@example.com", 1),
+     "Authentication failure (Password mismatch?)", "mail", "auth_failed", "bob@example.com", 1),
     (f"auth(bob@example.com,{IP},sasl:login)<x10>: Info: sql: Password mismatch (given password: hunter2)",
-     "other", "auth_failed", "bob@example.com", 1),
+     "mail", "auth_failed", "bob@example.com", 1),
     (f"auth-worker(eve@example.com,{IP})<230299>: request [1]: Info: sql: unknown user",
-     "other", "invalid_user", "eve@example.com", 1),
+     "mail", "invalid_user", "eve@example.com", 1),
 ])
 def test_dovecot_variants(msg: str, service: str, kind: str, user: str | None, attempts: int) -> None:
     ev = one(D + msg)

@@ -224,7 +224,7 @@ def test_dovecot_auth_verbose_counts_each_attempt_once() -> None:
     verbose = [e for e in evs if e.session == "+Fgzk09hFJjLAHEL"]
     # two real-time `unknown user` lines, then the summary `(auth failed, 2 attempts)`
     assert [(e.kind, e.service, e.attempts) for e in verbose] == [
-        ("invalid_user", "other", 1), ("invalid_user", "other", 1), ("auth_failed", "pop3", 0)]
+        ("invalid_user", "mail", 1), ("invalid_user", "mail", 1), ("auth_failed", "pop3", 0)]
     assert all(e.ip == "203.0.113.11" and e.user == "root" for e in verbose)
     mismatch = [e for e in evs if e.session == "V5BWlE9h4sfLAHEL"]
     assert [(e.kind, e.attempts) for e in mismatch] == [("auth_failed", 1), ("auth_failed", 0)]
