@@ -1,4 +1,8 @@
-"""popwatch's two ban sets: ``popwatch4`` (hash:ip) and ``popwatch6`` (hash:net family inet6).
+"""BASELINE for benchmarks/firewall.py only: popwatch/firewall/ipset.py as it was before
+pyroute2 (a hand-written ip_set netlink client for add/del, the ``ipset`` binary for the rest,
+including bulk ``ipset restore``). Not used by popwatch.
+
+Original docstring: popwatch's two ban sets: ``popwatch4`` (hash:ip) and ``popwatch6`` (hash:net family inet6).
 
 Adds and deletes go over netlink from this process (a minimal, dependency-free client of the
 kernel's ip_set protocol: ~0.1 ms a call instead of ~2 ms for a fork+exec of ``ipset``); every
@@ -20,8 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from .base import FirewallError
-from .rules import SET4, SET6, SETX4, SETX6
+from popwatch.firewall.base import FirewallError
+from popwatch.firewall.rules import SET4, SET6, SETX4, SETX6
 
 MAXELEM = 262144
 
