@@ -132,14 +132,14 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
         return SimFirewall(ipv6_prefix=ipv6_prefix, **sim_kw)
     if not has_net_admin() and not dry_run:
         raise NeedsRoot(f"the {backend} firewall backend needs root or CAP_NET_ADMIN to read and "
-                        f"change iptables/ipset: run popwatch with sudo (or use --backend sim or "
+                        f"change the firewall: run popwatch with sudo (or use --backend sim or "
                         f"--backend none to only watch)")
     flavour = host_flavour()
     chosen = backend
     if backend == "auto":
         if flavour is None:
-            raise FirewallError("iptables is not installed: install the 'iptables' and 'ipset' "
-                                "packages, or run with --backend none to only watch")
+            raise FirewallError("iptables is not installed: install the 'iptables' package (popwatch "
+                                "needs nothing else), or run with --backend none to only watch")
         chosen = flavour
     cleanup_only = False
     if chosen == "legacy" and flavour == "nft" and not allow_legacy_on_nft:
