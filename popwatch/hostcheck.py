@@ -96,3 +96,40 @@ def short(reason: str) -> str:
     if m:
         return f"no {m.group(1) or m.group(2)} in the kernel"
     return reason.split(":", 1)[0][:40]
+
+
+def journal_access(journalctl: str = "journalctl") -> tuple[bool | None, str]:
+    """(True: full access / False: limited or failing / None: not installed, detail)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which(journalctl)
+    if exe is None:
+        return None, "journalctl is not installed"
+    try:
+        cp = subprocess.run([exe, "-n", "1", "-q", "--no-pager", "-o", "cat"], capture_output=True,
+                            text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        return False, str(e)
+    text = cp.stdout[-2000:] + cp.stderr
+    if cp.returncode != 0 or "insufficient permissions" in text or "not seeing messages from other users" in text:
+        why = next((l for l in cp.stderr.splitlines() if l.strip()), f"journalctl exit {cp.returncode}")
+        return False, (f"no full access to journald ({why.strip()[:120]}): run popwatch as root or add its "
+                       f"user to the systemd-journal group")
+    return True, "readable"
+
+
+def source_problems(sources: list[object]) -> list[str]:
+    """One line per log source popwatch cannot read (and the fix)."""
+    out = []
+    for s in sources:
+        path = getattr(s, "path", None)
+        if isinstance(path, str):
+            if os.path.exists(path) and not os.access(path, os.R_OK):
+                out.append(f"cannot read {path} (permission denied for uid {os.geteuid()}): run popwatch "
+                           f"as root, or give it read access (e.g. the adm group)")
+        elif type(s).__name__ == "JournalSource":
+            ok, detail = journal_access(getattr(s, "journalctl", "journalctl"))
+            if not ok:
+                out.append(detail)
+    return out

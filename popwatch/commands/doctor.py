@@ -155,17 +155,15 @@ def check_logs(cfg: Config, now: float) -> tuple[list[Check], bool]:
 
 
 def check_journal(cfg: Config, files_usable: bool) -> Check:
+    from ..hostcheck import journal_access
+
     needed = cfg.journal is True or (cfg.journal is None and not files_usable)
-    rc, text = _cmd(["journalctl", "-n", "1", "-q", "--no-pager", "-o", "cat"])
-    if rc == 127:
+    ok, detail = journal_access()
+    if ok is None:
         return _check("journald", not needed, "journalctl not installed" +
                       (": no log source left; pass --log PATH" if needed else " (log files are used)"))
-    limited = "insufficient permissions" in text or "not seeing messages from other users" in text
-    if rc != 0 or limited:
-        why = text.strip().splitlines()[0] if text.strip() else f"journalctl exit {rc}"
-        return _check("journald", not needed, f"no full access ({why}): run popwatch as root or add it to "
-                                              f"the systemd-journal group" +
-                      ("" if needed else " (log files are used instead)"))
+    if not ok:
+        return _check("journald", not needed, detail + ("" if needed else " (log files are used instead)"))
     return _check("journald", True, "readable" + ("; used" if needed else "; used only with --journal "
                                                                           "(log files were found)"))
 

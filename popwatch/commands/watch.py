@@ -242,6 +242,12 @@ def run_watch(args: argparse.Namespace) -> int:
         store.note(f"read-only: {why_ro}")
         if args.no_tui:
             print(f"popwatch: read-only (watching only): {why_ro}", file=sys.stderr, flush=True)
+    from ..hostcheck import source_problems
+
+    for line in source_problems(monitor.sources):
+        store.note(line)
+        if args.no_tui:
+            print(f"popwatch: {line}", file=sys.stderr, flush=True)
     for line in [*plan, *monitor.reconcile()]:
         if args.no_tui:
             print(f"popwatch: {line}" if not dry_run or line in plan else f"popwatch: dry run: {line}",

@@ -613,6 +613,7 @@ def run_binary(argv: Sequence[str], stdin: str | None = None, *, timeout: float 
     except subprocess.TimeoutExpired:
         raise FirewallError(f"{argv[0]} did not finish in {timeout:.0f}s") from None
     if cp.returncode != 0:
-        msg = (cp.stderr or cp.stdout).strip().splitlines()
-        raise FirewallError(f"{' '.join(argv[:4])}: {msg[-1] if msg else f'exit {cp.returncode}'}")
+        msg = [l.strip() for l in (cp.stderr or cp.stdout).splitlines()
+               if l.strip() and not l.startswith("Try `")]  # iptables' "Try `iptables -h'" hint
+        raise FirewallError(f"{' '.join(argv[:4])}: {'; '.join(msg[-3:]) if msg else f'exit {cp.returncode}'}")
     return cp.stdout
