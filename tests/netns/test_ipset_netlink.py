@@ -57,6 +57,13 @@ SCRIPT = textwrap.dedent("""
         ips.flush(args)
     elif op == "destroy":
         out = ips.destroy()
+    elif op == "in-loop":   # from a thread whose asyncio loop runs (the TUI's): pyroute2 can't nest loops
+        import asyncio
+        async def main():
+            ips.ensure()
+            ips.add("popwatch4", "203.0.113.9", 60)
+            return sorted(ips.names()), ips.entries(), ips.destroy()
+        out = asyncio.run(main())
     elif op == "pyroute2-decoded":   # the same members through pyroute2's own decoder
         res = {}
         with IPSet() as p:
@@ -150,6 +157,9 @@ def test_sets_over_netlink_seen_by_the_ipset_binary(lab: Lab) -> None:
     assert lab.run(lab.server, ["ipset", "list", "-n"]).stdout.split() == []
     # entries() of missing sets is empty, not an error
     assert out(sets(lab, "entries")) == {}
+    names, entries, warns = out(sets(lab, "in-loop"))
+    assert names == ["popwatch4", "popwatch6", "popwatchx4", "popwatchx6"]
+    assert list(entries) == ["203.0.113.9"] and warns == []
 
 
 def test_bulk_restore_exempt_swap_and_walker(lab: Lab) -> None:
