@@ -258,3 +258,30 @@ def test_doctor_things_missing(lab: Lab, d: Path) -> None:
                  check=False)
     ssh = {c["check"]: c for c in json.loads(cp.stdout)}["your SSH address"]
     assert ssh["ok"] and ssh["detail"].startswith("203.0.113.77: popwatch never bans")
+
+
+FAKE_JOURNALCTL = """#!/bin/sh
+# journalctl as a user outside the adm/systemd-journal groups answers (systemd's own hint)
+echo "Hint: You are currently not seeing messages from other users and the system." >&2
+echo "      Users in groups 'adm', 'systemd-journal' can see all messages." >&2
+echo "      Pass -q to turn off this notice." >&2
+exit 0
+"""
+
+
+def test_no_journald_access_one_line(lab: Lab, d: Path) -> None:
+    b = d / "jbin"
+    b.mkdir()
+    (b / "journalctl").write_text(FAKE_JOURNALCTL)
+    (b / "journalctl").chmod(0o755)
+    path = f"{b}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    cp = pw(lab, d, "--backend", "none", "watch", "--no-tui", "--journal", "--log", str(d / "mail.log"),
+            "--duration", "2", path=path)
+    assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stderr
+    [line] = [l for l in cp.stderr.splitlines() if "journald" in l]
+    assert line.startswith("popwatch: no full access to journald") and "systemd-journal group" in line
+    cfg = d / "j.toml"
+    cfg.write_text("journal = true\n")
+    cp = pw(lab, d, "--config", str(cfg), "doctor", "--json", path=path)
+    j = {c["check"]: c for c in json.loads(cp.stdout)}["journald"]
+    assert cp.returncode == 1 and not j["ok"] and "systemd-journal group" in j["detail"]
