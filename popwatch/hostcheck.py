@@ -16,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 #: feature -> (kernel module, x_tables match name or None, what popwatch uses it for)
 KERNEL_FEATURES = {
@@ -119,7 +120,7 @@ def journal_access(journalctl: str = "journalctl") -> tuple[bool | None, str]:
     return True, "readable"
 
 
-def source_problems(sources: list[object]) -> list[str]:
+def source_problems(sources: Sequence[object]) -> list[str]:
     """One line per log source popwatch cannot read (and the fix)."""
     out = []
     for s in sources:

@@ -38,6 +38,7 @@ import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 from .base import FirewallError, NeedsRoot
@@ -197,7 +198,7 @@ def _attrs(buf: bytes, off: int, end: int) -> Iterable[tuple[int, int, int]]:
 
 def _walk_list(buf: bytes, off: int, end: int, out: list[tuple[str, int | None]]) -> None:
     """Members of one LIST reply (after its nfgenmsg) appended to ``out``."""
-    family = socket.AF_INET
+    family: int = socket.AF_INET
     for typ, a, b in _attrs(buf, off, end):
         if typ == 5:  # IPSET_ATTR_FAMILY
             family = buf[a]
@@ -513,7 +514,7 @@ class Ipset:
                     self._run([self.binary, "destroy", name], None)
                     continue
                 try:
-                    _pyroute2(lambda ips, n=name: ips.destroy(n), f"ipset destroy {name}")
+                    _pyroute2(partial(_destroy, name=name), f"ipset destroy {name}")
                 except FirewallError as e:
                     warns.append(f"ipset {name} kept: {e}")
         return warns
@@ -602,6 +603,10 @@ class Ipset:
 
     def close(self) -> None:
         self._nl.close()
+
+
+def _destroy(ips: Any, name: str) -> None:
+    ips.destroy(name)
 
 
 def run_binary(argv: Sequence[str], stdin: str | None = None, *, timeout: float = 30.0) -> str:
