@@ -6,14 +6,18 @@ the host's tables are never touched. Addresses are documentation ranges only; no
 sent. Figures are medians and p99 of many samples on a shared, noisy machine.
 
 Measured per backend (nft = iptables-nft binaries, legacy = python-iptables):
-  * one ban (``Firewall.ban``: in-process netlink ipset add) with 0 / 1k / 10k bans present,
-    and the same through the ``ipset`` binary (the fallback path);
-  * bulk load of 10k bans (``ban_many`` -> one ``ipset restore``);
+  * one ban (``Firewall.ban``: pyroute2-encoded netlink ipset add) with 0 / 1k / 10k bans
+    present; in the same run, BEFORE: the old hand-written netlink client and the ``ipset``
+    binary (benchmarks/ipset_before.py), and pyroute2's plain ``IPSet.add`` (why popwatch keeps
+    a thin template layer for the hot path);
+  * bulk load of 10k bans (``ban_many``: batched netlink adds) and, BEFORE, one ``ipset restore``
+    of the same 10k (skipped when the binary is absent); reading them all back (``bans()``);
   * one counter poll (``Firewall.counters``, v4 + v6) with 10k bans present;
   * one retune (``set_limit``: atomic replace of one port's rules, counters carried);
   * baseline, same run: one ``iptables -w -A INPUT -s IP -j DROP`` per IP with 0 / 1k / 10k
     such rules present, 1k of them added one by one, and a poll with ``iptables-save -c``.
-Targets (issue 5): ban <= 2 ms median at 10k, poll <= 3 ms at 10k, bulk 10k <= 0.5 s.
+Targets (issue 5): ban <= 2 ms median at 10k, poll <= 3 ms at 10k, bulk 10k <= 0.5 s;
+(issue 13, pyroute2): ban <= 0.2 ms median at 10k, bulk 10k <= 0.5 s.
 
 ``nftables`` (popwatch's own ``table inet popwatch``, issue 14) is measured the same way (ban
 through libnftables, counters by one netlink dump, bulk as one transaction; its baseline is one
@@ -28,6 +32,7 @@ import ipaddress
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -163,12 +168,10 @@ def inner(backend: str, samples: int) -> dict[str, Any]:
     if backend == "nft":
         from popwatch.firewall.iptables import IptablesFirewall
         fw: Any = IptablesFirewall(flavour="nft", lock_path=lock)
-        bin_fw: Any = IptablesFirewall(flavour="nft", lock_path=lock, netlink=False)
         ipt, restore, save = "iptables-nft", "iptables-nft-restore", "iptables-nft-save"
     else:
         from popwatch.firewall.iptc_backend import IptcFirewall
         fw = IptcFirewall(lock_path=lock)
-        bin_fw = IptcFirewall(lock_path=lock, netlink=False)
         ipt, restore, save = "iptables-legacy", "iptables-legacy-restore", "iptables-legacy-save"
     # ~ a realistic admin ruleset
     run([ipt, "-w", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"])
@@ -184,25 +187,69 @@ def inner(backend: str, samples: int) -> dict[str, Any]:
         counter[0] += 1
         return v4(counter[0]) if counter[0] % 4 == 0 else v6(counter[0])
 
+    from pyroute2 import IPSet
+
+    from benchmarks.ipset_before import Ipset as OldIpset
+    from benchmarks.ipset_before import NetlinkIpset as OldNetlink
+    from benchmarks.ipset_before import run_binary as old_run
+    from popwatch.firewall import rules as R
+
+    has_binary = shutil.which("ipset") is not None
+    old_nl, pr2 = OldNetlink(), IPSet()
+    old = OldIpset(old_run, old_run)
+
+    def old_ban() -> None:  # what Firewall.ban did before: validate, then the old client's ADD
+        e = R.ban_entry(fresh(), allow_net=False, ipv6_prefix=64)
+        if old_nl.request(9, e.set_name, e.entry, 3600):
+            raise RuntimeError("old client refused an add")
+
+    def bin_ban() -> None:  # the `ipset` binary (the old fallback path)
+        e = R.ban_entry(fresh(), allow_net=False, ipv6_prefix=64)
+        old_run(OldIpset.add_argv("ipset", e.set_name, e.entry, 3600))
+
+    def pr2_ban() -> None:  # pyroute2's plain API, one call per ban
+        e = R.ban_entry(fresh(), allow_net=False, ipv6_prefix=64)
+        if e.set_name == "popwatch4":
+            pr2.add("popwatch4", e.entry, exclusive=False, timeout=3600)
+        else:
+            pr2.add("popwatch6", e.entry, family=10, etype="net", exclusive=False, timeout=3600)
     ban_key = "ban_netlink"
-    res[ban_key] = {}
-    res["ban_ipset_binary"] = {}
+    for k in (ban_key, "ban_old_client", "ban_pyroute2_api", "ban_ipset_binary"):
+        res[k] = {}
     for present in (0, 1000, 10000):
-        run(["ipset", "flush", "popwatch4"])
-        run(["ipset", "flush", "popwatch6"])
+        fw.ipset.flush("popwatch4")
+        fw.ipset.flush("popwatch6")
         if present:
             fw.ban_many(population(present))
         res[ban_key][present] = timed(lambda: fw.ban(fresh(), 3600), samples)
-        res["ban_ipset_binary"][present] = timed(lambda: bin_fw.ban(fresh(), 3600), max(20, samples // 4))
-    # bulk load 10k into empty sets
-    run(["ipset", "flush", "popwatch4"])
-    run(["ipset", "flush", "popwatch6"])
+        res["ban_old_client"][present] = timed(old_ban, samples)
+        res["ban_pyroute2_api"][present] = timed(pr2_ban, max(20, samples // 4))
+        if has_binary:
+            res["ban_ipset_binary"][present] = timed(bin_ban, max(20, samples // 4))
+    # bulk load 10k into empty sets: after (netlink batches), before (one `ipset restore`)
     items = population(10000, offset=50_000)
+    if has_binary:
+        fw.ipset.flush("popwatch4")
+        fw.ipset.flush("popwatch6")
+        entries = [(e.set_name, e.entry, 3600) for e in
+                   (R.ban_entry(ip, allow_net=False, ipv6_prefix=64) for ip, _ in items)]
+        t0 = time.perf_counter()
+        old.restore(entries)
+        res["bulk_10k_before_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        old.entries()
+        res["read_10k_before_s"] = round(time.perf_counter() - t0, 3)
+    fw.ipset.flush("popwatch4")
+    fw.ipset.flush("popwatch6")
     t0 = time.perf_counter()
     n = fw.ban_many(items)
     res["bulk_10k_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
     res["bulk_entries"] = len(fw.bans())
-    assert n == 10000
+    res["read_10k_s"] = round(time.perf_counter() - t0, 3)
+    assert n == 10000 and res["bulk_entries"] == 10000, res["bulk_entries"]
+    old_nl.close()
+    pr2.close()
     res["poll_at_10k"] = timed(fw.counters, samples)
     modes = ["per-source", "global"]
     k = [0]
@@ -238,7 +285,6 @@ def inner(backend: str, samples: int) -> dict[str, Any]:
     run([ipt, "-w", "-F", "INPUT"])
     res["baseline"] = base
     fw.close()
-    bin_fw.close()
     try:
         os.unlink(lock)
     except OSError:
@@ -300,14 +346,21 @@ def print_report(r: dict[str, Any]) -> None:
         return  # printed in the side-by-side table (its own baseline is in the JSON)
     b = r["baseline"]
     print(f"\n== backend {r['backend']} (popwatch: ipset bans)   vs   baseline: one iptables rule per IP")
-    print(f"{'bans present':>14} | {'ban (netlink) med / p99 ms':>27} | {'ban (ipset binary) med':>23} | "
-          f"{'baseline iptables -A med / p99 ms':>34} | ratio")
+    print(f"{'bans present':>14} | {'ban (now) med / p99 ms':>23} | {'before: old client':>18} | "
+          f"{'pyroute2 IPSet.add':>18} | {'ipset binary':>12} | {'baseline iptables -A med / p99 ms':>34} | ratio")
     for n in ("0", "1000", "10000"):
-        nl, bi, ba = r["ban_netlink"][n], r["ban_ipset_binary"][n], b["append_rule"][n]
-        print(f"{n:>14} | {nl['median_ms']:>12.3f} / {nl['p99_ms']:<12.3f} | {bi['median_ms']:>23.3f} | "
-              f"{ba['median_ms']:>17.3f} / {ba['p99_ms']:<14.3f} | {ba['median_ms'] / nl['median_ms']:>6.0f}x")
-    print(f"bulk load 10k bans: {r['bulk_10k_s']:.3f} s  (baseline: 1k rules one by one took "
+        nl, ba = r["ban_netlink"][n], b["append_rule"][n]
+        oc, pa = r["ban_old_client"][n]["median_ms"], r["ban_pyroute2_api"][n]["median_ms"]
+        bi = r["ban_ipset_binary"].get(n, {}).get("median_ms", float("nan"))
+        print(f"{n:>14} | {nl['median_ms']:>10.3f} / {nl['p99_ms']:<10.3f} | {oc:>18.3f} | {pa:>18.3f} | "
+              f"{bi:>12.3f} | {ba['median_ms']:>17.3f} / {ba['p99_ms']:<14.3f} | {ba['median_ms'] / nl['median_ms']:>6.0f}x")
+    before = r.get("bulk_10k_before_s")
+    print(f"bulk load 10k bans: {r['bulk_10k_s']:.3f} s  (before, one `ipset restore`: "
+          f"{'n/a' if before is None else f'{before:.3f} s'}; baseline: 1k rules one by one took "
           f"{b['append_1k_one_by_one_s']:.1f} s)")
+    rb = r.get("read_10k_before_s")
+    print(f"read back 10k bans (bans()): {r['read_10k_s']:.3f} s  (before, `ipset save`: "
+          f"{'n/a' if rb is None else f'{rb:.3f} s'})")
     p = r["poll_at_10k"]
     print(f"counter poll at 10k bans: {p['median_ms']:.2f} ms median, {p['p99_ms']:.2f} ms p99  "
           f"(baseline iptables-save -c at 10k rules: {b['poll_iptables_save_at_10k']['median_ms']:.1f} ms)")
@@ -317,6 +370,8 @@ def print_report(r: dict[str, Any]) -> None:
     ok = (r["ban_netlink"]["10000"]["median_ms"] <= 2, p["median_ms"] <= 3, r["bulk_10k_s"] <= 0.5)
     print("targets (ban<=2ms@10k, poll<=3ms@10k, bulk<=0.5s):", ["MISS", "ok"][ok[0]], ["MISS", "ok"][ok[1]],
           ["MISS", "ok"][ok[2]])
+    ok13 = r["ban_netlink"]["10000"]["median_ms"] <= 0.2
+    print("target issue 13 (one ban <= 0.2 ms median at 10k):", ["MISS", "ok"][ok13])
 
 
 def main() -> int:

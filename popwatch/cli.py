@@ -20,7 +20,7 @@ from .config import BACKENDS, ConfigError, load
 EXIT_OK, EXIT_USAGE, EXIT_ROOT, EXIT_PROTECTED = 0, 2, 3, 4
 
 #: subcommand modules, in help order
-COMMAND_MODULES = ("watch", "scan", "fw", "undo", "configcmd")
+COMMAND_MODULES = ("watch", "scan", "fw", "undo", "configcmd", "doctor")
 
 
 class UsageError(Exception):

@@ -92,7 +92,9 @@ def _firewall(cfg: Config, dry_run: bool) -> Firewall:
     except NeedsRoot as e:
         raise _Exit(EXIT_ROOT, str(e)) from None
     except FirewallError as e:
-        raise _Exit(EXIT_FAIL, str(e)) from None
+        from ..hostcheck import explain
+
+        raise _Exit(EXIT_FAIL, explain(str(e))) from None
 
 
 def _monitor(cfg: Config, fw: Firewall, dry_run: bool) -> Any:
@@ -140,7 +142,9 @@ def _guard(fn: Any, args: argparse.Namespace) -> int:
     except (AddressError, ValueError) as e:
         return _err(EXIT_USAGE, str(e))
     except FirewallError as e:
-        return _err(EXIT_FAIL, str(e))
+        from ..hostcheck import explain
+
+        return _err(EXIT_FAIL, explain(str(e)))
 
 
 def _ensure_base(fw: Firewall, dry_run: bool) -> list[str]:

@@ -11,7 +11,7 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 from ..config import Config, parse_duration, parse_ports
-from ..firewall.base import NeedsRoot
+from ..firewall.base import FirewallError, NeedsRoot
 
 if TYPE_CHECKING:
     from ..monitor import Monitor
@@ -146,8 +146,10 @@ def _open_events(spec: str | None) -> IO[str] | None:
 
 
 def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
-    """The configured backend, or a read-only 'none' with the reason when we lack the rights."""
+    """The configured backend, or a read-only 'none' with the reason when we lack the rights
+    or something the backend needs is missing (iptables, a kernel module)."""
     from ..firewall.base import NoFirewall
+    from ..hostcheck import explain, short
 
     try:
         from ..firewall.detect import make_firewall
@@ -158,7 +160,10 @@ def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
                              ban_action=cfg.policy.ban_action, allow=cfg.policy.allow,
                              dry_run=dry_run), None
     except NeedsRoot as e:
-        return NoFirewall(cfg.port_limits()), str(e)
+        return NoFirewall(cfg.port_limits(), reason=str(e), short=short(str(e))), str(e)
+    except FirewallError as e:
+        why = explain(str(e))
+        return NoFirewall(cfg.port_limits(), reason=why, short=short(why)), why
 
 
 def _make_sources(cfg: Config, args: argparse.Namespace) -> list[Any]:
@@ -224,9 +229,26 @@ def run_watch(args: argparse.Namespace) -> int:
                       firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
                       dry_run=dry_run, events_out=events_out, policy=cfg.policy,
                       default_ttl=cfg.policy.bantime)
+    try:
+        plan = monitor.start_firewall(cfg.port_limits())
+    except FirewallError as e:  # e.g. a kernel module missing: watch anyway, read-only
+        from ..firewall.base import NoFirewall
+        from ..hostcheck import explain, short
+
+        why_ro = explain(str(e))
+        firewall.close()
+        monitor.firewall = firewall = NoFirewall(cfg.port_limits(), reason=why_ro, short=short(why_ro))
+        plan = monitor.start_firewall(cfg.port_limits())
     if why_ro:
         store.note(f"read-only: {why_ro}")
-    plan = monitor.start_firewall(cfg.port_limits())
+        if args.no_tui:
+            print(f"popwatch: read-only (watching only): {why_ro}", file=sys.stderr, flush=True)
+    from ..hostcheck import source_problems
+
+    for line in source_problems(monitor.sources):
+        store.note(line)
+        if args.no_tui:
+            print(f"popwatch: {line}", file=sys.stderr, flush=True)
     for line in [*plan, *monitor.reconcile()]:
         if args.no_tui:
             print(f"popwatch: {line}" if not dry_run or line in plan else f"popwatch: dry run: {line}",

@@ -248,11 +248,16 @@ class NoFirewall(Firewall):
     name = "none"
     can_write = False
 
-    def __init__(self, limits: list[PortLimit] | None = None) -> None:
+    def __init__(self, limits: list[PortLimit] | None = None, *, reason: str = "", short: str = "") -> None:
         self._limits = {l.port: l for l in limits or []}
+        #: why popwatch fell back to monitoring only ("" when --backend none was asked for),
+        #: and a few words of it for the header
+        self.reason = reason
+        self.short_reason = short or reason[:40]
 
     def _refuse(self) -> None:
-        raise FirewallError("backend is 'none' (monitor only): no firewall changes are made")
+        raise FirewallError(f"read-only: {self.reason}" if self.reason else
+                            "backend is 'none' (monitor only): no firewall changes are made")
 
     def install(self, limits: list[PortLimit]) -> None:
         self._limits = {l.port: l for l in limits}

@@ -141,8 +141,8 @@ def _auto(flavour: str | None) -> tuple[str, str]:
     if flavour is None:
         if has_libnftables():
             return "nftables", "auto: no iptables binary, libnftables present"
-        raise FirewallError("iptables is not installed: install the 'iptables' and 'ipset' "
-                            "packages, or run with --backend none to only watch")
+        raise FirewallError("iptables is not installed: install the 'iptables' package (popwatch "
+                            "needs nothing else), or run with --backend none to only watch")
     if flavour == "legacy":
         return "legacy", "auto: this host's iptables is the legacy flavour"
     if not has_libnftables():
@@ -177,7 +177,7 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
         return SimFirewall(ipv6_prefix=ipv6_prefix, **sim_kw)
     if not has_net_admin() and not dry_run:
         raise NeedsRoot(f"the {backend} firewall backend needs root or CAP_NET_ADMIN to read and "
-                        f"change iptables/ipset: run popwatch with sudo (or use --backend sim or "
+                        f"change the firewall: run popwatch with sudo (or use --backend sim or "
                         f"--backend none to only watch)")
     flavour = host_flavour()
     chosen = backend

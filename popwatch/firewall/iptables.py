@@ -8,7 +8,7 @@ plan is read and applied.
   bans because bans live in ipset sets). v4 and v6 are read in parallel.
 * Writes: one ``iptables-restore -w --noflush -c`` per family and change, so a retune is atomic
   and carries its counters; only the rules of the port being changed are replaced.
-* Bans: :mod:`.ipset` (in-process netlink add/del; ``ipset restore`` for bulk).
+* Bans: :mod:`.ipset` (netlink via pyroute2, no ``ipset`` binary).
 * Two popwatch processes (the TUI and a CLI ``popwatch limit``) serialise their
   read-modify-write on ``lock_path``; the xtables lock is left to the binaries (``-w``).
 """

@@ -173,6 +173,8 @@ class PopwatchApp(App[None]):
         return self.mode == "read-only" or not self.monitor.firewall.can_write
 
     def read_only_reason(self) -> str:
+        if getattr(self.monitor.firewall, "reason", ""):
+            return f"read-only: {self.monitor.firewall.reason}"  # type: ignore[attr-defined]
         if self.monitor.firewall.name == "none":
             return ("read-only: the firewall backend is 'none' (monitor only), so popwatch cannot ban or "
                     "change limits; to act, run it as root with a firewall backend (--backend auto)")
@@ -234,6 +236,9 @@ class PopwatchApp(App[None]):
             flags.append(("DRY-RUN", "bold yellow"))
         if self.read_only and self.mode != "read-only":
             flags.append(("READ-ONLY", "bold yellow"))
+        why = getattr(self.monitor.firewall, "short_reason", "")
+        if why:  # why, in a few words (the full line: any acting key, ? and the event log)
+            flags.append((f"({why})", "yellow"))
         auto = getattr(self.monitor, "auto_ban", None)
         if isinstance(auto, bool):
             flags.append(("auto-ban:on" if auto else "auto-ban:off", "bold red" if auto else "dim"))
