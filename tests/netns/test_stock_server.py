@@ -64,7 +64,8 @@ def d() -> Iterator[Path]:
 
 
 def pw(lab: Lab, d: Path, *args: str, path: str | None = None, nobody: bool = False,
-       prefix: list[str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+       prefix: list[str] | None = None, timeout: float = 60,
+       backend: str = "auto") -> subprocess.CompletedProcess[str]:
     """``popwatch --state-dir D/state ARGS`` in the lab's server namespace."""
     env = ["env", "-u", "SSH_CONNECTION", "-u", "SSH_CLIENT", "HOME=/tmp"]
     if path is not None:
@@ -76,7 +77,7 @@ def pw(lab: Lab, d: Path, *args: str, path: str | None = None, nobody: bool = Fa
                 *env, f"PYTHONPATH={REPO}:{SITE}", py]
     else:
         argv = [*env, f"PYTHONPATH={REPO}", sys.executable]
-    argv = [*(prefix or []), *argv, "-m", "popwatch", "--backend", "auto", "--state-dir", str(d / "state"), *args]
+    argv = [*(prefix or []), *argv, "-m", "popwatch", "--backend", backend, "--state-dir", str(d / "state"), *args]
     return lab.run(lab.server, argv, check=False, timeout=timeout)
 
 
@@ -104,23 +105,29 @@ def no_path(d: Path, *missing: str) -> str:
 
 def test_no_iptables_one_line_and_watch_read_only(lab: Lab, d: Path) -> None:
     path = no_path(d, "iptables", "ip6tables")
-    cp = pw(lab, d, "ban", "203.0.113.5", path=path)
+    # an iptables backend named explicitly: one line naming the package
+    cp = pw(lab, d, "ban", "203.0.113.5", path=path, backend="nft")
     assert cp.returncode == 1
     line = one_line(cp)
     assert "iptables is not installed" in line and "'iptables' package" in line
-    cp = pw(lab, d, "status", path=path)
+    cp = pw(lab, d, "status", path=path, backend="nft")
     assert cp.returncode == 1 and "iptables is not installed" in one_line(cp)
     # watch: starts anyway, says why once, and still monitors (events flow)
     log, events = d / "mail.log", d / "events.jsonl"
     log.write_text(FAIL_LINE)
     cp = pw(lab, d, "watch", "--no-tui", "--from-start", "--log", str(log), "--events", str(events),
-            "--duration", "3", path=path)
+            "--duration", "3", path=path, backend="nft")
     assert cp.returncode == 0, cp.stderr
     assert "Traceback" not in cp.stderr
     assert "popwatch: read-only (watching only): iptables is not installed" in cp.stderr
     ev = [json.loads(l) for l in events.read_text().splitlines()]
     assert any(e.get("ip") == "203.0.113.10" for e in ev)
     assert lab.run(lab.server, ["iptables", "-S"]).stdout.count("POPWATCH") == 0
+    # auto without iptables binaries: the native nftables backend needs none of them
+    cp = pw(lab, d, "ban", "203.0.113.5", path=path)
+    assert cp.returncode == 0, cp.stderr
+    assert "203.0.113.5" in lab.run(lab.server, ["nft", "list", "table", "inet", "popwatch"]).stdout
+    assert pw(lab, d, "uninstall", path=path).returncode == 0
 
 
 def test_not_root_exit_3_and_watch_read_only_unreadable_log(lab: Lab, d: Path) -> None:
@@ -163,7 +170,7 @@ def test_missing_hashlimit_module_one_line_and_watch_read_only(lab: Lab, d: Path
         (b / real).write_text(WRAPPER.replace("{real}", real))
         (b / real).chmod(0o755)
     path = f"{b}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    cp = pw(lab, d, "limit", "110", "--rate", "5/second", "--mode", "per-source", path=path)
+    cp = pw(lab, d, "limit", "110", "--rate", "5/second", "--mode", "per-source", path=path, backend="nft")
     assert cp.returncode == 1
     line = one_line(cp)
     assert "the kernel lacks xt_hashlimit" in line and "modprobe xt_hashlimit" in line
@@ -171,7 +178,7 @@ def test_missing_hashlimit_module_one_line_and_watch_read_only(lab: Lab, d: Path
     cfg = d / "popwatch.toml"
     cfg.write_text('[limits.110]\nmode = "per-source"\nrate = "5/second"\nburst = 10\n')
     cp = pw(lab, d, "--config", str(cfg), "watch", "--no-tui", "--from-start", "--log", str(d / "mail.log"),
-            "--ports", "110", "--events", str(d / "ev.jsonl"), "--duration", "3", path=path)
+            "--ports", "110", "--events", str(d / "ev.jsonl"), "--duration", "3", path=path, backend="nft")
     assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stderr
     assert "popwatch: read-only (watching only): the kernel lacks xt_hashlimit" in cp.stderr
     assert (d / "ev.jsonl").read_text().count("203.0.113.10") >= 1
