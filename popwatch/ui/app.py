@@ -94,6 +94,8 @@ class PopwatchApp(App[None]):
     ]
     #: keys the help screen lists besides the bindings above
     EXTRA_KEYS = [("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
+                  ("g/Home", "attackers: back to the top row (the cursor stays there until you move it; "
+                             "once moved it follows that address)"),
                   ("Tab", "next panel: attackers, ports")]
 
     def __init__(self, monitor: Monitor, *, mode: str = "live", host: str | None = None,
@@ -226,7 +228,14 @@ class PopwatchApp(App[None]):
         if self.filter:
             t.append(" matching ")
             t.append(repr(self.filter))
+        if self._table.follow and self._table.cursor_ip:
+            t.append(f", following {self._table.cursor_ip} (g: top row)", style="bold")
         return t
+
+    def on_attacker_table_selected(self, event: AttackerTable.Selected) -> None:
+        """The user moved the cursor (or g/Home went back to the top row): retitle at once."""
+        if self.snapshot is not None:
+            self._table.border_title = self._table_title(self.snapshot)
 
     def _flags(self) -> list[tuple[str, str]]:
         flags: list[tuple[str, str]] = []

@@ -93,14 +93,18 @@ def rate(v: float) -> str:
 
 class AttackerTable(Widget, can_focus=True):
     """One row per IP, drawn with the Line API (no DataTable: it re-renders every cell on any
-    change). The cursor follows its IP across refreshes and re-sorts."""
+    change).
+
+    Until the user moves the cursor it stays on the top row, whatever sorts there (during an
+    attack ``b`` bans what the top of the table shows); once the user has moved it, it follows
+    that address across refreshes and re-sorts (``follow``); Home/``g`` returns to top-row mode."""
 
     BINDINGS = [
         Binding("up,k", "cursor(-1)", "Up", show=False, priority=True),
         Binding("down,j", "cursor(1)", "Down", show=False, priority=True),
         Binding("pageup", "page(-1)", "Page up", show=False, priority=True),
         Binding("pagedown", "page(1)", "Page down", show=False, priority=True),
-        Binding("home", "edge(0)", "Top", show=False, priority=True),
+        Binding("home,g", "edge(0)", "Top", show=False, priority=True),
         Binding("end", "edge(1)", "Bottom", show=False, priority=True),
     ]
 
@@ -118,6 +122,8 @@ class AttackerTable(Widget, can_focus=True):
         self.rows: tuple[AttackerRow, ...] = ()
         self.cursor_ip: str | None = None
         self.cursor = 0
+        #: False: the cursor stays on the top row; True: it follows ``cursor_ip`` (the user moved it)
+        self.follow = False
         self.top = 0
         self.now = _time.time()
         self.total = 0
@@ -136,6 +142,7 @@ class AttackerTable(Widget, can_focus=True):
             self.cursor_ip = None
             self.cursor = 0
             self.top = 0
+            self.follow = False
         old_top, old_ipw, old_shown = self.top, self._ipw, self._shown
         self.rows = rows
         self.now = now
@@ -145,7 +152,9 @@ class AttackerTable(Widget, can_focus=True):
         self._ipw = max([15] + [len(r.ip) for r in rows[:500]])
         if len(self._cache) > 4000:
             self._cache.clear()
-        if self.cursor_ip is not None:
+        if not self.follow:
+            self.cursor = 0
+        elif self.cursor_ip is not None:
             for i, r in enumerate(rows):
                 if r.ip == self.cursor_ip:
                     self.cursor = i
@@ -193,7 +202,8 @@ class AttackerTable(Widget, can_focus=True):
             self.top = self.cursor - h + 1
         self.top = max(0, min(self.top, max(0, len(self.rows) - h)))
 
-    def _move(self, to: int) -> None:
+    def _move(self, to: int, follow: bool = True) -> None:
+        self.follow = follow and bool(self.rows)
         if not self.rows:
             return
         self.cursor = max(0, min(len(self.rows) - 1, to))
@@ -210,7 +220,7 @@ class AttackerTable(Widget, can_focus=True):
         self._move(self.cursor + d * self._body_height())
 
     def action_edge(self, end: int) -> None:
-        self._move(len(self.rows) - 1 if end else 0)
+        self._move(len(self.rows) - 1 if end else 0, follow=bool(end))
 
     def on_resize(self) -> None:
         self._cache.clear()
