@@ -21,7 +21,7 @@ from textual.widgets import Footer, Input
 from ..firewall.base import MODES, PortLimit, Rate
 from ..monitor import Monitor
 from ..policy import Refused
-from ..store import SORT_KEYS, AttackerRow, Snapshot
+from ..store import SORT_KEYS, AttackerRow, PortRow, Snapshot
 from .screens import ConfirmScreen, DetailScreen, HelpScreen, LimitScreen, WhatIfScreen
 from .widgets import AttackerTable, HeaderBar, LiveLog, PortsPanel, UsersPanel, left
 
@@ -39,6 +39,18 @@ TOP_K = 200
 
 _RATE = Binding.Group("Rate", compact=True)
 _BURST = Binding.Group("Burst", compact=True)
+
+
+def long_lived(p: PortRow, guesses_min: float) -> str:
+    """The plain-language line when guesses arrive over few long-lived connections: then a
+    per-connection limit, not a new-connection limit, is what matters (issue 18)."""
+    c = p.conns
+    if c is None or not c.established or guesses_min < 2 * max(1.0, p.passed_s * 60):
+        return ""
+    n = c.established
+    top = f"; {c.top_ip} holds {c.top_n}" if c.sources > 1 else f", all from {c.top_ip}"
+    return (f"{guesses_min:,.0f} guesses/min over {n} open connection{'s' if n != 1 else ''}{top}: "
+            "limit connections per source, not new ones/s")
 
 
 class PopwatchApp(App[None]):
@@ -132,7 +144,7 @@ class PopwatchApp(App[None]):
                 t.border_title = "attackers"
                 yield t
                 p = PortsPanel(id="ports", classes="panel")
-                p.border_title = "ports: new connections/s, last 2 min"
+                p.border_title = "ports: new connections/s, last 2 min; open: established now, top source"
                 yield p
                 log = LiveLog(id="log", classes="panel")
                 log.border_title = "live log"
@@ -260,6 +272,9 @@ class PopwatchApp(App[None]):
             banned = " (banned)" if ip in self.store.bans else ""
             out[p.port] = (f"top attacker {ip}{banned} took {share:.0%} of the last minute's "
                            f"{total:,.0f} {svc} failures")
+            held = long_lived(p, total)
+            if held:
+                out[p.port] = f"{held}\n{out[p.port]}"
         return out
 
     @staticmethod

@@ -26,6 +26,8 @@ from ..store import AttackerRow, PortRow, Snapshot
 SPARK = "▁▂▃▄▅▆▇█"
 #: seconds of counter history a port sparkline covers, whatever its width
 SPARK_SPAN = 120
+#: columns of the ports panel's "open" figures: established connections, the top source's share
+OPEN_W = 14
 #: from this width on the attacker table also shows how long ago an address was first seen
 FIRST_MIN_WIDTH = 110
 SERVICE_STYLE = {"ssh": "bold cyan", "pop3": "bold magenta", "imap": "bold blue", "smtp": "bold yellow",
@@ -364,14 +366,17 @@ class PortsPanel(Widget, can_focus=True):
 
     def _lines(self) -> int:
         extra = 1 if self.ban_drop is not None else 0
-        return max(1, len(self.ports) + extra + 1 + (1 if self.share.get(self.selected_port or 0) else 0))
+        share = self.share.get(self.selected_port or 0)
+        return max(1, len(self.ports) + extra + 1 + (share.count("\n") + 1 if share else 0))
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return self._lines()
 
     def render(self) -> Text:
         width = self.size.width or 80
-        spark_w = max(3, (width - 57) // 2)
+        # established connections (socket table), when collected: "open  12 67%"
+        open_w = OPEN_W if any(p.conns is not None for p in self.ports) else 0
+        spark_w = max(3, (width - 57 - open_w) // 2)
         out = Text(no_wrap=True, overflow="ellipsis")
         if not self.ports:
             out.append("no watched ports", style="dim")
@@ -387,6 +392,11 @@ class PortsPanel(Widget, can_focus=True):
             out.append(sparkline(p.passed_hist, spark_w, SPARK_SPAN), style="green")
             out.append(f" drop {rate(p.dropped_s):>5}/s ", style="red")
             out.append(sparkline(p.dropped_hist, spark_w, SPARK_SPAN), style="red")
+            if open_w:
+                c = p.conns
+                n = c.established if c is not None else 0
+                out.append(f" open {n:>3}", style="bold cyan" if n else "dim")
+                out.append(f" {c.top_share:>4.0%}" if c is not None and n else "     ", style="cyan")
             out.append("\n")
         if self.ban_drop is not None:
             v, hist = self.ban_drop
@@ -399,10 +409,10 @@ class PortsPanel(Widget, can_focus=True):
             out.append(f"{sel.port}: ", style="bold")
             out.append(sel.limit.meaning(), style="italic")
             extra = self.share.get(sel.port)
-            if extra:
+            for line in extra.split("\n") if extra else ():
                 out.append("\n")
                 out.append(f"{sel.port}: ", style="bold")
-                out.append(extra, style="italic")
+                out.append(line, style="italic")
         return out
 
 
