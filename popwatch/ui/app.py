@@ -9,7 +9,7 @@ the Monitor, whose firewall work runs off the UI thread.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from rich.text import Text
 from textual import events, work
@@ -41,16 +41,29 @@ _RATE = Binding.Group("Rate", compact=True)
 _BURST = Binding.Group("Burst", compact=True)
 
 
-def long_lived(p: PortRow, guesses_min: float) -> str:
+#: guesses per new connection from which they are said to arrive over long-lived connections
+#: (one guess per connection is ~1; dovecot allows 3 failed logins per connection, hydra uses them)
+LONG_LIVED = 2.0
+
+
+def long_lived(p: PortRow, guesses_min: Callable[[str], float]) -> str:
     """The plain-language line when guesses arrive over few long-lived connections: then a
-    per-connection limit, not a new-connection limit, is what matters (issue 18)."""
+    per-connection limit, not a new-connection limit, is what matters (issue 18). Judged on the
+    source holding the most of the port's open connections: its failures per minute (any service:
+    a mail daemon names the service of a failed attempt only later) against the port's new
+    connections per minute (any source, so the judgement errs towards saying nothing)."""
     c = p.conns
-    if c is None or not c.established or guesses_min < 2 * max(1.0, p.passed_s * 60):
+    if c is None or not c.established or not c.top_ip:
         return ""
-    n = c.established
-    top = f"; {c.top_ip} holds {c.top_n}" if c.sources > 1 else f", all from {c.top_ip}"
-    return (f"{guesses_min:,.0f} guesses/min over {n} open connection{'s' if n != 1 else ''}{top}: "
-            "limit connections per source, not new ones/s")
+    # new connections in the last minute (one counter sample a second; not extrapolated, so a
+    # short history right after start does not inflate it)
+    new_min = sum(p.passed_hist[-60:])
+    g = guesses_min(c.top_ip)
+    if g < LONG_LIVED * max(1.0, new_min):
+        return ""
+    k = c.top_n
+    return (f"{g:,.0f} guesses/min from {c.top_ip} over {k} open connection{'s' if k != 1 else ''}: "
+            "cap connections per source, not new/s")
 
 
 class PopwatchApp(App[None]):
@@ -106,8 +119,8 @@ class PopwatchApp(App[None]):
     ]
     #: keys the help screen lists besides the bindings above
     EXTRA_KEYS = [("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
-                  ("g/Home", "attackers: back to the top row (the cursor stays there until you move it; "
-                             "once moved it follows that address)"),
+                  ("g/Home", ("attackers: back to the top row (the cursor stays there until you move it; "
+                              "once moved it follows that address)")),
                   ("Tab", "next panel: attackers, ports")]
 
     def __init__(self, monitor: Monitor, *, mode: str = "live", host: str | None = None,
@@ -265,17 +278,20 @@ class PopwatchApp(App[None]):
         by_svc = {svc: (ip, share, total) for svc, ip, share, total in snap.shares}
         out: dict[int, str] = {}
         for p in snap.ports:
+            lines = [long_lived(p, self._guesses_min)] if p.conns is not None else []
             svc = PORT_SERVICE.get(p.port)
-            if svc is None or svc not in by_svc:
-                continue
-            ip, share, total = by_svc[svc]
-            banned = " (banned)" if ip in self.store.bans else ""
-            out[p.port] = (f"top attacker {ip}{banned} took {share:.0%} of the last minute's "
-                           f"{total:,.0f} {svc} failures")
-            held = long_lived(p, total)
-            if held:
-                out[p.port] = f"{held}\n{out[p.port]}"
+            if svc is not None and svc in by_svc:
+                ip, share, total = by_svc[svc]
+                banned = " (banned)" if ip in self.store.bans else ""
+                lines.append(f"top attacker {ip}{banned} took {share:.0%} of the last minute's "
+                             f"{total:,.0f} {svc} failures")
+            if any(lines):
+                out[p.port] = "\n".join(x for x in lines if x)
         return out
+
+    def _guesses_min(self, ip: str) -> float:
+        a = self.store.attackers.get(ip)
+        return a.rate(self.store.clock()) if a is not None else 0.0
 
     @staticmethod
     def _ban_drop(snap: Snapshot) -> tuple[float, tuple[float, ...]] | None:

@@ -542,7 +542,7 @@ class HeaderBar(Widget):
         if snap is not None:
             for s in snap.sources:
                 out.append("●" if compact else "● ", style=self.HEALTH_STYLE.get(s.state, ""))
-                name = safe(s.name, 30).rsplit("/", 1)[-1]
+                name = safe(s.name.rsplit("/", 1)[-1], 30)
                 ok = s.state in ("following", "replay", "journal")
                 if compact and ok:
                     out.append(f"{name} ")

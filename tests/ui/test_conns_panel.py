@@ -67,15 +67,15 @@ async def test_open_connections_and_the_long_lived_line():
         assert re.search(r"ok\s+0\.0/s .* open\s+2 100%$", row22), row22
         row110 = port_row(text, 110)
         assert re.search(r"open\s+0\s*$", row110), row110
-        m = re.search(r"22: (\d+) guesses/min over 2 open connections, all from 198\.51\.100\.20: "
-                      r"limit connections per source, not new ones/s", text)
+        m = re.search(r"22: (\d+) guesses/min from 198\.51\.100\.20 over 2 open connections: "
+                      r"cap connections per source, not new/s", text)
         assert m and int(m.group(1)) >= 30, text
         assert f"22: top attacker {HYDRA}" in text
         # more sources on the port: the line names the top one and how many it holds
         mon.store.set_conns({22: PortConns(22, 5, HYDRA, 4, 2), 110: PortConns(110, 0)})
         await settle(pilot, app)
         text = panel.render().plain
-        assert "over 5 open connections; 198.51.100.20 holds 4: limit connections" in text
+        assert "guesses/min from 198.51.100.20 over 4 open connections: cap" in text
         assert re.search(r"open\s+5  80%", text)
         # the connections closed: no long-lived line, the open count goes to 0
         mon.store.set_conns({22: PortConns(22, 0), 110: PortConns(110, 0)})
