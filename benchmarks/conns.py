@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.netns.nslab import SERVER_V4, Lab  # noqa: E402
+from tests.netns.nslab import SERVER_V4, Lab
 
 _SERVER = r"""
 import selectors, socket, sys

@@ -66,7 +66,7 @@ def test_proc_format_ipv4_and_ipv6_established_only(tmp_path: Path) -> None:
     assert _proc_pairs(str(tmp_path / "missing")) == []
 
 
-def _monitor(conns) -> Monitor:  # noqa: ANN001
+def _monitor(conns) -> Monitor:
     clock = Clock()
     store = StateStore(clock=clock)
     mon = Monitor(store=store, parser=Parser(now=clock), firewall=SimFirewall(clock=clock), poll_interval=0.01,
@@ -75,7 +75,7 @@ def _monitor(conns) -> Monitor:  # noqa: ANN001
     return mon
 
 
-async def _poll_until(mon: Monitor, cond) -> None:  # noqa: ANN001
+async def _poll_until(mon: Monitor, cond) -> None:
     task = asyncio.create_task(mon._poll())
     try:
         deadline = time.monotonic() + 10
@@ -93,7 +93,7 @@ async def test_the_poll_reads_the_socket_table_off_the_loop_into_the_store() -> 
 
     seen: list[tuple[tuple[int, ...], str]] = []
 
-    def conns(ports):  # noqa: ANN001, ANN202
+    def conns(ports):
         seen.append((tuple(ports), threading.current_thread().name))
         return {22: PortConns(22, 3, "203.0.113.5", 3, 1), 110: PortConns(110, 0)}
 
@@ -108,7 +108,7 @@ async def test_the_poll_reads_the_socket_table_off_the_loop_into_the_store() -> 
 async def test_a_failing_socket_table_is_noted_once_and_no_longer_asked() -> None:
     calls = []
 
-    def conns(ports):  # noqa: ANN001, ANN202
+    def conns(ports):
         calls.append(1)
         raise PermissionError("sock_diag: operation not permitted")
 
@@ -116,7 +116,7 @@ async def test_a_failing_socket_table_is_noted_once_and_no_longer_asked() -> Non
     polls: list[int] = []
     counters = mon.firewall.counters
 
-    def counting():  # noqa: ANN202 - a progress marker: one per poll
+    def counting():
         polls.append(1)
         return counters()
 
