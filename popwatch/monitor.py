@@ -30,6 +30,7 @@ from typing import IO, Any, Awaitable, Callable, Iterable
 from .addr import parse_target
 from .autoban import AutoBan, Decision, fmt_duration
 from .config import PolicyConfig
+from .conns import PortConns
 from .firewall.base import Firewall, FirewallError, PortLimit, Rate
 from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth
 from .persist import Persist
@@ -62,8 +63,11 @@ class Monitor:
                  persist: Persist | None = None, dry_run: bool = False, poll_interval: float = 1.0,
                  mono: Callable[[], float] = time.monotonic, events_out: IO[str] | None = None,
                  default_ttl: float | None = 3600.0, policy: PolicyConfig | None = None,
-                 auto_ban: bool | None = None) -> None:
+                 auto_ban: bool | None = None,
+                 conns: Callable[[Iterable[int]], dict[int, PortConns]] | None = None) -> None:
         self.store = store
+        #: established connections per port, read every poll off the loop (popwatch/conns.py)
+        self.conns = conns
         self.parser = parser
         self.sources = list(sources)
         self.firewall = firewall
@@ -228,6 +232,12 @@ class Monitor:
                 self.store.add_counters(CounterSample(self.mono(), counters, dropped))
             except Exception as e:  # noqa: BLE001 - keep polling; say so once
                 self.store.note(f"counter poll failed: {e}")
+            if self.conns is not None:
+                try:
+                    self.store.set_conns(await loop.run_in_executor(None, self.conns, tuple(self.store.limits)))
+                except Exception as e:  # noqa: BLE001 - the socket table is extra: note it, stop asking
+                    self.store.note(f"reading the socket table failed: {e}")
+                    self.conns = None
             for s in self.sources:
                 if s.name not in self._ended:
                     self.store.set_source(s.health())

@@ -218,6 +218,7 @@ def run_watch(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             persist = None
     firewall, why_ro = _make_firewall(cfg, dry_run)
+    from ..conns import established
     from ..monitor import Monitor
     from ..policy import Protector
     from ..store import StateStore
@@ -228,7 +229,7 @@ def run_watch(args: argparse.Namespace) -> int:
                       sources=_make_sources(cfg, args),
                       firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
                       dry_run=dry_run, events_out=events_out, policy=cfg.policy,
-                      default_ttl=cfg.policy.bantime)
+                      default_ttl=cfg.policy.bantime, conns=None if args.no_tui else established)
     try:
         plan = monitor.start_firewall(cfg.port_limits())
     except FirewallError as e:  # e.g. a kernel module missing: watch anyway, read-only
