@@ -31,8 +31,9 @@ pytestmark = [pytest.mark.daemons, pytest.mark.netns]
 ATTACK = {"a1": ("pop3", 4), "a2": ("imap", 4), "a3": ("ssh", 4), "a4": ("pop3", 6)}
 PORT = {"pop3": 110, "imap": 143, "ssh": 22}
 #: dovecot holds back a failure reply auth_failure_delay (2 s) after logging it, sshd/PAM 2 s:
-#: a sequential attacker cannot send its next guess before the ban is in
-BAN_LATENCY_LIMIT = 1.0
+#: a sequential attacker cannot send its next guess before the ban is in. The test checks that
+#: order (no guess of the attacker reaches a daemon after its maxretry-th), not a clock bound;
+#: how fast the ban is, is measured by benchmarks/autoban.py.
 
 
 def attacker_ip(key: str) -> str:
@@ -184,8 +185,8 @@ def check_autoban(r: dict[str, Any]) -> None:
         after = [g for g in mine if g.ts > t_ban]
         report.append(f"{key} {ip}: line {deciding['ts']} -> ban {ban['time']} ({latency * 1000:.0f} ms); "
                       f"guesses before ban {len(before)}, after {len(after)}, total {len(mine)}")
-        assert 0 <= latency <= BAN_LATENCY_LIMIT, (
-            f"{key} {ip}: ban {latency:.3f} s after the deciding line {deciding['line']!r} "
+        assert latency >= 0, (  # caused by that line, not by something earlier
+            f"{key} {ip}: ban {latency:.3f} s before the deciding line {deciding['line']!r} "
             f"(line ts {deciding['ts']}, audit {ban['time']}); all: {report}")
         assert len(before) <= maxretry, f"{key} {ip}: {len(before)} guesses reached the daemon before the ban: {report}"
         assert len(mine) <= maxretry, (
