@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import signal
 import time
 from collections import defaultdict
@@ -53,6 +54,15 @@ def find_ban(bans: dict[str, dict[str, Any]], ip: str) -> dict[str, Any] | None:
         if target == ip or ban_covers(target, ip):
             return rec
     return None
+
+
+def ban_drops(lab: MailLab, backend: str) -> int:
+    """Packets dropped so far by the ban rules (IPv4 and IPv6) in the server namespace."""
+    n = 0
+    for tool in (f"iptables-{backend}", f"ip6tables-{backend}"):
+        out = lab.run_server([tool, "-w", "10", "-S", "POPWATCH", "-v"], check=False).stdout
+        n += sum(int(m) for m in re.findall(r"--match-set popwatch[46] src .*?-c (\d+) \d+ -j DROP", out))
+    return n
 
 
 def start_attack(lab: MailLab, tmp: Path, seconds: float, passwords: int | None = None) -> dict[str, Proc]:
@@ -95,8 +105,15 @@ def run_attack(lab: MailLab, tmp: Path, *, backend: str, maxretry: int, legacy_h
         lab.wait_for(all_banned, max_seconds, "every attacker to be auto-banned", [pw])
     except TimeoutError:
         pass  # the assertions below say who was not banned, with the numbers
-    # keep the attack running a little: the banned attackers must get nowhere
-    time.sleep(4)
+    # keep the attack running until the banned attackers provably hit the wall (the ban rules'
+    # packet counters grow), instead of waiting a fixed time and asserting nothing happened
+    if all_banned():
+        hit = ban_drops(lab, backend)
+        try:
+            lab.wait_for(lambda: ban_drops(lab, backend) >= hit + 2 * len(ips), 30,
+                         "the banned attackers' packets to be dropped", [pw])
+        except TimeoutError:
+            pass  # the assertions below say which attacker still got through
     blocked = {}
     for key, (svc, fam) in ATTACK.items():
         blocked[key] = not lab.connect_ok(key, PORT[svc], family=fam, timeout=1.5)

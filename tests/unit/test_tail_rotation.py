@@ -76,6 +76,21 @@ class Writer(threading.Thread):
                 self.f.close()
 
 
+SENTINEL = "popwatch-test-sentinel"
+
+
+async def sentinel(got: list[RawLine], path: Path, deadline: float) -> None:
+    """A positive marker instead of "wait, then assert nothing more came": append a last line
+    after everything and wait until the follower delivered it; anything it would read twice
+    (a duplicate after a rotation) is read before it."""
+    with open(path, "a") as f:
+        f.write(f"{SENTINEL} {path.name}\n")
+    loop = asyncio.get_running_loop()
+    while not any(ln.text == f"{SENTINEL} {path.name}" for ln in got[-50:]):
+        assert loop.time() < deadline + 10, f"the follower never delivered the sentinel of {path}"
+        await asyncio.sleep(0.02)
+
+
 async def follow_until(src: FileSource, writer: Writer, timeout: float = 60.0) -> list[RawLine]:
     """Run the source while the writer writes; stop when all lines arrived or at timeout."""
     got: list[RawLine] = []
@@ -97,8 +112,8 @@ async def follow_until(src: FileSource, writer: Writer, timeout: float = 60.0) -
             await asyncio.sleep(0.05)
             if len(got) >= writer.total and not writer.is_alive():
                 break
-        await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
-        return got
+        await sentinel(got, writer.path, deadline)
+        return [ln for ln in got if not ln.text.startswith(SENTINEL)]
     finally:
         writer.stop.set()
         await src.aclose()
@@ -201,7 +216,10 @@ async def test_two_files_in_one_glob_under_load(tmp_path) -> None:
             if len(got) >= 30_000 and not wa.is_alive() and not wb.is_alive():
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
+        deadline = asyncio.get_running_loop().time()
+        await sentinel(got, a, deadline)
+        await sentinel(got, b, deadline)
+        got[:] = [ln for ln in got if not ln.text.startswith(SENTINEL)]
     finally:
         wa.stop.set()
         wb.stop.set()
