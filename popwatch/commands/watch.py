@@ -158,7 +158,7 @@ def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
                              ban_action=cfg.policy.ban_action, allow=cfg.policy.allow,
                              dry_run=dry_run), None
     except NeedsRoot as e:
-        return NoFirewall(cfg.port_limits()), str(e)
+        return NoFirewall(cfg.port_limits(), needs_root=True), str(e)
 
 
 def _make_sources(cfg: Config, args: argparse.Namespace) -> list[Any]:

@@ -246,8 +246,10 @@ class NoFirewall(Firewall):
     name = "none"
     can_write = False
 
-    def __init__(self, limits: list[PortLimit] | None = None) -> None:
+    def __init__(self, limits: list[PortLimit] | None = None, *, needs_root: bool = False) -> None:
         self._limits = {l.port: l for l in limits or []}
+        #: standing in for a kernel backend popwatch may not use without root (not chosen)
+        self.needs_root = needs_root
 
     def _refuse(self) -> None:
         raise FirewallError("backend is 'none' (monitor only): no firewall changes are made")
