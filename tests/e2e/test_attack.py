@@ -244,6 +244,7 @@ def test_real_attack_is_detected_and_auto_banned(maillab: MailLab, tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_full_dictionary_with_default_maxretry_is_stopped(maillab: MailLab, tmp_path: Path) -> None:
     """The whole dictionary (120 pairs per attacker, test's weak password among them), the
     default maxretry 5: the same assertions, and no attacker gets in."""
