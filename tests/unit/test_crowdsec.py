@@ -484,7 +484,9 @@ async def test_apply_skips_community_lists_and_respects_a_local_unban(lapi: Fake
         assert mon.store.fleet_bans["198.51.100.3"] == "popwatch/auto"
         # the admin here disagrees: the unban sticks while the decision lasts (no push here)
         await mon.aunban("198.51.100.3", origin="key")
-        await asyncio.sleep(0.3)  # several pulls
+        pulls = lapi.calls.count("GET /v1/decisions/stream")
+        await until("several pulls after the unban",
+                    lambda: lapi.calls.count("GET /v1/decisions/stream") >= pulls + 3)
         assert "198.51.100.3" not in sim.bans()
         assert mon.store.fleet_bans["198.51.100.3"] == "popwatch/auto; not in this host's set"
 
@@ -535,11 +537,13 @@ async def test_a_command_line_ban_adopted_while_running_is_pushed(lapi: FakeLapi
         mon.store.set_ban(Ban("203.0.113.3", now, None, "found in the kernel", "kernel"))
         b._wake.set()  # type: ignore[union-attr]  (the loop also scans every 5 s)
         await until("pushed", lambda: len(lapi.alerts) == 1)
-        await asyncio.sleep(0.2)
+        # a positive marker for "nothing else is pushed": a later ban is, and alone
+        await mon.aban("203.0.113.4", ttl=600, origin="key")
+        await until("the later ban pushed", lambda: len(lapi.alerts) == 2)
     a = lapi.alerts[0]
     assert a["source"]["value"] == "203.0.113.2" and a["scenario"] == "popwatch/cli"
     assert 290 <= int(a["decisions"][0]["duration"].rstrip("s")) <= 300
-    assert len(lapi.alerts) == 1
+    assert [x["source"]["value"] for x in lapi.alerts] == ["203.0.113.2", "203.0.113.4"]
 
 
 async def test_queued_bans_are_flushed_when_popwatch_stops(lapi: FakeLapi) -> None:
