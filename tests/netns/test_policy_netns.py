@@ -272,7 +272,11 @@ def test_restart_after_kill9_restores_exactly_the_active_bans(lab: Lab, watch: W
     lab.run(lab.server, ["ipset", "flush", "popwatch4"])
     lab.run(lab.server, ["ipset", "flush", "popwatch6"])
     lab.run(lab.server, ["ipset", "add", "popwatch4", "203.0.113.77", "timeout", "900"])
-    time.sleep(3.5)
+    # wait (popwatch down) until the short ssh ban's saved expiry has passed: no fixed sleep
+    saved = json.loads((watch.state / "bans.json").read_text())["bans"]
+    ends = [b["expires"] for b in saved if b["ip"] == "203.0.113.11"]
+    assert ends and ends[0] is not None, saved
+    wait_for(lambda: time.time() > ends[0] + 0.2, timeout=30, what="the ssh ban to run out")
     t_kill = time.time()
     watch.start()
     wait_for(lambda: ATTACKER in watch.members(), what="restore")
