@@ -102,7 +102,7 @@ class PtyProc:
         self.reader.join(5)
         os.close(self.master)
 
-    def __enter__(self) -> PtyProc:
+    def __enter__(self) -> PtyProc:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:
