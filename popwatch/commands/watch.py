@@ -160,7 +160,7 @@ def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
                              ban_action=cfg.policy.ban_action, allow=cfg.policy.allow,
                              dry_run=dry_run), None
     except NeedsRoot as e:
-        return NoFirewall(cfg.port_limits(), reason=str(e), short=short(str(e))), str(e)
+        return NoFirewall(cfg.port_limits(), needs_root=True, short="no root"), str(e)
     except FirewallError as e:
         why = explain(str(e))
         return NoFirewall(cfg.port_limits(), reason=why, short=short(why)), why

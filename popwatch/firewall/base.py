@@ -248,12 +248,15 @@ class NoFirewall(Firewall):
     name = "none"
     can_write = False
 
-    def __init__(self, limits: list[PortLimit] | None = None, *, reason: str = "", short: str = "") -> None:
+    def __init__(self, limits: list[PortLimit] | None = None, *, reason: str = "", short: str = "",
+                 needs_root: bool = False) -> None:
         self._limits = {l.port: l for l in limits or []}
         #: why popwatch fell back to monitoring only ("" when --backend none was asked for),
         #: and a few words of it for the header
         self.reason = reason
         self.short_reason = short or reason[:40]
+        #: standing in for a kernel backend popwatch may not use without root (not chosen)
+        self.needs_root = needs_root
 
     def _refuse(self) -> None:
         raise FirewallError(f"read-only: {self.reason}" if self.reason else

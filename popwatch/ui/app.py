@@ -202,7 +202,7 @@ class PopwatchApp(App[None]):
     def read_only_reason(self) -> str:
         if getattr(self.monitor.firewall, "reason", ""):
             return f"read-only: {self.monitor.firewall.reason}"  # type: ignore[attr-defined]
-        if self.monitor.firewall.name == "none":
+        if self.monitor.firewall.name == "none" and not getattr(self.monitor.firewall, "needs_root", False):
             return ("read-only: the firewall backend is 'none' (monitor only), so popwatch cannot ban or "
                     "change limits; to act, run it as root with a firewall backend (--backend auto)")
         return ("read-only: popwatch is not running as root (needs CAP_NET_ADMIN), so it cannot ban or "
