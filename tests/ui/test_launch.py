@@ -14,6 +14,7 @@ pseudo-terminal (tests/ui/ptyterm.py), keys typed, the screen read.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -48,9 +49,17 @@ def popwatch(*args: str) -> list[str]:
     return [sys.executable, "-m", "popwatch", *args]
 
 
-def members(lab: Lab, name: str = "popwatch4") -> list[str]:
-    out = lab.run(lab.server, ["ipset", "list", name], check=False).stdout
-    return out.split("Members:", 1)[1].split() if "Members:" in out else []
+# what `sudo popwatch` picks on this (nf_tables) host is the native nftables backend; the
+# iptables-nft + ipset backend is checked too
+BACKENDS = {"auto": f"ban4 {{ {ATTACKER}", "nft": f"popwatch4 {ATTACKER}"}
+
+
+def members(lab: Lab, backend: str = "nft") -> list[str]:
+    if backend == "nft":
+        out = lab.run(lab.server, ["ipset", "list", "popwatch4"], check=False).stdout
+        return out.split("Members:", 1)[1].split() if "Members:" in out else []
+    out = lab.run(lab.server, ["nft", "list", "set", "inet", "popwatch", "ban4"], check=False).stdout
+    return re.findall(r"(\d+\.\d+\.\d+\.\d+)", out.split("elements", 1)[1]) if "elements" in out else []
 
 
 @pytest.fixture
@@ -72,18 +81,20 @@ def test_popwatch_demo_in_a_terminal() -> None:
 
 
 @pytest.mark.netns
-def test_sudo_popwatch_in_a_terminal_bans_with_one_key(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_sudo_popwatch_in_a_terminal_bans_with_one_key(lab: Lab, tmp_path: Path, backend: str) -> None:
     log = attack_log(tmp_path)
     argv = ["ip", "netns", "exec", lab.server,
-            *popwatch("--state-dir", str(tmp_path / "state"), "--log", str(log), "--from-start")]
+            *popwatch("--backend", backend, "--state-dir", str(tmp_path / "state"), "--log", str(log),
+                      "--from-start")]
     with PtyProc(argv) as p:
         p.expect(ATTACKER, "36", timeout=60)       # its row: 3 lines x 12 failures
         p.send("b")
-        p.expect(f"Ban {ATTACKER}?", "will run:", f"popwatch4 {ATTACKER}")
-        assert members(lab) == []                  # nothing yet: the confirm comes first
+        p.expect(f"Ban {ATTACKER}?", "will run:", BACKENDS[backend])
+        assert members(lab, backend) == []         # nothing yet: the confirm comes first
         p.send("y")
         deadline = time.monotonic() + 30
-        while ATTACKER not in members(lab):
+        while ATTACKER not in members(lab, backend):
             assert time.monotonic() < deadline, f"not banned in the kernel: {p.screen()[-1500:]!r}"
             time.sleep(0.1)
         p.send("q")
@@ -121,18 +132,21 @@ def test_read_only_without_root_the_keys_say_why(tmp_path: Path, how: str) -> No
 
 
 @pytest.mark.netns
-def test_dry_run_tui_shows_the_exact_commands_and_applies_nothing(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_dry_run_tui_shows_the_exact_commands_and_applies_nothing(lab: Lab, tmp_path: Path,
+                                                                   backend: str) -> None:
     log = attack_log(tmp_path)
     state = tmp_path / "state"
     env = ["env", f"PYTHONPATH={REPO}"]
-    cli = lab.run(lab.server, [*env, *popwatch("--dry-run", "--state-dir", str(state), "ban", ATTACKER,
-                                               "--ttl", "1h")], check=False)
+    cli = lab.run(lab.server, [*env, *popwatch("--backend", backend, "--dry-run", "--state-dir", str(state),
+                                               "ban", ATTACKER, "--ttl", "1h")], check=False)
     assert cli.returncode == 0, cli.stderr
-    exact = [ln.strip() for ln in cli.stdout.splitlines() if f"popwatch4 {ATTACKER}" in ln]
+    exact = [ln.strip() for ln in cli.stdout.splitlines() if BACKENDS[backend] in ln]
     assert exact, cli.stdout
     before = lab.run(lab.server, ["iptables-nft-save"]).stdout
     argv = ["ip", "netns", "exec", lab.server,
-            *popwatch("--dry-run", "--state-dir", str(state), "--log", str(log), "--from-start")]
+            *popwatch("--backend", backend, "--dry-run", "--state-dir", str(state), "--log", str(log),
+                      "--from-start")]
     with PtyProc(argv) as p:
         p.expect(ATTACKER, "DRY-RUN", timeout=60)
         p.send("b")
@@ -141,6 +155,7 @@ def test_dry_run_tui_shows_the_exact_commands_and_applies_nothing(lab: Lab, tmp_
         p.expect(ATTACKER)
         p.send("q")
         assert p.wait() == 0
-    assert members(lab) == [] and lab.run(lab.server, ["ipset", "list", "-n"], check=False).stdout.strip() == ""
+    assert members(lab, backend) == [] and lab.run(lab.server, ["ipset", "list", "-n"], check=False).stdout.strip() == ""
+    assert "popwatch" not in lab.run(lab.server, ["nft", "list", "tables"]).stdout
     assert lab.run(lab.server, ["iptables-nft-save"]).stdout == before
     assert not (state / "bans.json").exists()
