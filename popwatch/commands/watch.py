@@ -197,6 +197,7 @@ def run_watch(args: argparse.Namespace) -> int:
     from ..parse import Parser
     from ..persist import Persist
 
+    from ..exitcodes import BUSY as EXIT_BUSY
     from ..persist import AlreadyRunning
 
     persist = None
@@ -205,9 +206,11 @@ def run_watch(args: argparse.Namespace) -> int:
             persist = Persist(cfg.state_dir, history_max=cfg.policy.history_max)
             if not dry_run:
                 persist.lock()  # before any firewall change: one popwatch per state dir
+                from ..firewall.detect import default_exempt
+                persist.publish_exempt(default_exempt(cfg.policy.allow))
         except AlreadyRunning as e:
             print(f"popwatch: {e}", file=sys.stderr)
-            return 1
+            return EXIT_BUSY
         except OSError as e:
             print(f"popwatch: state dir {cfg.state_dir}: {e.strerror}; bans will not persist",
                   file=sys.stderr)
