@@ -940,9 +940,16 @@ class Monitor:
                 self.store.set_ban(b)
             return len(todo)
         targets = [b.ip for b in todo]
-        rec = self._audit("restore", f"{len(todo)} bans", origin="reconcile", reason="restored on start",
-                          targets=targets if len(targets) <= 1000 else targets[:1000],
-                          count=len(targets))
+        recs: list[dict[str, Any]] = []
+        if self.persist is not None and len(todo) <= 1000:  # one record each, one write
+            recs = [self.persist.record("restore", b.ip, origin="reconcile", reason=b.reason or "restored on start",
+                                        change=[f"ban {ip} ttl {ttl}"], expires=b.expires)
+                    for b, (ip, ttl) in zip(todo, items)]
+            self.persist.write_audit(recs)
+            rec = None
+        else:  # a bulk restore: one record naming the count (bans.json lists them)
+            rec = self._audit("restore", f"{len(todo)} bans", origin="reconcile", reason="restored on start",
+                              targets=targets[:1000], count=len(targets))
         many = getattr(self.firewall, "ban_many", None)
         done: list[Ban] = []
         if many is not None:
@@ -958,8 +965,13 @@ class Monitor:
                     done.append(b)
                 except (FirewallError, ValueError) as e:
                     msgs.append(f"could not restore the ban of {ip}: {e}")
-            if not done:
+            done_ids = {id(b) for b in done}
+            failed = {b.ip for b in todo if id(b) not in done_ids}
+            if rec is not None and not done:
                 self._void(rec, "nothing could be restored")
+            for r in recs:
+                if r["target"] in failed:
+                    self._void(r, "could not be restored")
         for b in done:
             self.store.set_ban(b)
         return len(done)

@@ -51,6 +51,9 @@ def who() -> dict[str, Any]:
 class StateDirError(OSError):
     """The state directory cannot be written (read-only, full, no permission): one line."""
 
+    def __str__(self) -> str:
+        return str(self.strerror or super().__str__())
+
 
 def state_error(where: Path, e: OSError, what: str) -> StateDirError:
     why = e.strerror or str(e)

@@ -288,3 +288,65 @@ def test_exemptions_are_the_current_protected_set(lab: Lab, tmp_path: Path) -> N
     # now a console ban of that address is enforced: it is no longer exempt
     assert pw(lab, state, "ban", "198.51.100.44").returncode == 0
     assert "198.51.100.44" in kernel(lab)
+
+
+# ---------------------------------------------------------------------------------- state dir
+
+def _in_mountns(lab: Lab, script: str) -> subprocess.CompletedProcess[str]:
+    """Run a bash script in the server's netns and a private mount namespace (the mounts it
+    makes vanish with it; the host's mounts are untouched)."""
+    return lab.run(lab.server, ["unshare", "-m", "--propagation", "private", "bash", "-c", script],
+                   check=False, timeout=120)
+
+
+def _pw_sh(state: Path, *args: str) -> str:
+    q = " ".join(f"'{a}'" for a in args)
+    return (f"env -u SSH_CONNECTION -u SSH_CLIENT PYTHONPATH={REPO} {sys.executable} -m popwatch "
+            f"--backend nft --state-dir {state} {q}")
+
+
+def _agree(lab: Lab, state: Path) -> None:
+    k = kernel(lab)
+    sv = set(saved(state))
+    assert sv == k, (sv, k)
+    assert audited_bans(state) >= sv
+
+
+@pytest.mark.parametrize("how", ["read-only", "full"])
+def test_unwritable_state_dir_one_line_exit_7_nothing_changed(lab: Lab, tmp_path: Path, how: str) -> None:
+    state = tmp_path / "state"
+    if how == "read-only":
+        assert pw(lab, state, "ban", "203.0.113.20").returncode == 0
+        setup = f"mount --bind {state} {state} && mount -o remount,bind,ro {state}"
+    else:
+        state.mkdir()
+        setup = (f"mount -t tmpfs -o size=256k,mode=0700 tmpfs {state} && " + _pw_sh(state, "ban", "203.0.113.20")
+                 + f" >/dev/null && (dd if=/dev/zero of={state}/filler bs=4k 2>/dev/null; true)")
+    steps = [("ban", "203.0.113.21"), ("unban", "203.0.113.20"),
+             ("limit", "110", "--mode", "global", "--rate", "3/second"), ("ban", "--net", "198.51.100.0/24")]
+    script = setup + " && " + " ; ".join(
+        f"{_pw_sh(state, *s)}; echo \"rc=$?\" 1>&2; ls -A {state} | grep -c tmp 1>&2 || true" for s in steps)
+    script += f" ; cp {state}/bans.json {tmp_path}/bans.after ; cp {state}/audit.jsonl {tmp_path}/audit.after"
+    r = _in_mountns(lab, script)
+    err = r.stderr
+    assert "Traceback" not in err and "Traceback" not in r.stdout, err
+    codes = [l for l in err.splitlines() if l.startswith("rc=")]
+    # a full disk may still take one short append (the audit log's last page): then the
+    # action is done and recorded; otherwise it is refused with exit 7 and nothing changes
+    assert codes[0] == codes[1] == codes[3] == "rc=7", err
+    assert codes[2] in (("rc=7",) if how == "read-only" else ("rc=7", "rc=0")), err
+    popwatch_lines = [l for l in err.splitlines() if l.startswith("popwatch:")]
+    assert len(popwatch_lines) == codes.count("rc=7"), err
+    assert all("state dir" in l and "Errno" not in l for l in popwatch_lines), err
+    assert all(l.strip() == "0" for l in err.splitlines() if l.strip().isdigit()), "temp files left"
+    k = kernel(lab)
+    assert "203.0.113.20" in k and "203.0.113.21" not in k and "198.51.100.7" not in k
+    after = {b["ip"] for b in json.loads((tmp_path / "bans.after").read_text())["bans"]}
+    assert after == k == {"203.0.113.20"}
+    recs = [json.loads(l) for l in (tmp_path / "audit.after").read_text().splitlines()]
+    voided = {r.get("voids") for r in recs if r["action"] == "void"}
+    live = [r for r in recs if r["id"] not in voided]
+    assert [r["target"] for r in live if r["action"] == "ban"] == ["203.0.113.20"]
+    assert not [r for r in live if r["action"] == "unban"]
+    lims = lab.run(lab.server, ["iptables", "-S", "POPWATCH"], check=False).stdout
+    assert ("3/sec" in lims) == (codes[2] == "rc=0") == any(r["action"] == "limit" for r in live)
