@@ -85,23 +85,12 @@ def _with_default_command(parser: argparse.ArgumentParser, argv: list[str]) -> l
     return ["watch", *argv]
 
 
-def _is_tui(argv: list[str]) -> bool:
-    """Whether this run draws the Textual screen (which owns the terminal's output)."""
-    if "--no-tui" in argv or any(a in ("-h", "--help", "--version") for a in argv):
-        return False
-    first = next((a for a in argv if a in COMMAND_NAMES), "watch")
-    return first in ("watch", "demo")
-
-
-COMMAND_NAMES = ("watch", "demo", "scan", "ban", "unban", "bans", "limit", "status", "uninstall",
-                 "undo", "config", "doctor")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from .sanitize import guard_std_streams
-    if not _is_tui(argv):
-        guard_std_streams()  # every output path of every command, errors included
+    # every output path of every command, errors included (the TUI draws on sys.__stderr__,
+    # which this leaves alone)
+    guard_std_streams()
     parser = build_parser()
     args = parser.parse_args(_with_default_command(parser, argv))
     try:

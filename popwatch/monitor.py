@@ -199,6 +199,7 @@ class Monitor:
             h = source.health()
             self._ended.add(h.name)
             self.store.set_source(SourceHealth(h.name, "error", f"{e.__class__.__name__}: {e}", h.lines))
+            self.say_once(f"log {h.name}: stopped: {e.__class__.__name__}: {e}")
         else:
             h = source.health()
             self._ended.add(h.name)
@@ -245,7 +246,9 @@ class Monitor:
                 self.store.note(f"counter poll failed: {e}")
             for s in self.sources:
                 if s.name not in self._ended:
-                    self.store.set_source(s.health())
+                    h = s.health()
+                    self.store.set_source(h)
+                    self._check_source(h)
             expired = self.store.expire_bans()
             for b in expired:
                 self._audit("expire", b.ip, origin="kernel", reason="ban timed out")
@@ -278,6 +281,11 @@ class Monitor:
                 cb(action, target, kw)
             except Exception:  # noqa: BLE001 - an exporter must never break an action
                 pass
+
+    def _check_source(self, h: SourceHealth) -> None:
+        """A log that cannot be read is said once (stderr, events stream), not only drawn."""
+        if h.state in ("waiting", "denied", "error"):
+            self.say_once(f"log {h.name}: cannot read it: {h.detail or h.state}")
 
     def say_once(self, text: str) -> None:
         """A problem worth one line (store note and stderr), not one per poll."""

@@ -187,6 +187,17 @@ async def _headless(monitor: Monitor, duration: float | None) -> None:
         await task
 
 
+def _say_problem(text: str, events_out: IO[str] | None) -> None:
+    print(f"popwatch: warning: {text}", file=sys.stderr, flush=True)
+    if events_out is not None:
+        import json
+
+        from ..model import iso
+        events_out.write(json.dumps({"ts": iso(time.time()), "kind": "warning", "service": "popwatch",
+                                     "ip": None, "user": None, "message": text}) + "\n")
+        events_out.flush()
+
+
 def run_watch(args: argparse.Namespace) -> int:
     cfg: Config = args.cfg
     if args.ports:
@@ -226,8 +237,15 @@ def run_watch(args: argparse.Namespace) -> int:
                       firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
                       dry_run=dry_run, events_out=events_out, policy=cfg.policy,
                       default_ttl=cfg.policy.bantime)
+    if args.no_tui:  # what watch cannot do, once, on stderr and in the events stream
+        monitor.on_problem.append(lambda text: _say_problem(text, events_out))
     if why_ro:
-        store.note(f"read-only: {why_ro}")
+        monitor.say_once(f"read-only: {why_ro}")
+    if cfg.policy.auto_ban and not dry_run and (why_ro or not firewall.can_write):
+        monitor.say_once("auto-ban is on but cannot act: popwatch cannot change the firewall here "
+                         f"({why_ro or 'backend ' + firewall.name + ' is read-only'})")
+    if persist is None and not dry_run:
+        monitor.say_once("no state directory: bans and the audit log will not be kept")
     plan = monitor.start_firewall(cfg.port_limits())
     for line in [*plan, *monitor.reconcile()]:
         if args.no_tui:
