@@ -365,11 +365,11 @@ class Monitor:
     def _why_refused(self, target: str, allow_net: bool) -> str | None:
         """Why ``target`` may not be banned: it is protected, or the kernel entry its ban
         becomes (IPv6: the /64) contains a protected address. None: it may be."""
-        why = self.protector.why_protected(target)
+        why = self.protector.why_protected(target) if "/" in target else self.protector.protected_ip(target)
         if why is None:
             entry = self._entry(target, allow_net)
             if entry != target:
-                why2 = self.protector.why_protected(entry)
+                why2 = self.protector.protected_net(entry)
                 why = f"banning {target} bans all of {entry}: {why2}" if why2 else None
         return why
 

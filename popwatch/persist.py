@@ -202,8 +202,9 @@ class Persist:
                         reason=str(d.get("reason", "")), origin=str(d.get("origin", "cli")))
                     for d in data["bans"]]
             from .addr import parse_target
-            for b in bans:
-                parse_target(b.ip, allow_net=True)  # a tampered file never reaches the firewall
+            for b in bans:  # a tampered file never reaches the firewall
+                if not _plain_address(b.ip):
+                    parse_target(b.ip, allow_net=True)
             return bans
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self._set_aside(self.bans_path, e)
@@ -340,6 +341,17 @@ class Persist:
             atomic_write(self.successes_path, json.dumps({"version": 1, "successes": successes}).encode())
         except OSError as e:
             raise state_error(self.dir, e, "write successes.json") from None
+
+
+def _plain_address(text: str) -> bool:
+    """A strict numeric address (``inet_pton`` accepts nothing else: no hostnames, no octal)."""
+    import socket
+
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 WATCH_EXEMPT = "watch-exempt.json"

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Sequence
 from .base import FirewallError
 from .rules import SET4, SET6, SETX4, SETX6
 
-MAXELEM = 262144
+MAXELEM = 1048576  # entries per ban set (restoring 300k saved bans fits; beyond: refused with a line)
 
 # linux/netfilter/ipset/ip_set.h
 _NETLINK_NETFILTER = 12
