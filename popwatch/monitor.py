@@ -29,6 +29,7 @@ from typing import IO, Any, Awaitable, Callable, Iterable
 
 from .addr import parse_target
 from .autoban import AutoBan, Decision, fmt_duration
+from .faults import point
 from .config import PolicyConfig
 from .firewall.base import Firewall, FirewallError, PortLimit, Rate
 from .firewall.rules import MAX_TIMEOUT as MAX_BAN_TTL
@@ -396,7 +397,9 @@ class Monitor:
         """The kernel change of a ban whose audit record is already written (``rec``)."""
         ttl = None if ban.expires is None else ban.expires - ban.created
         try:
+            point("kernel ban")
             self.firewall.ban(ban.ip, ttl)
+            point("kernel ban done")
             self._keep_longer_members(ban)
         except Exception as e:
             self._void(rec, f"the firewall refused: {e}")
@@ -461,7 +464,9 @@ class Monitor:
                                       "created": prev.created})
         rec = self._audit("unban", target, origin=origin, reason=reason, change=change, **extra)
         try:
+            point("kernel unban")
             self.firewall.unban(target)
+            point("kernel unban done")
         except Exception as e:
             self._void(rec, f"the firewall refused: {e}")
             raise
@@ -496,7 +501,9 @@ class Monitor:
         rec = self._audit("limit", str(limit.port), origin=origin, reason=reason, change=[limit.describe()],
                           limit=limit.to_json(), **extra)
         try:
+            point("kernel limit")
             self.firewall.set_limit(limit)
+            point("kernel limit done")
         except Exception as e:
             self._void(rec, f"the firewall refused: {e}")
             raise
@@ -588,6 +595,7 @@ class Monitor:
         for (i, d, ban, change, extra), rec in zip(plans, recs):
             ttl = extra["ttl"]
             try:
+                point("kernel ban")
                 self.firewall.ban(ban.ip, ttl)
             except (FirewallError, ValueError, OSError) as e:
                 voids.append(self.persist.record("void", ban.ip, origin="auto", reason=f"the firewall refused: {e}",
@@ -962,7 +970,9 @@ class Monitor:
         done: list[Ban] = []
         if many is not None:
             try:
+                point("kernel restore")
                 many(items)
+                point("kernel restore done")
                 done = todo
             except (FirewallError, ValueError) as e:
                 msgs.append(f"bulk restore failed ({e}); restoring one by one")

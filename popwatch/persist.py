@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .faults import point
 from .model import Ban, iso
 from .policy import ssh_clients
 
@@ -71,6 +72,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        point("temp written")
         os.replace(tmp, path)
     except OSError:
         try:
@@ -106,6 +108,25 @@ class Persist:
         self._lock_fd: int | None = None
         self._history_lines: int | None = None
         self.state_lock_path = self.dir / "state.lock"
+        self._drop_dead_temps()
+
+    def _drop_dead_temps(self) -> None:
+        """Temp files of writers that were killed mid-write (their pid is gone)."""
+        try:
+            temps = list(self.dir.glob(".*.*.tmp"))
+        except OSError:
+            return
+        for t in temps:
+            try:
+                pid = int(t.name.rsplit(".", 2)[-2])
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                try:
+                    t.unlink()
+                except OSError:
+                    pass
+            except (ValueError, OSError):
+                pass
 
     # ------------------------------------------------------------------ one writer at a time
     @contextmanager
@@ -126,6 +147,11 @@ class Persist:
                         raise StateDirError(0, f"state dir {self.dir}: another popwatch held the "
                                                f"state lock for {wait:.0f}s") from None
                     time.sleep(0.002)
+            for stale in self.dir.glob(".bans.json.*.tmp"):  # a writer killed mid-write (we hold the lock)
+                try:
+                    stale.unlink()
+                except OSError:
+                    pass
             yield
         finally:
             os.close(fd)
@@ -219,10 +245,12 @@ class Persist:
         data = {"version": 1, "bans": [
             {"ip": b.ip, "created": b.created, "expires": b.expires, "reason": b.reason, "origin": b.origin}
             for b in bans]}
+        point("bans.json")
         try:
             atomic_write(self.bans_path, json.dumps(data, indent=1).encode())
         except OSError as e:
             raise state_error(self.dir, e, "write bans.json") from None
+        point("bans.json written")
 
     def record(self, action: str, target: str, *, origin: str, reason: str = "",
                change: list[str] | None = None, ok: bool = True, error: str = "",
@@ -249,6 +277,7 @@ class Persist:
     def write_audit(self, recs: list[dict[str, Any]]) -> None:
         """Append records with one write and one fsync (write-ahead for a batch of auto-bans)."""
         if recs:
+            point("audit")
             try:
                 _append_many(self.audit_path, recs)
             except OSError as e:
