@@ -213,6 +213,8 @@ def _ban(args: argparse.Namespace) -> int:
     if why is None and entry != target:  # an IPv6 ban covers its /64
         why2 = mon.protector.why_protected(entry)
         why = f"banning {target} bans all of {entry}: {why2}" if why2 else None
+    if why is None:
+        why = _watch_protects(cfg, entry)
     if why:
         raise Refused(f"refused: {why}")
     plan = _ensure_base(fw, dry)
@@ -221,6 +223,28 @@ def _ban(args: argparse.Namespace) -> int:
         print(line)
     print(r.message, file=sys.stderr if dry else sys.stdout)
     return EXIT_OK
+
+
+def _watch_protects(cfg: Config, entry: str) -> str | None:
+    """A running watch's protected sources (its SSH client...) stay exempt in the kernel: a ban
+    there would be printed but not enforced, so it is refused."""
+    import ipaddress
+
+    from ..persist import watch_exempt
+
+    try:
+        target = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return None
+    for e in watch_exempt(cfg.state_dir):
+        try:
+            net = ipaddress.ip_network(e, strict=False)
+        except ValueError:
+            continue
+        if net.version == target.version and net.overlaps(target):
+            return (f"{entry} is protected by the running popwatch watch ({net}: its SSH client, "
+                    f"allow-list or host addresses)")
+    return None
 
 
 def run_unban(args: argparse.Namespace) -> int:

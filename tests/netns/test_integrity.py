@@ -350,3 +350,20 @@ def test_unwritable_state_dir_one_line_exit_7_nothing_changed(lab: Lab, tmp_path
     assert not [r for r in live if r["action"] == "unban"]
     lims = lab.run(lab.server, ["iptables", "-S", "POPWATCH"], check=False).stdout
     assert ("3/sec" in lims) == (codes[2] == "rc=0") == any(r["action"] == "limit" for r in live)
+
+
+def test_a_running_watchs_ssh_client_cannot_be_banned_unenforced(lab: Lab, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    log = tmp_path / "auth.log"
+    log.write_text("")
+    p = lab.popen(lab.server, ["env", "SSH_CONNECTION=198.51.100.45 51000 192.0.2.1 22", sys.executable, "-m",
+                               "popwatch", "--backend", "nft", "--state-dir", str(state), "watch", "--no-tui",
+                               "--log", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (state / "watch-exempt.json").exists(), "watch start")
+        r = pw(lab, state, "ban", "198.51.100.45")  # from the console, while that watch runs
+        assert r.returncode == 4 and "running popwatch watch" in r.stderr
+        st = json.loads(pw(lab, state, "status", "--json").stdout)
+        assert "198.51.100.45" in st["exempt"]
+    finally:
+        lab.stop(p)
