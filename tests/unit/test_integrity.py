@@ -156,3 +156,22 @@ def test_watch_exempt_only_while_a_watch_holds_the_lock(tmp_path: Path) -> None:
     assert q.get(timeout=5) == ["198.51.100.44"]
     p.unlock()
     assert watch_exempt(tmp_path) == []
+
+
+def test_headless_watch_says_once_what_it_cannot_do(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "popwatch", "--backend", "none", "--state-dir", str(tmp_path / "s"),
+                        "watch", "--no-tui", "--auto-ban", "--log", str(tmp_path / "missing.log"), "--events", "-",
+                        "--duration", "2.5"], capture_output=True, text=True, timeout=60,
+                       env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    assert r.returncode == 0, r.stderr
+    warn = [l for l in r.stderr.splitlines() if "warning:" in l]
+    assert sum("missing.log" in l and "cannot read" in l for l in warn) == 1, r.stderr
+    assert sum("auto-ban is on but cannot act" in l for l in warn) == 1, r.stderr
+    events = [json.loads(l) for l in r.stdout.splitlines()]
+    kinds = [e["message"] for e in events if e.get("kind") == "warning"]
+    assert any("missing.log" in m for m in kinds) and any("auto-ban" in m for m in kinds)
