@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from popwatch.config import PolicyConfig  # noqa: E402
-from popwatch.firewall.sim import SimFirewall  # noqa: E402
-from popwatch.model import RawLine  # noqa: E402
-from popwatch.monitor import Monitor  # noqa: E402
-from popwatch.parse import Parser  # noqa: E402
-from popwatch.persist import Persist  # noqa: E402
-from popwatch.store import StateStore  # noqa: E402
+from popwatch.config import PolicyConfig
+from popwatch.firewall.sim import SimFirewall
+from popwatch.model import RawLine
+from popwatch.monitor import Monitor
+from popwatch.parse import Parser
+from popwatch.persist import Persist
+from popwatch.store import StateStore
 
 
 def lines(n: int) -> list[RawLine]:
@@ -56,7 +56,7 @@ async def run(mode: str, batch: list[RawLine], step: int) -> tuple[float, int, i
         store = StateStore(clock=time.time)
         mon = Monitor(store=store, parser=Parser(now=time.time), firewall=SimFirewall(), persist=persist,
                       policy=pol)
-        mon._running = True  # noqa: SLF001 - the running path (firewall thread, batched records)
+        mon._running = True  # the running path (firewall thread, batched records)
         t0 = time.perf_counter()
         for i in range(0, len(batch), step):
             mon.ingest(batch[i:i + step])
@@ -68,8 +68,8 @@ async def run(mode: str, batch: list[RawLine], step: int) -> tuple[float, int, i
         fsyncs = 0
         if persist is not None:
             fsyncs = sum(1 for r in persist.read_audit() if r["action"] == "ban")
-        mon._fw.shutdown(wait=True)  # noqa: SLF001
-        mon._io.shutdown(wait=True)  # noqa: SLF001
+        mon._fw.shutdown(wait=True)
+        mon._io.shutdown(wait=True)
         return dt, len(store.bans), fsyncs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -946,7 +946,7 @@ class Monitor:
             keep = sorted(todo, key=lambda b: (b.expires is not None, -(b.expires or 0.0)))[:cap]
             msgs.append(f"{len(todo) - cap} saved bans not restored: the kernel ban set holds at most "
                         f"{cap} entries (the longest bans were kept)")
-            kept = set(id(b) for b in keep)
+            kept = {id(b) for b in keep}
             todo = [b for b in todo if id(b) in kept]
         items = [(b.ip, None if b.expires is None else b.expires - now) for b in todo]
         if self.dry_run:

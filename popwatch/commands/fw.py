@@ -18,11 +18,12 @@ from typing import Any
 
 from ..addr import AddressError, parse_target
 from ..config import Config, parse_duration
+from ..exitcodes import BUSY as EXIT_BUSY
+from ..exitcodes import CONFLICT as EXIT_CONFLICT
+from ..exitcodes import STATE as EXIT_STATE
 from ..firewall.base import MODES, Firewall, FirewallError, NeedsRoot, PortLimit, Rate, parse_burst
-from ..model import Ban, iso
-
-from ..exitcodes import BUSY as EXIT_BUSY, CONFLICT as EXIT_CONFLICT, STATE as EXIT_STATE
 from ..firewall.rules import MAX_TIMEOUT
+from ..model import Ban, iso
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_ROOT, EXIT_PROTECTED = 0, 1, 2, 3, 4
 _FOREVER = ("0", "forever", "permanent", "never", "none")
@@ -85,9 +86,7 @@ def _dry(args: argparse.Namespace) -> bool:
 
 
 def _firewall(cfg: Config, dry_run: bool) -> Firewall:
-    from ..firewall.detect import make_firewall
-
-    from ..firewall.detect import default_exempt
+    from ..firewall.detect import default_exempt, make_firewall
     from ..persist import watch_exempt
 
     # exactly the protected set of this call, plus what a running watch protects

@@ -26,9 +26,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..exitcodes import CONFLICT, STATE
     from ..firewall.base import FirewallError, NeedsRoot
     from ..firewall.detect import make_firewall
-    from ..exitcodes import CONFLICT, STATE
     from ..monitor import Conflict, Monitor
     from ..persist import Persist, StateDirError
     from ..policy import Protector, Refused

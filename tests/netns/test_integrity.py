@@ -124,7 +124,7 @@ def test_twenty_concurrent_cli_bans_all_survive_a_reboot(lab: Lab, tmp_path: Pat
                                f"concurrent {ip}"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for ip in ips]
     for p in procs:
-        out, err = p.communicate(timeout=120)
+        _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     assert set(ips) <= set(saved(state)), "bans.json lost a concurrent ban"
     reboot(lab)
