@@ -104,6 +104,7 @@ class Monitor:
         self._entries: dict[str, str] = {}
         #: bans.json as this process last read/wrote it: a write merges only our changes
         self._saved: dict[str, Ban] = dict(store.bans)
+        self._ban_entries: dict[str, str] = {}  # IPv6 kernel entry (/64) -> the banned address
         self._said: set[str] = set()  # one-time notes (state dir trouble while running)
         self._actions: list[dict[str, Any]] = []  # in-memory action log (undo without a state dir)
         #: (ip, crossing event ts, monotonic at the crossing, monotonic when in the kernel)
@@ -343,6 +344,10 @@ class Monitor:
         if ip in self._pending:
             return True
         b = self.store.bans.get(ip)
+        if b is None and ":" in ip and self._ban_entries:  # another address of a banned /64
+            owner = self._ban_entries.get(self._entry(ip, False))
+            if owner is not None:
+                b = self.store.bans.get(owner)
         # a ban the kernel has timed out but the poll has not expired yet does not count
         return b is not None and (b.expires is None or b.expires > self.clock() + 0.5)
 
@@ -512,6 +517,10 @@ class Monitor:
     def _after_ban(self, r: ActionResult) -> ActionResult:
         if r.ban is not None:
             self.store.set_ban(r.ban)
+            if ":" in r.ban.ip:
+                if len(self._ban_entries) > 200_000:
+                    self._ban_entries.clear()
+                self._ban_entries[self._entry(r.ban.ip, "/" in r.ban.ip)] = r.ban.ip
             if r.ban.origin != "auto":
                 self.autoban.note_ban(r.ban.ip, r.ban.created)
             self._save_bans()
@@ -543,7 +552,17 @@ class Monitor:
 
     def _fire(self, decisions: list[Decision]) -> None:
         """Hand crossings to the firewall thread now; the store follows on the loop."""
-        todo = [d for d in decisions if d.ip not in self._pending]
+        todo = []
+        entries: set[str] = set()
+        for d in decisions:  # one ban per kernel entry: two addresses of one /64 are one incident
+            if d.ip in self._pending:
+                continue
+            e = self._entry(d.ip, False) if ":" in d.ip else d.ip
+            if e in entries:
+                self.autoban.cancel(d.ip)
+                continue
+            entries.add(e)
+            todo.append(d)
         if not todo:
             return
         for d in todo:

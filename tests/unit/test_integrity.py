@@ -175,3 +175,27 @@ def test_headless_watch_says_once_what_it_cannot_do(tmp_path: Path) -> None:
     events = [json.loads(l) for l in r.stdout.splitlines()]
     kinds = [e["message"] for e in events if e.get("kind") == "warning"]
     assert any("missing.log" in m for m in kinds) and any("auto-ban" in m for m in kinds)
+
+
+def test_auto_ban_does_not_ban_a_banned_64_again(tmp_path: Path) -> None:
+    import time as _time
+
+    from popwatch.firewall.sim import SimFirewall
+    from popwatch.model import RawLine
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    class KeyedSim(SimFirewall):  # the kernel backends' mapping: an IPv6 ban is its /64
+        def ban_key(self, ip: str, *, net: bool | None = None) -> str:
+            return ban_entry(ip, allow_net=bool(net)).entry
+
+    pol = PolicyConfig()
+    pol.maxretry, pol.auto_ban = 1, True
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=KeyedSim(),
+                  persist=Persist(tmp_path), policy=pol)
+    line = "Dec  7 05:00:00 mail sshd[7]: Failed password for root from {} port 22 ssh2"
+    mon.ingest([RawLine(line.format("2001:db8:5::1"), "t", 1), RawLine(line.format("2001:db8:5::2"), "t", 2)])
+    mon.ingest([RawLine(line.format("2001:db8:5::3"), "t", 3)])
+    bans = [r for r in mon.persist.read_audit() if r["action"] == "ban"]
+    assert [r["target"] for r in bans] == ["2001:db8:5::1"]
