@@ -3,8 +3,7 @@ and exposes ``register(subparsers, common)``, which adds its parser(s) with
 ``set_defaults(func=run)``; ``run(args) -> int`` gets the parsed args with ``args.cfg`` (the
 loaded :class:`~popwatch.config.Config`, command-line overrides applied).
 
-Exit codes (DESIGN.md): 0 ok, 2 usage/config error, 3 needs root/CAP_NET_ADMIN,
-4 refused: protected address.
+Exit codes: :mod:`popwatch.exitcodes` (one set for every command; README "Exit codes").
 """
 
 from __future__ import annotations
