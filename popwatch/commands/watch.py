@@ -11,7 +11,7 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 from ..config import Config, parse_duration, parse_ports
-from ..firewall.base import NeedsRoot
+from ..firewall.base import FirewallError, NeedsRoot
 
 if TYPE_CHECKING:
     from ..monitor import Monitor
@@ -239,6 +239,14 @@ def run_watch(args: argparse.Namespace) -> int:
                       default_ttl=cfg.policy.bantime)
     if args.no_tui:  # what watch cannot do, once, on stderr and in the events stream
         monitor.on_problem.append(lambda text: _say_problem(text, events_out))
+    try:
+        plan = monitor.start_firewall(cfg.port_limits())
+    except FirewallError as e:  # e.g. uid 0 without CAP_NET_ADMIN: watch read-only, say so
+        from ..firewall.base import NoFirewall
+
+        firewall = monitor.firewall = NoFirewall(cfg.port_limits())
+        why_ro = str(e)
+        plan = monitor.start_firewall(cfg.port_limits())
     if why_ro:
         monitor.say_once(f"read-only: {why_ro}")
     if cfg.policy.auto_ban and not dry_run and (why_ro or not firewall.can_write):
@@ -246,7 +254,6 @@ def run_watch(args: argparse.Namespace) -> int:
                          f"({why_ro or 'backend ' + firewall.name + ' is read-only'})")
     if persist is None and not dry_run:
         monitor.say_once("no state directory: bans and the audit log will not be kept")
-    plan = monitor.start_firewall(cfg.port_limits())
     for line in [*plan, *monitor.reconcile()]:
         if args.no_tui:
             print(f"popwatch: {line}" if not dry_run or line in plan else f"popwatch: dry run: {line}",

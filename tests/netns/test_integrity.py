@@ -367,3 +367,20 @@ def test_a_running_watchs_ssh_client_cannot_be_banned_unenforced(lab: Lab, tmp_p
         assert "198.51.100.45" in st["exempt"]
     finally:
         lab.stop(p)
+
+
+def test_without_cap_net_admin_watch_says_so_once_and_ban_exits_3(lab: Lab, tmp_path: Path) -> None:
+    log = tmp_path / "auth.log"
+    log.write_text("")
+    nocap = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", "env", "-u", "SSH_CONNECTION",
+             f"PYTHONPATH={REPO}", sys.executable, "-m", "popwatch", "--backend", "nft", "--state-dir",
+             str(tmp_path / "state")]
+    r = lab.run(lab.server, [*nocap, "watch", "--no-tui", "--auto-ban", "--log", str(log), "--events", "-",
+                             "--duration", "1.5"], check=False)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    warn = [l for l in r.stderr.splitlines() if l.startswith("popwatch: warning:")]
+    assert sum("CAP_NET_ADMIN" in l and "read-only" in l for l in warn) == 1, r.stderr
+    assert sum("auto-ban is on but cannot act" in l for l in warn) == 1, r.stderr
+    assert sum(json.loads(l).get("kind") == "warning" for l in r.stdout.splitlines()) == len(warn)
+    r = lab.run(lab.server, [*nocap, "ban", "203.0.113.5"], check=False)
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
