@@ -472,12 +472,27 @@ class Monitor:
             point("kernel unban")
             self.firewall.unban(target)
             point("kernel unban done")
+            self._keep_members(target)
         except Exception as e:
             self._void(rec, f"the firewall refused: {e}")
             raise
         also = sorted(ip for ip in self._same_entry(target) if ip != target)
         note = f" (its {self._entry(target, '/' in target)} also covered {', '.join(also)})" if also else ""
         return ActionResult(True, f"unbanned {target}{note}", tuple(change))
+
+    def _keep_members(self, net_text: str) -> None:
+        """Lifting an IPv4 network ban removes every member from the set: members banned on
+        their own stay banned, with their own time."""
+        if "/" not in net_text or ":" in net_text:
+            return
+        import ipaddress
+        net = ipaddress.ip_network(net_text)
+        now = self.clock()
+        for b in list(self.store.bans.values()):
+            if "/" in b.ip or ":" in b.ip or ipaddress.ip_address(b.ip) not in net:
+                continue
+            if b.expires is None or b.expires > now:
+                self.firewall.ban(b.ip, None if b.expires is None else b.expires - now)
 
     def _net_ban_of(self, target: str) -> str | None:
         """The recorded IPv4 network ban that holds ``target`` (an address), if any."""

@@ -247,6 +247,11 @@ def test_network_ban_semantics(lab: Lab, tmp_path: Path) -> None:
     restore(lab, state)
     k = kernel(lab)
     assert "2001:db8:7::/64" not in k and {"203.0.113.5", "203.0.113.6"} <= k
+    # lifting the network keeps the member that was banned on its own
+    assert pw(lab, state, "unban", "--net", "203.0.113.0/24").returncode == 0
+    k = kernel(lab)
+    assert "203.0.113.5" in k and "203.0.113.6" not in k
+    assert set(saved(state)) == k
 
 
 def test_nat64_bans_one_address(lab: Lab, tmp_path: Path) -> None:
