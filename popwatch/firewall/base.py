@@ -33,7 +33,7 @@ _UNITS = {
     "d": 86400, "day": 86400, "days": 86400,
 }
 _CANON = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
-_RATE_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([a-z]+)\s*$")
+_RATE_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([a-z]+)\s*$", re.ASCII)
 #: iptables' own bounds: limit/hashlimit reject rates above 10000/s, bursts above 10000
 MAX_PER_SECOND = 10000
 MAX_BURST = 10000
@@ -131,6 +131,8 @@ _LADDER.sort()
 def parse_burst(value: object) -> int:
     """A burst value from the CLI/config/UI. Raises ValueError with a clear message."""
     try:
+        if not str(value).strip().isascii():
+            raise ValueError
         b = int(str(value).strip())
     except ValueError:
         raise ValueError(f"bad burst {value!r}: expected a whole number from 1 to {MAX_BURST}") from None
