@@ -49,7 +49,10 @@ SSHD_TAGS = frozenset({"sshd", "sshd-session", "sshd-auth"})
 #: dovecot, and the tags its auth processes' PAM modules log under (the binary's name)
 DOVECOT_TAGS = frozenset({"dovecot", "dovecot-auth", "auth", "auth-worker"})
 
-_SSHD, _DOVECOT, _POSTFIX, _COURIER = 1, 2, 3, 4
+_SSHD, _DOVECOT, _POSTFIX, _COURIER, _OLDPAM = 1, 2, 3, 4, 5
+#: Linux-PAM <= 0.77 pam_unix logged under its own ident `SERVICE(pam_unix)` (Red Hat 7-9,
+#: Fedora Core 1-4, SuSE 9): `sshd(pam_unix)[N]: authentication failure; logname=...`
+_OLDPAM_SUFFIX = "(pam_unix)"
 _UNSEEN = object()
 _FAST = _prefix.FAST.match
 
@@ -135,6 +138,12 @@ class Parser:
             r = (_DOVECOT, None)
         elif tag in COURIER_TAGS:
             r = (_COURIER, COURIER_TAGS[tag])
+        elif tag.endswith(_OLDPAM_SUFFIX):
+            svc = tag[:-len(_OLDPAM_SUFFIX)]
+            if svc in SSHD_TAGS:
+                r = (_OLDPAM, "sshd")
+            elif svc in ("dovecot", "imap", "pop3", "pop", "imap4"):
+                r = (_OLDPAM, svc)
         elif tag.startswith("postfix"):
             svc = postfix_service(tag)
             if svc is not None:
@@ -219,8 +228,11 @@ class Parser:
                 hit = dovecot(msg)
             elif which == _POSTFIX:
                 hit = postfix(route[1], msg)  # type: ignore[index]
-            else:
+            elif which == _COURIER:
                 hit = courier(route[1], msg)  # type: ignore[index]
+            else:
+                pid = m[5]
+                hit = self._oldpam(route[1], msg, (m[3], pid) if pid is not None else None)  # type: ignore[index]
             if hit is None:
                 continue
             iso_ts = m[1]
@@ -250,11 +262,23 @@ class Parser:
             hit = self.dovecot.parse(msg)
         elif which == _POSTFIX:
             hit = postfix(service, msg)  # type: ignore[arg-type]
-        else:
+        elif which == _COURIER:
             hit = courier(service, msg)  # type: ignore[arg-type]
+        else:
+            hit = self._oldpam(service, msg, (host, pid) if pid is not None else None)  # type: ignore[arg-type]
         if hit is None:
             return None
         return self._finish(hit, kind, ts, text, source, lineno)
+
+    def _oldpam(self, service: str, msg: str, conn: object | None) -> tuple | None:
+        """A Linux-PAM 0.7x ``SERVICE(pam_unix)`` line, as the rule set of SERVICE would see
+        today's wording of it (``pam_unix(SERVICE:auth): ...``)."""
+        if not msg.startswith("authentication failure; "):
+            return None  # `N more authentication failures` repeats counted attempts: silent
+        msg = "pam_unix(" + service + ":auth): " + msg
+        if service == "sshd":
+            return self.sshd.parse(msg, conn)
+        return self.dovecot.parse(msg)
 
     def _finish(self, hit: tuple, kind: int, ts: str, text: str, source: str, lineno: int | None) -> AuthEvent:
         """A rule's hit -> the event: address normalised, text sanitised, timestamp resolved."""

@@ -51,6 +51,8 @@ LOGIN_SERVICES = {
 Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
 
 _ATTEMPTS = re.compile(r"\(auth failed, (\d+) attempts?")
+# 1.1 imap-login/pop3-login client.c cmd_logout: `Aborted login (%u authentication attempts)`
+_ATTEMPTS11 = re.compile(r"Aborted login \((\d+) authentication attempts\)$")
 # 2.3 auth prefix after `DRIVER(`: `user,IP[,master][,<session>]): `
 _AUTH23 = re.compile(r",([0-9A-Fa-f:.]+)(?:,master)?(?:,<([A-Za-z0-9+/=]*)>)?\): ")
 # 2.4 auth prefix after `auth(` / `auth-worker(`: `user,IP[,mech...])[<pid>][<session>]: `
@@ -107,6 +109,9 @@ class DovecotRules:
             return self.parse(msg[e + 2:]) if e > 0 else None
         if c == "p" and msg.startswith("pam_") and " authentication failure; " in msg:
             return self._pam(msg)
+        if c == "I" and msg.startswith("Info: "):
+            # 1.x log_path with an empty log_prefix: `May 31 09:43:57 Info: pop3-login: ...`
+            msg = msg[6:]
         colon = msg.find(": ", 0, 24)
         if colon < 0:
             return None
@@ -206,6 +211,12 @@ class DovecotRules:
                 pend[0] -= k
                 n -= k
             return (service, K_FAIL, ip, user, n, session)
+        if left.startswith("Aborted login (") and left[15:16].isdigit():
+            m = _ATTEMPTS11.match(left)
+            if m is None:
+                return None
+            n = int(m.group(1))
+            return (service, K_FAIL if n else K_PROBE, ip, user, n, session)
         if "(no auth attempts" in left:
             return (service, K_PROBE, ip, user, 0, session)
         if left.startswith("Aborted login") or "(tried to use disallowed" in left \

@@ -64,9 +64,11 @@ def postfix(service: str, msg: str) -> Hit | None:
 
 
 # courier: `LOGIN FAILED, [method=X, ]user=USER, ip=[ADDR][, port=[N]]` - the user is attacker
-# text before the address, so the address is the one anchored at the end of the line.
+# text before the address, so the address is the one anchored at the end of the line. SASL
+# logins (imaplogin.C `LOGIN FAILED, method=%s, ip=[%s], port=[%s]`) and older pop3d
+# (`LOGIN FAILED, ip=[%s]`) name no user.
 _COURIER_FAIL = re.compile(
-    r"(?:INFO: )?LOGIN FAILED, (?:method=[^,\s]*, )?user=(.*), ip=\[([^\[\]\s]*)\](?:, port=\[\d+\])?$")
+    r"(?:INFO: )?LOGIN FAILED, (?:method=[^,\s]*, )?(?:user=(.*), )?ip=\[([^\[\]\s]*)\](?:, port=\[\d+\])?$")
 _COURIER_OK = re.compile(
     r"(?:INFO: )?LOGIN, user=(.*), ip=\[([^\[\]\s]*)\](?:, port=\[\d+\])?(?:, protocol=[A-Z0-9]+)?$")
 

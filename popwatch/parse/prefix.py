@@ -129,6 +129,16 @@ def split(text: str) -> Split:
                 r = _host_tag_msg(text, sp + 1)
                 if r is not None:
                     return (TS_ISO, text[:sp], *r)
+        elif text[4:5] == "-" and t10 == " " and text[13:14] == ":" and text[19:20] in ".+-":
+            # macOS `log show --style syslog`: `2020-03-23 06:47:42.801612-0700  host sshd[N]: `
+            sp = text.find(" ", 19)
+            if sp > 0:
+                p = sp + 1
+                while text[p:p + 1] == " ":
+                    p += 1
+                r = _host_tag_msg(text, p)
+                if r is not None:
+                    return (TS_ISO, text[:sp], *r)
         elif text[4:5] == "-" and t10 == " " and text[13:14] == ":":
             # dovecot log_path with log_timestamp = "%Y-%m-%d %H:%M:%S "
             return (TS_LOCAL_ISO, text[:19], None, DOVECOT_LOGPATH, None, text[20:])
@@ -179,6 +189,23 @@ def _no_timestamp(text: str) -> Split | None:
     m = _NO_TS.match(text)
     if m is not None:
         host, tag, pid = m.groups()
+        if tag == "dovecot" and host is None and pid is None:
+            # dovecot 1.x log_path: log_prefix, then log_timestamp, then the level:
+            # `dovecot: May 31 09:43:57 Info: pop3-login: ...` (failures.c)
+            rest = text[m.end():]
+            if rest[:3] in MONTHS and rest[15:16] == " ":
+                ts, rest = rest[:15], rest[16:]
+                kind = TS_BSD
+            elif rest[4:5] == "-" and rest[19:20] == " ":
+                ts, rest = rest[:19], rest[20:]
+                kind = TS_LOCAL_ISO
+            else:
+                return (TS_NONE, "", host, tag, pid, rest)
+            for level in ("Info: ", "Warning: ", "Error: "):
+                if rest.startswith(level):
+                    rest = rest[len(level):]
+                    break
+            return (kind, ts, None, DOVECOT_LOGPATH, None, rest)
         if pid is not None or tag in _NO_TS_TAGS:
             return (TS_NONE, "", host, tag, pid, text[m.end():])
     if text.startswith(_DOVECOT_PROCS):
