@@ -273,6 +273,9 @@ class Parser:
     def _oldpam(self, service: str, msg: str, conn: object | None) -> tuple | None:
         """A Linux-PAM 0.7x ``SERVICE(pam_unix)`` line, as the rule set of SERVICE would see
         today's wording of it (``pam_unix(SERVICE:auth): ...``)."""
+        if msg.startswith("[ID "):  # illumos `[ID 800047 auth.info] `
+            e = msg.find("] ")
+            msg = msg[e + 2:] if e > 0 else ""
         if not msg.startswith("authentication failure; "):
             return None  # `N more authentication failures` repeats counted attempts: silent
         msg = "pam_unix(" + service + ":auth): " + msg

@@ -56,6 +56,17 @@ def postfix(service: str, msg: str) -> Hit | None:
         if "]: SASL " in rest:
             return None  # a second client field before the user name: not a line postfix writes
         return (service, K_FAIL, m.group(1), user, 1, None)
+    if c == "m" and msg.startswith("message repeated "):
+        # rsyslog RepeatedMsgReduction: `message repeated N times: [ MSG]`, MSG N more times
+        k = msg.find(" times: [ ", 17, 30)
+        times = msg[17:k] if k > 0 else ""
+        if not (times.isdigit() and times.isascii() and msg.endswith("]")):
+            return None
+        inner = msg[k + 10:-1]
+        hit = postfix(service, inner) if not inner.startswith("message repeated ") else None
+        if hit is None:
+            return None
+        return (hit[0], hit[1], hit[2], hit[3], hit[4] * min(int(times), 1000), hit[5])
     if c == "l" and msg.startswith("lost connection after AUTH from "):
         m = _LOST_AUTH.match(msg)
         if m is not None:
@@ -83,6 +94,11 @@ COURIER_TAGS = {
 
 def courier(service: str, msg: str) -> Hit | None:
     """One courier imapd/pop3d message."""
+    if msg.startswith("[ID "):  # illumos `[ID 702911 mail.info] `
+        e = msg.find("] ")
+        if e < 0:
+            return None
+        msg = msg[e + 2:]
     if "LOGIN FAILED, " in msg[:20]:
         m = _COURIER_FAIL.match(msg)
         if m is None:

@@ -179,7 +179,7 @@ def split(text: str) -> Split:
 #: `host tag[pid]: msg` / `tag[pid]: msg` with no timestamp (journal exports, other tools);
 #: without a pid only the tags of the daemons read here (a bare `sshd -E` message never
 #: starts with one of them followed by `: `)
-_NO_TS = re.compile(r"(?:([A-Za-z0-9][A-Za-z0-9._-]*) )?([A-Za-z][A-Za-z0-9_./-]*)(?:\[(\d+)\])?: ")
+_NO_TS = re.compile(r"(?:([A-Za-z0-9][A-Za-z0-9._-]*) )?([A-Za-z][A-Za-z0-9_./-]*(?:\(pam_unix\))?)(?:\[(\d+)\])?: ")
 _NO_TS_TAGS = frozenset({"sshd", "sshd-session", "dovecot"})
 _DOVECOT_PROCS = ("auth: ", "auth-worker(", "pop3-login: ", "imap-login: ", "submission-login: ",
                   "managesieve-login: ", "auth(")

@@ -366,3 +366,39 @@ def test_real_dovecot23_pam_passdb_from_the_lab() -> None:
     st = StateStore(clock=lambda: NOW)
     st.add_events(evs)
     assert {r.ip: r.services for r in st.snapshot().rows} == {"203.0.113.10": ("pop3",), "2001:db8:3::20": ("imap",)}
+
+
+def test_dovecot_1x_log_path_prefix() -> None:
+    """dovecot 1.x failures.c writes log_prefix, then log_timestamp, then the level."""
+    p = Parser(now=lambda: NOW)
+    bsd = p.parse(RawLine("dovecot: Nov 28 05:00:21 Info: auth(default): passwd-file(bob,203.0.113.9): "
+                          "unknown user", "t", 1))
+    iso = p.parse(RawLine("dovecot: 2026-11-28 05:00:21 Info: pop3-login: Aborted login (2 authentication "
+                          "attempts): user=<bob>, method=PLAIN, rip=203.0.113.8, lip=192.0.2.1", "t", 2))
+    assert bsd is not None and (bsd.kind, bsd.ip, bsd.user) == ("invalid_user", "203.0.113.9", "bob")
+    assert iso is not None and (iso.kind, iso.ip, iso.attempts) == ("auth_failed", "203.0.113.8", 2)
+    assert bsd.ts == iso.ts
+
+
+def test_macos_log_show_timestamps() -> None:
+    """``log show --style syslog``: space-separated ISO time with a +HHMM zone, one or two spaces."""
+    p = Parser(now=lambda: NOW)
+    a = p.parse(RawLine("2026-11-28 05:00:21.801612+0000  mx sshd[3186]: error: PAM: unknown user for "
+                        "illegal user bad from 203.0.113.7", "t", 1))
+    b = p.parse(RawLine("2026-11-28 05:00:21.180218+0000 mx sshd[67]: Invalid user git from 203.0.113.6 "
+                        "port 35968", "t", 2))
+    assert a is not None and (a.kind, a.ip, a.user) == ("invalid_user", "203.0.113.7", "bad")
+    assert b is not None and (b.kind, b.ip) == ("invalid_user", "203.0.113.6")
+    assert int(a.ts) == int(b.ts) == 1795842021
+
+
+def test_repeated_message_keeps_attacker_text_out() -> None:
+    p = Parser(now=lambda: NOW)
+    ev = p.parse(RawLine("Nov 28 05:00:21 mx sshd[7]: message repeated 2 times: [ Failed password for invalid "
+                         "user x from 198.51.100.66 port 22 ssh2 from 203.0.113.5 port 5 ssh2]", "t", 1))
+    assert ev is not None and (ev.ip, ev.attempts) == ("203.0.113.5", 2)
+    # only rsyslog writes the wrapper, once; a nested or unterminated one is not a line it writes
+    for msg in ("message repeated 2 times: [ message repeated 2 times: [ Failed password for root from "
+                "203.0.113.5 port 5 ssh2]]", "message repeated 2 times: [ Failed password for root from "
+                "203.0.113.5 port 5 ssh2", "message repeated x times: [ Invalid user a from 203.0.113.5]"):
+        assert p.parse(RawLine(f"Nov 28 05:00:21 mx sshd[8]: {msg}", "t", 2)) is None, msg
