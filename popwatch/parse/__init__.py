@@ -139,11 +139,11 @@ class Parser:
         elif tag in COURIER_TAGS:
             r = (_COURIER, COURIER_TAGS[tag])
         elif tag.endswith(_OLDPAM_SUFFIX):
-            svc = tag[:-len(_OLDPAM_SUFFIX)]
-            if svc in SSHD_TAGS:
+            pam_svc = tag[:-len(_OLDPAM_SUFFIX)]
+            if pam_svc in SSHD_TAGS:
                 r = (_OLDPAM, "sshd")
-            elif svc in ("dovecot", "imap", "pop3", "pop", "imap4"):
-                r = (_OLDPAM, svc)
+            elif pam_svc in ("dovecot", "imap", "pop3", "pop", "imap4"):
+                r = (_OLDPAM, pam_svc)
         elif tag.startswith("postfix"):
             svc = postfix_service(tag)
             if svc is not None:

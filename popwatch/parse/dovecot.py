@@ -109,9 +109,9 @@ class DovecotRules:
             return self.parse(msg[e + 2:]) if e > 0 else None
         if c == "p" and msg.startswith("pam_") and " authentication failure; " in msg:
             return self._pam(msg)
-        if c == "I" and msg.startswith("Info: "):
+        if c == "I":
             # 1.x log_path with an empty log_prefix: `May 31 09:43:57 Info: pop3-login: ...`
-            msg = msg[6:]
+            msg = msg.removeprefix("Info: ")
         colon = msg.find(": ", 0, 24)
         if colon < 0:
             return None

@@ -398,7 +398,8 @@ def test_repeated_message_keeps_attacker_text_out() -> None:
                          "user x from 198.51.100.66 port 22 ssh2 from 203.0.113.5 port 5 ssh2]", "t", 1))
     assert ev is not None and (ev.ip, ev.attempts) == ("203.0.113.5", 2)
     # only rsyslog writes the wrapper, once; a nested or unterminated one is not a line it writes
-    for msg in ("message repeated 2 times: [ message repeated 2 times: [ Failed password for root from "
-                "203.0.113.5 port 5 ssh2]]", "message repeated 2 times: [ Failed password for root from "
-                "203.0.113.5 port 5 ssh2", "message repeated x times: [ Invalid user a from 203.0.113.5]"):
+    for msg in (("message repeated 2 times: [ message repeated 2 times: [ Failed password for root from "
+                 "203.0.113.5 port 5 ssh2]]"),
+                "message repeated 2 times: [ Failed password for root from 203.0.113.5 port 5 ssh2",
+                "message repeated x times: [ Invalid user a from 203.0.113.5]"):
         assert p.parse(RawLine(f"Nov 28 05:00:21 mx sshd[8]: {msg}", "t", 2)) is None, msg
