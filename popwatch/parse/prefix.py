@@ -11,6 +11,9 @@ Formats (all seen on real systems):
 - no timestamp: ``host sshd[123]: msg`` / ``sshd[123]: msg`` (journal exports, other tools)
 - daemontools/s6 multilog: ``@4000000063a1b2c30d2ac4fc msg`` (TAI64N label)
 - BSD with an unpadded day (``Sep 8 07:16:27``), macOS ASL ``sshd[123] <Notice>: msg``
+- macOS ``log show``: ``2020-03-23 06:47:42.801612-0700  host sshd[123]: msg``
+- socklog (runit): ``auth.info: [Mon DD HH:MM:SS ]sshd[123]: msg`` after svlogd's stamp
+- dovecot 1.x log_path: ``dovecot: May 31 09:43:57 Info: pop3-login: ...``
 - journald entries: structured fields, see :func:`from_journal`
 
 Splitting is string slicing only; the timestamp is parsed lazily (only for lines a daemon
@@ -126,6 +129,11 @@ def split(text: str) -> Split:
         if text[4:5] == "-" and t10 == "T":
             sp = text.find(" ", 19)
             if sp > 0:
+                if text[sp + 1:sp + 6] in _SOCKLOG_FAC:
+                    # svlogd -tt: `2015-05-27T04:31:28.10040 auth.info: <what the client sent>`
+                    inner = _socklog(text[sp + 1:])
+                    if inner is not None:
+                        return (TS_ISO, text[:sp], *inner[2:])
                 r = _host_tag_msg(text, sp + 1)
                 if r is not None:
                     return (TS_ISO, text[:sp], *r)
@@ -185,7 +193,28 @@ _DOVECOT_PROCS = ("auth: ", "auth-worker(", "pop3-login: ", "imap-login: ", "sub
                   "managesieve-login: ", "auth(")
 
 
+#: socklog (runit, Void Linux) writes `facility.level: ` before each message it got
+_SOCKLOG_FAC = frozenset({"auth.", "authp", "mail.", "daemo", "user.", "local"})
+_SOCKLOG = re.compile(r"(?:auth|authpriv|mail|daemon|user|local[0-7])\.[a-z]+: ")
+
+
+def _socklog(text: str) -> Split | None:
+    """``auth.info: [Mon DD HH:MM:SS ]tag[pid]: msg`` (socklog, then svlogd's own stamp)."""
+    m = _SOCKLOG.match(text)
+    if m is None:
+        return None
+    inner = split(text[m.end():])
+    if inner[3] is None:
+        return None
+    # musl's syslog() leaves the space before the message
+    return (*inner[:5], inner[5].removeprefix(" "))
+
+
 def _no_timestamp(text: str) -> Split | None:
+    if text[:5] in _SOCKLOG_FAC:
+        sl = _socklog(text)
+        if sl is not None:
+            return sl
     m = _NO_TS.match(text)
     if m is not None:
         host, tag, pid = m.groups()

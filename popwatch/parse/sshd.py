@@ -44,11 +44,16 @@ _PAM = re.compile(
     r"tty=\S* ruser=\S* rhost=(\S*) ?(?: user=(.*))?$")
 # auth-pam.c: `PAM: <pam_strerror> for [illegal user ]USER from HOST`; Apple's sshd adds
 # ` via LOCAL-ADDRESS` (the server's own address, never the attacker's)
-# (the message is any pam_strerror() text: Linux-PAM `Authentication failure`, `User not known
-# to the underlying authentication module`; OpenPAM `authentication error`, `unknown user`)
-_PAM_ERR = re.compile(r"PAM: ([A-Za-z][A-Za-z0-9 ()'_-]{0,80}?) "
+# (the message is pam_strerror() text, any case: Linux-PAM `Authentication failure`, `User not
+# known to the underlying authentication module`, `Permission denied`, `Have exhausted maximum
+# number of retries for service`; OpenPAM `authentication error`, `unknown user`. Errors of
+# the server's own PAM stack - `Module is unknown`, `System error`, `Authentication service
+# cannot retrieve authentication info` - say nothing about the client and are not read.)
+_PAM_ERR = re.compile(r"PAM: (?i:(authentication failure|authentication error|authentication failed|"
+                      r"(user not known to the underlying authentication module|unknown user|no such user)|"
+                      r"permission denied|have exhausted maximum number of retries for service|"
+                      r"maximum number of tries exceeded)) "
                       r"for (illegal user )?(.*) from (\S+?)(?: via \S+)?$")
-_PAM_UNKNOWN = ("User not known", "unknown user", "No such user")
 # packet.c: `Received disconnect from HOST[ port N]:CODE: REASON` (REASON is the client's text;
 # 6.2-7.x log it as `error: ` when the reason is not 11 by-application); reason 14 (no more/no
 # supported authentication methods) ends a connection that tried no accepted method: a probe
@@ -283,9 +288,8 @@ class SshdRules:
                     m = _PAM_ERR.match(body)
                     if m is None:
                         return None
-                    text, illegal, user, ip = m.groups()
+                    _text, unknown, illegal, user, ip = m.groups()
                     n = self._credit(conn, 1, ip=ip) if conn is not None else 0
-                    unknown = text.startswith(_PAM_UNKNOWN)
                     return (SSH, K_INVALID if (illegal or unknown) else K_FAIL, ip, user, n, None)
                 if body.startswith("Received disconnect from "):
                     return self._recv_disc(body, conn)

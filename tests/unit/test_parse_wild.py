@@ -2,8 +2,8 @@
 the daemons' format strings across versions) under every supported line prefix.
 
 Each message is put under each prefix the daemon can be logged with (syslog RFC 3339 / BSD /
-unpadded day / RFC 5424 / RFC 3164 <PRI> / busybox / illumos ``[ID ...]`` / macOS ASL /
-no timestamp / no pid / ``[tag]`` / journald fields; dovecot log_path, TAI64N and bare forms;
+unpadded day / RFC 5424 / RFC 3164 <PRI> / busybox / illumos ``[ID ...]`` / macOS ASL and
+``log show`` / socklog + svlogd / no timestamp / no pid / ``[tag]`` / journald fields; dovecot log_path, TAI64N and bare forms;
 ``sshd -E`` and multilog for sshd). Per daemon, precision and recall must be 1.0, and every
 field (address, user, kind, attempts, service) must be the expected one.
 """
@@ -43,6 +43,9 @@ def pid_prefixes(tag: str, pid: int) -> dict[str, str]:
         "macos-asl": f"Nov 28 05:00:21 mx {tag}[{pid}] <Notice>: ",
         "no-timestamp": f"mx {tag}[{pid}]: ",
         "no-timestamp-no-host": f"{tag}[{pid}]: ",
+        "macos-log-show": f"2026-11-28 05:00:21.664766+0000  mx {tag}[{pid}]: ",
+        "socklog-svlogd-tt": f"2026-11-28T05:00:21.66476 auth.info: Nov 28 05:00:21 {tag}[{pid}]: ",
+        "socklog-musl": f"2026-11-28T05:00:21.66476 auth.info: {tag}[{pid}]:  ",
     }
 
 
