@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -55,6 +55,11 @@ _SSHD, _DOVECOT, _POSTFIX, _COURIER, _OLDPAM = 1, 2, 3, 4, 5
 _OLDPAM_SUFFIX = "(pam_unix)"
 _UNSEEN = object()
 _FAST = _prefix.FAST.match
+#: BSD syslogd (sysklogd, FreeBSD, macOS) folds identical consecutive messages of a file into
+#: `HOST last message repeated N times` (newer: `--- last message repeated N times ---`),
+#: written right after the line it repeats
+_REPEAT = re.compile(r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?:[ \d]\d|\d) \d\d:\d\d:\d\d "
+                     r"(\S+) (?:--- )?last message repeated (\d+) times?(?: ---)?$")
 
 
 @lru_cache(maxsize=8192)
@@ -123,6 +128,7 @@ class Parser:
         self.dovecot = DovecotRules()
         self.bare_tag = bare_tag
         self._tags: dict[str, object] = {}
+        self._prev: str | None = None  # the live path's previous line (for `last message repeated`)
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -155,7 +161,30 @@ class Parser:
 
     def parse(self, raw: RawLine) -> AuthEvent | None:
         """One line -> event, or None for lines that say nothing about an attack."""
+        prev, self._prev = self._prev, raw.text
+        if raw.fields is None and " last message repeated " in raw.text[:60]:
+            return self._repeated(raw.text, prev, raw.source, raw.lineno)
         return self.parse_text(raw.text, raw.source, raw.lineno, raw.fields)
+
+    def _repeated(self, text: str, prev: str | None, source: str, lineno: int | None) -> AuthEvent | None:
+        """``HOST last message repeated N times``: the previous line (same host) N more times."""
+        m = _REPEAT.match(text.rstrip("\r\n"))
+        if m is None or prev is None or " last message repeated " in prev[:60]:
+            return None
+        pm = _FAST(prev)
+        if pm is None or pm[3] != m[1]:
+            return None
+        total, ev = 0, None
+        for _ in range(min(int(m[2]), 1000)):
+            ev = self.parse_text(prev, source, lineno)
+            if ev is None:
+                return None
+            total += ev.attempts
+        if ev is None:
+            return None
+        line = text if (len(text) <= LINE_CAP and text.isascii() and text.isprintable()) else clean(text)
+        ts = self.clock.resolve(_prefix.TS_BSD, text[:m.start(1) - 1])
+        return replace(ev, attempts=total, line=line, ts=ts, lineno=lineno)
 
     def parse_text(self, text: str, source: str = "", lineno: int | None = None,
                    fields: Mapping[str, str] | None = None) -> AuthEvent | None:
@@ -203,7 +232,11 @@ class Parser:
             lines = list(lines)
         for i, m in enumerate(map(fast, lines)):
             if m is None:
-                ev = parse_text(lines[i], source, first_lineno + i)
+                text = lines[i]
+                if " last message repeated " in text[:60]:
+                    ev = self._repeated(text, lines[i - 1] if i else None, source, first_lineno + i)
+                else:
+                    ev = parse_text(text, source, first_lineno + i)
                 if ev is not None:
                     yield ev
                 continue

@@ -406,7 +406,7 @@ class SshdRules:
         return self._failed_accepted_slow(msg, conn)
 
     def _outcome(self, failed: bool, method: str, user: str, ip: str, port: str, conn: object | None) -> Hit:
-        invalid = user.startswith("invalid user ")
+        invalid = user.startswith(("invalid user ", "illegal user "))  # `illegal`: OpenSSH < 3.9
         if invalid:
             user = user[13:]
         key = self._key(conn, ip, port)

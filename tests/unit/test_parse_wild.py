@@ -406,3 +406,24 @@ def test_repeated_message_keeps_attacker_text_out() -> None:
                 "message repeated 2 times: [ Failed password for root from 203.0.113.5 port 5 ssh2",
                 "message repeated x times: [ Invalid user a from 203.0.113.5]"):
         assert p.parse(RawLine(f"Nov 28 05:00:21 mx sshd[8]: {msg}", "t", 2)) is None, msg
+
+
+def test_bsd_syslogd_last_message_repeated() -> None:
+    """sysklogd/FreeBSD/macOS syslogd fold identical lines into ``HOST last message repeated N
+    times``, right after the line: that line's attempt N more times, on the live and scan paths."""
+    lines = ["Nov  8 05:00:21 mx sshd[5]: Failed password for root from 203.0.113.9 port 4000 ssh2",
+             "Nov  8 05:00:51 mx last message repeated 4 times",
+             "Nov  8 05:01:00 mx postfix/smtpd[6]: warning: unknown[203.0.113.8]: SASL LOGIN authentication "
+             "failed: UGFzc3dvcmQ6",
+             "Nov  8 05:01:30 mx --- last message repeated 2 times ---",
+             "Nov  8 05:01:31 mx --- last message repeated 2 times ---",  # repeats no repeat line
+             "Nov  8 05:01:40 mx sshd[7]: Failed password for root from 203.0.113.7 port 4001 ssh2",
+             "Nov  8 05:01:50 other last message repeated 3 times"]  # another host's: not this line
+    p = Parser(now=lambda: NOW)
+    live = [p.parse(RawLine(t, "t", i)) for i, t in enumerate(lines, 1)]
+    got = [(e.ip, e.attempts, e.lineno) for e in live if e is not None]
+    assert got == [("203.0.113.9", 1, 1), ("203.0.113.9", 4, 2), ("203.0.113.8", 1, 3), ("203.0.113.8", 2, 4),
+                   ("203.0.113.7", 1, 6)]
+    assert live[1] is not None and live[0] is not None and live[1].ts - live[0].ts == 30
+    many = list(Parser(now=lambda: NOW).parse_many(lines, "t", 1))
+    assert many == [e for e in live if e is not None]
