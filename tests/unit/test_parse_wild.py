@@ -413,8 +413,8 @@ def test_bsd_syslogd_last_message_repeated() -> None:
     times``, right after the line: that line's attempt N more times, on the live and scan paths."""
     lines = ["Nov  8 05:00:21 mx sshd[5]: Failed password for root from 203.0.113.9 port 4000 ssh2",
              "Nov  8 05:00:51 mx last message repeated 4 times",
-             "Nov  8 05:01:00 mx postfix/smtpd[6]: warning: unknown[203.0.113.8]: SASL LOGIN authentication "
-             "failed: UGFzc3dvcmQ6",
+             ("Nov  8 05:01:00 mx postfix/smtpd[6]: warning: unknown[203.0.113.8]: SASL LOGIN authentication "
+              "failed: UGFzc3dvcmQ6"),
              "Nov  8 05:01:30 mx --- last message repeated 2 times ---",
              "Nov  8 05:01:31 mx --- last message repeated 2 times ---",  # repeats no repeat line
              "Nov  8 05:01:40 mx sshd[7]: Failed password for root from 203.0.113.7 port 4001 ssh2",
