@@ -11,6 +11,7 @@ Formats (all seen on real systems):
 - no timestamp: ``host sshd[123]: msg`` / ``sshd[123]: msg`` (journal exports, other tools)
 - daemontools/s6 multilog: ``@4000000063a1b2c30d2ac4fc msg`` (TAI64N label)
 - BSD with an unpadded day (``Sep 8 07:16:27``), macOS ASL ``sshd[123] <Notice>: msg``
+- a syslog template with a space-separated local date: ``2026-11-28 05:19:09 host sshd[123]: msg``
 - macOS ``log show``: ``2020-03-23 06:47:42.801612-0700  host sshd[123]: msg``
 - socklog (runit): ``auth.info: [Mon DD HH:MM:SS ]sshd[123]: msg`` after svlogd's stamp
 - dovecot 1.x log_path: ``dovecot: May 31 09:43:57 Info: pop3-login: ...``
@@ -148,7 +149,11 @@ def split(text: str) -> Split:
                 if r is not None:
                     return (TS_ISO, text[:sp], *r)
         elif text[4:5] == "-" and t10 == " " and text[13:14] == ":":
-            # dovecot log_path with log_timestamp = "%Y-%m-%d %H:%M:%S "
+            # dovecot log_path with log_timestamp = "%Y-%m-%d %H:%M:%S " (`auth: ...`), or a
+            # syslog template with that date (`2026-11-28 05:19:09 host sshd[N]: ...`)
+            r = _host_tag_msg(text, 20)
+            if r is not None and r[0] is not None:
+                return (TS_LOCAL_ISO, text[:19], *r)
             return (TS_LOCAL_ISO, text[:19], None, DOVECOT_LOGPATH, None, text[20:])
     elif c0 in MONTHS_FIRST and text[3:4] == " " and text[:3] in MONTHS:
         if text[9:10] == ":":

@@ -44,6 +44,7 @@ def pid_prefixes(tag: str, pid: int) -> dict[str, str]:
         "no-timestamp": f"mx {tag}[{pid}]: ",
         "no-timestamp-no-host": f"{tag}[{pid}]: ",
         "macos-log-show": f"2026-11-28 05:00:21.664766+0000  mx {tag}[{pid}]: ",
+        "local-date-template": f"2026-11-28 05:00:21 mx {tag}[{pid}]: ",
         "socklog-svlogd-tt": f"2026-11-28T05:00:21.66476 auth.info: Nov 28 05:00:21 {tag}[{pid}]: ",
         "socklog-musl": f"2026-11-28T05:00:21.66476 auth.info: {tag}[{pid}]:  ",
     }
