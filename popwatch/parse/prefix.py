@@ -9,7 +9,8 @@ Formats (all seen on real systems):
 - RFC 5424: ``<38>1 2026-11-28T05:00:21Z host sshd 1234 - - msg`` (and RFC 3164 with ``<PRI>``)
 - bare messages (``sshd -E``): no prefix at all
 - no timestamp: ``host sshd[123]: msg`` / ``sshd[123]: msg`` (journal exports, other tools)
-- daemontools/s6 multilog: ``@4000000063a1b2c30d2ac4fc msg`` (TAI64N label)
+- daemontools/s6 multilog: ``@4000000063a1b2c30d2ac4fc msg`` (TAI64N label), and the same through
+  tai64nlocal: ``2018-06-26 13:22:02.108781500 msg``
 - BSD with an unpadded day (``Sep 8 07:16:27``), macOS ASL ``sshd[123] <Notice>: msg``
 - a syslog template with a space-separated local date: ``2026-11-28 05:19:09 host sshd[123]: msg``
 - macOS ``log show``: ``2020-03-23 06:47:42.801612-0700  host sshd[123]: msg``
@@ -64,6 +65,14 @@ def _host_tag_msg(text: str, p: int) -> tuple[str | None, str | None, str | None
     if "(" in first:
         # dovecot 2.4 log_path: `auth(user,ip,...)<sess>: ...` (no host)
         return None, DOVECOT_LOGPATH, None, text[p:]
+    s2 = text.find(" ", h + 1)
+    if s2 > 0 and text[s2 - 1] == "]" and text[h + 1:h + 2].isalpha() and text[s2 + 1:s2 + 2] != "<":
+        # a tag[pid] with no colon after it (rsyslog 8 writing a forwarded RFC 5424 message)
+        w = text[h + 1:s2]
+        if "[" in w:
+            tag, pid = _tag_pid(w)
+            if pid is not None and pid.isdigit():
+                return first, tag, pid, text[s2 + 1:]
     c = text.find(": ", h + 1)
     if c < 0:
         if text.endswith(":"):
@@ -146,8 +155,13 @@ def split(text: str) -> Split:
                 while text[p:p + 1] == " ":
                     p += 1
                 r = _host_tag_msg(text, p)
-                if r is not None:
+                if r is not None and r[0] is not None and r[2] is not None:
                     return (TS_ISO, text[:sp], *r)
+                # tai64nlocal output of a multilog file: `2018-06-26 13:22:02.108781500 MSG`
+                inner = split(text[p:])
+                if inner[0] == TS_NONE:
+                    return (TS_ISO, text[:sp], *inner[2:])
+                return inner
         elif text[4:5] == "-" and t10 == " " and text[13:14] == ":":
             # dovecot log_path with log_timestamp = "%Y-%m-%d %H:%M:%S " (`auth: ...`), or a
             # syslog template with that date (`2026-11-28 05:19:09 host sshd[N]: ...`)

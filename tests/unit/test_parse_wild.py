@@ -45,6 +45,9 @@ def pid_prefixes(tag: str, pid: int) -> dict[str, str]:
         "no-timestamp-no-host": f"{tag}[{pid}]: ",
         "macos-log-show": f"2026-11-28 05:00:21.664766+0000  mx {tag}[{pid}]: ",
         "local-date-template": f"2026-11-28 05:00:21 mx {tag}[{pid}]: ",
+        "rsyslog8-forwarded-5424": f"2026-11-28T05:00:21.664766+00:00 mx {tag}[{pid}] ",
+        "freebsd-syslogd-v": f"Nov 28 05:00:21 <4.6> mx {tag}[{pid}]: ",
+        "busybox-S-no-host": f"Nov 8 05:00:21 {tag}[{pid}]: ",
         "socklog-svlogd-tt": f"2026-11-28T05:00:21.66476 auth.info: Nov 28 05:00:21 {tag}[{pid}]: ",
         "socklog-musl": f"2026-11-28T05:00:21.66476 auth.info: {tag}[{pid}]:  ",
     }
@@ -56,10 +59,12 @@ def nopid_prefixes(row: dict[str, str], tag: str) -> dict[str, str]:
     if row["daemon"] == "sshd" and tag == "sshd":
         out["sshd -E"] = ""
         out["multilog"] = "@4000000069291a1f0d2ac4fc "
+        out["tai64nlocal"] = "2026-11-28 05:00:21.664766500 "
     if row["daemon"] == "dovecot" and tag == "dovecot" and msg.startswith(DOVECOT_PROCS):
         out["log_path-bsd"] = "Nov 28 05:18:22 "
         out["log_path-iso"] = "2026-11-28 05:19:09 "
         out["multilog"] = "@4000000069291a1f0d2ac4fc "
+        out["tai64nlocal"] = "2026-11-28 05:00:21.664766500 "
         out["stderr"] = ""
     return out
 
@@ -103,7 +108,7 @@ def check(row: dict[str, str], prefix: str, raws: list[RawLine]) -> tuple[str, s
     if ev is None:
         return ("fn" if kind in FAILS else "tn"), "no event"
     has_pid = not prefix.endswith(("no-pid", "bracket-tag", "sshd -E", "multilog", "log_path-bsd",
-                                   "log_path-iso", "stderr"))
+                                   "log_path-iso", "stderr", "tai64nlocal"))
     want = (kind, want_ip, None if row["user"] == "-" else row["user"],
             int(row["attempts"] if has_pid else row["nopid"]), row["service"])
     got = (ev.kind, ev.ip, ev.user, ev.attempts, ev.service)
