@@ -61,12 +61,13 @@ _DRIVER = re.compile(r"[a-z][a-z0-9_-]*\(")
 _AUTH24_MSG = re.compile(r"(?:request \[\d+\]: )?(?:Info: )?(?:[A-Za-z0-9_-]+: )?")
 # failure messages of passdbs (the whole message must be one of these)
 _AUTH_FAIL = re.compile(
-    r"(?:(unknown user)|(Password mismatch)(?: \(for LDAP bind\))?|(invalid credentials)"
+    r"(?:(unknown user)|([Pp]assword mismatch)(?: \(for LDAP bind\))?|(invalid credentials)"
     r"|pam_authenticate\(\) failed: (?:(User not known to the underlying authentication module)"
     r"|Authentication failure|Permission denied)[^()]*(?: \([Pp]assword mismatch\?\))?"
     r"|Login failed \(status=1\))"
     r"(?: \(given password: .*\)| \(SHA1 of given password: [0-9a-f]+\))?$")
-_AUTH_KEYWORDS = ("unknown user", "Password mismatch", "pam_authenticate() failed", "invalid credentials",
+# (1.x mechanisms and bsdauth/sia passdbs write `password mismatch` in lower case)
+_AUTH_KEYWORDS = ("unknown user", "assword mismatch", "pam_authenticate() failed", "invalid credentials",
                   "Login failed (status=")
 _WORKER_CONN = re.compile(r"conn [^\s()]+ \(pid=\d+,uid=\d+\): auth-worker<\d+>: (?:Info: )?")
 # Linux-PAM `pam_unix(dovecot:auth): authentication failure; ... rhost=ADDR [ user=USER]`
