@@ -58,11 +58,11 @@ def postfix(service: str, msg: str) -> Hit | None:
         return (service, K_FAIL, m.group(1), user, 1, None)
     if c == "m" and msg.startswith("message repeated "):
         # rsyslog RepeatedMsgReduction: `message repeated N times: [ MSG]`, MSG N more times
-        k = msg.find(" times: [ ", 17, 30)
+        k = msg.find(" times: [", 17, 30)
         times = msg[17:k] if k > 0 else ""
         if not (times.isdigit() and times.isascii() and msg.endswith("]")):
             return None
-        inner = msg[k + 10:-1]
+        inner = msg[k + 9:-1].removeprefix(" ")  # rsyslog: "[%.800s]" of the message
         hit = postfix(service, inner) if not inner.startswith("message repeated ") else None
         if hit is None:
             return None

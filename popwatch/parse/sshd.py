@@ -334,13 +334,13 @@ class SshdRules:
     def _repeated(self, msg: str, conn: object | None) -> Hit | None:
         """rsyslog's ``message repeated N times: [ MSG]`` (RepeatedMsgReduction, on by default
         in Debian/Ubuntu): MSG N more times from the same pid."""
-        k = msg.find(" times: [ ", 17, 30)
+        k = msg.find(" times: [", 17, 30)
         if k < 0 or not msg.endswith("]"):
             return None
         times = msg[17:k]
         if not (times.isdigit() and times.isascii()):
             return None
-        inner = msg[k + 10:-1]
+        inner = msg[k + 9:-1].removeprefix(" ")  # rsyslog: "[%.800s]" of the message
         if inner.startswith("message repeated "):
             return None
         total, hit = 0, None
