@@ -433,3 +433,14 @@ def test_bsd_syslogd_last_message_repeated() -> None:
     assert live[1] is not None and live[0] is not None and live[1].ts - live[0].ts == 30
     many = list(Parser(now=lambda: NOW).parse_many(lines, "t", 1))
     assert many == [e for e in live if e is not None]
+
+
+def test_rsyslog_repeated_message_reduction_real_output() -> None:
+    """rsyslogd (Debian 12) with ``$RepeatedMsgReduction on``, fed four identical sshd
+    messages by logger(1) and then the disconnect: 4 attempts in all, none counted twice."""
+    path = CORPUS.parent / "rsyslog-repeatedmsgreduction-lab.log"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert "message repeated 3 times: [ Failed password" in lines[1]
+    evs = list(Parser(now=lambda: NOW).parse_many(lines, "lab", 1))
+    assert [(e.kind, e.ip, e.attempts) for e in evs] == [
+        ("auth_failed", "203.0.113.9", 1), ("auth_failed", "203.0.113.9", 3), ("auth_failed", "203.0.113.9", 0)]
