@@ -1,4 +1,4 @@
-"""postfix SASL and courier imapd/pop3d rules (stateless)."""
+"""postfix SASL and courier imapd/pop3d/esmtpd rules (stateless)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,15 @@ COURIER_TAGS = {
     "pop3d": Service.POP3.value, "pop3d-ssl": Service.POP3.value,
     "courier-pop3d": Service.POP3.value, "courier-pop3d-ssl": Service.POP3.value,
     "courierpop3login": Service.POP3.value,
+    "courieresmtpd": Service.SMTP.value,
 }
+
+# Courier-MTA courieresmtpd.C iov_logerror() after a failed AUTH (`535 Authentication failed.`):
+# `error,relay=ADDR[,port=N (2019+)][,ident="..."],msg="535 ...",cmd: AUTH MECH [USER]` - the
+# address is the first field, courier's own; ident (a remote ident reply) and USER come after.
+_COURIER_ESMTP = re.compile(
+    r"(?:INFO: )?error,relay=([0-9A-Fa-f:.]+)(?:,port=\d+)?(?:,ident=\"[^\n]*?\")?"
+    r",msg=\"535 Authentication failed\.\",cmd: AUTH(?: \S+(?: (.*))?)?$")
 
 
 def courier(service: str, msg: str) -> Hit | None:
@@ -99,6 +107,13 @@ def courier(service: str, msg: str) -> Hit | None:
         if e < 0:
             return None
         msg = msg[e + 2:]
+    if msg.startswith(("error,relay=", "INFO: error,relay=")):
+        if "535 Authentication failed." not in msg:
+            return None
+        m = _COURIER_ESMTP.match(msg)
+        if m is None:
+            return None
+        return (service, K_FAIL, m.group(1), m.group(2) or None, 1, None)
     if "LOGIN FAILED, " in msg[:20]:
         m = _COURIER_FAIL.match(msg)
         if m is None:
