@@ -48,6 +48,10 @@ MAX_MESSAGE = 8192
 SSHD_TAGS = frozenset({"sshd", "sshd-session", "sshd-auth"})
 #: dovecot, and the tags its auth processes' PAM modules log under (the binary's name)
 DOVECOT_TAGS = frozenset({"dovecot", "dovecot-auth", "auth", "auth-worker"})
+#: dovecot 1.x processes that syslog under their own name write the message without their
+#: process prefix (`dovecot-auth: pam(user,ip): ...`, inetd `imap-login: Aborted login ...`)
+_DOVECOT_PROC = {"dovecot-auth": "auth", "imap-login": "imap-login", "pop3-login": "pop3-login",
+                 "managesieve-login": "managesieve-login"}
 
 _SSHD, _DOVECOT, _POSTFIX, _COURIER, _OLDPAM = 1, 2, 3, 4, 5
 #: Linux-PAM <= 0.77 pam_unix logged under its own ident `SERVICE(pam_unix)` (Red Hat 7-9,
@@ -140,8 +144,8 @@ class Parser:
             tag = tag[1:-1]  # `[sshd]: msg` (a tag without pid, bracketed by some relays)
         if tag in SSHD_TAGS or tag == "com.openssh.sshd":
             r = (_SSHD, None)
-        elif tag in DOVECOT_TAGS:
-            r = (_DOVECOT, None)
+        elif tag in DOVECOT_TAGS or tag in _DOVECOT_PROC:
+            r = (_DOVECOT, _DOVECOT_PROC.get(tag))
         elif tag in COURIER_TAGS:
             r = (_COURIER, COURIER_TAGS[tag])
         elif tag.endswith(_OLDPAM_SUFFIX):
@@ -258,7 +262,7 @@ class Parser:
                 pid = m[5]
                 hit = sshd(msg, (m[3], pid) if pid is not None else None)
             elif which == _DOVECOT:
-                hit = dovecot(msg)
+                hit = dovecot(msg, route[1])  # type: ignore[index]
             elif which == _POSTFIX:
                 hit = postfix(route[1], msg)  # type: ignore[index]
             elif which == _COURIER:
@@ -292,7 +296,7 @@ class Parser:
         if which == _SSHD:
             hit = self.sshd.parse(msg, (host, pid) if pid is not None else None)
         elif which == _DOVECOT:
-            hit = self.dovecot.parse(msg)
+            hit = self.dovecot.parse(msg, service)
         elif which == _POSTFIX:
             hit = postfix(service, msg)  # type: ignore[arg-type]
         elif which == _COURIER:

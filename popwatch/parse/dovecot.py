@@ -92,8 +92,17 @@ class DovecotRules:
         # about the same attempt (auth_verbose, or the summary) then add nothing for it
         self._pam_ip: Ledger[list[int]] = Ledger(cap)
 
-    def parse(self, msg: str) -> Hit | None:
-        """One dovecot message: ``pop3-login: ...`` / ``auth: ...`` (syslog tag removed)."""
+    def parse(self, msg: str, proc: str | None = None) -> Hit | None:
+        """One dovecot message: ``pop3-login: ...`` / ``auth: ...`` (syslog tag removed).
+
+        ``proc``: the dovecot process the syslog tag named (1.x ``dovecot-auth``, inetd
+        ``imap-login``), whose messages carry no process prefix of their own."""
+        if proc is not None:
+            if msg.startswith("[ID "):  # illumos `[ID 702911 mail.info] `
+                e = msg.find("] ")
+                msg = msg[e + 2:] if e > 0 else ""
+            if not msg.startswith("pam_"):
+                msg = proc + ": " + msg
         c = msg[:1]
         if c == "a":
             if msg.startswith("auth"):
