@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -48,10 +48,22 @@ MAX_MESSAGE = 8192
 SSHD_TAGS = frozenset({"sshd", "sshd-session", "sshd-auth"})
 #: dovecot, and the tags its auth processes' PAM modules log under (the binary's name)
 DOVECOT_TAGS = frozenset({"dovecot", "dovecot-auth", "auth", "auth-worker"})
+#: dovecot 1.x processes that syslog under their own name write the message without their
+#: process prefix (`dovecot-auth: pam(user,ip): ...`, inetd `imap-login: Aborted login ...`)
+_DOVECOT_PROC = {"dovecot-auth": "auth", "imap-login": "imap-login", "pop3-login": "pop3-login",
+                 "managesieve-login": "managesieve-login"}
 
-_SSHD, _DOVECOT, _POSTFIX, _COURIER = 1, 2, 3, 4
+_SSHD, _DOVECOT, _POSTFIX, _COURIER, _OLDPAM = 1, 2, 3, 4, 5
+#: Linux-PAM <= 0.77 pam_unix logged under its own ident `SERVICE(pam_unix)` (Red Hat 7-9,
+#: Fedora Core 1-4, SuSE 9): `sshd(pam_unix)[N]: authentication failure; logname=...`
+_OLDPAM_SUFFIX = "(pam_unix)"
 _UNSEEN = object()
 _FAST = _prefix.FAST.match
+#: BSD syslogd (sysklogd, FreeBSD, macOS) folds identical consecutive messages of a file into
+#: `HOST last message repeated N times` (newer: `--- last message repeated N times ---`),
+#: written right after the line it repeats
+_REPEAT = re.compile(r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?:[ \d]\d|\d) \d\d:\d\d:\d\d "
+                     r"(\S+) (?:--- )?last message repeated (\d+) times?(?: ---)?$")
 
 
 @lru_cache(maxsize=8192)
@@ -120,6 +132,7 @@ class Parser:
         self.dovecot = DovecotRules()
         self.bare_tag = bare_tag
         self._tags: dict[str, object] = {}
+        self._prev: str | None = None  # the live path's previous line (for `last message repeated`)
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -131,10 +144,16 @@ class Parser:
             tag = tag[1:-1]  # `[sshd]: msg` (a tag without pid, bracketed by some relays)
         if tag in SSHD_TAGS or tag == "com.openssh.sshd":
             r = (_SSHD, None)
-        elif tag in DOVECOT_TAGS:
-            r = (_DOVECOT, None)
+        elif tag in DOVECOT_TAGS or tag in _DOVECOT_PROC:
+            r = (_DOVECOT, _DOVECOT_PROC.get(tag))
         elif tag in COURIER_TAGS:
             r = (_COURIER, COURIER_TAGS[tag])
+        elif tag.endswith(_OLDPAM_SUFFIX):
+            pam_svc = tag[:-len(_OLDPAM_SUFFIX)]
+            if pam_svc in SSHD_TAGS:
+                r = (_OLDPAM, "sshd")
+            elif pam_svc in ("dovecot", "imap", "pop3", "pop", "imap4"):
+                r = (_OLDPAM, pam_svc)
         elif tag.startswith("postfix"):
             svc = postfix_service(tag)
             if svc is not None:
@@ -146,7 +165,30 @@ class Parser:
 
     def parse(self, raw: RawLine) -> AuthEvent | None:
         """One line -> event, or None for lines that say nothing about an attack."""
+        prev, self._prev = self._prev, raw.text
+        if raw.fields is None and " last message repeated " in raw.text[:60]:
+            return self._repeated(raw.text, prev, raw.source, raw.lineno)
         return self.parse_text(raw.text, raw.source, raw.lineno, raw.fields)
+
+    def _repeated(self, text: str, prev: str | None, source: str, lineno: int | None) -> AuthEvent | None:
+        """``HOST last message repeated N times``: the previous line (same host) N more times."""
+        m = _REPEAT.match(text.rstrip("\r\n"))
+        if m is None or prev is None or " last message repeated " in prev[:60]:
+            return None
+        pm = _FAST(prev)
+        if pm is None or pm[3] != m[1]:
+            return None
+        total, ev = 0, None
+        for _ in range(min(int(m[2]), 1000)):
+            ev = self.parse_text(prev, source, lineno)
+            if ev is None:
+                return None
+            total += ev.attempts
+        if ev is None:
+            return None
+        line = text if (len(text) <= LINE_CAP and text.isascii() and text.isprintable()) else clean(text)
+        ts = self.clock.resolve(_prefix.TS_BSD, text[:m.start(1) - 1])
+        return replace(ev, attempts=total, line=line, ts=ts, lineno=lineno)
 
     def parse_text(self, text: str, source: str = "", lineno: int | None = None,
                    fields: Mapping[str, str] | None = None) -> AuthEvent | None:
@@ -194,7 +236,11 @@ class Parser:
             lines = list(lines)
         for i, m in enumerate(map(fast, lines)):
             if m is None:
-                ev = parse_text(lines[i], source, first_lineno + i)
+                text = lines[i]
+                if " last message repeated " in text[:60]:
+                    ev = self._repeated(text, lines[i - 1] if i else None, source, first_lineno + i)
+                else:
+                    ev = parse_text(text, source, first_lineno + i)
                 if ev is not None:
                     yield ev
                 continue
@@ -216,11 +262,14 @@ class Parser:
                 pid = m[5]
                 hit = sshd(msg, (m[3], pid) if pid is not None else None)
             elif which == _DOVECOT:
-                hit = dovecot(msg)
+                hit = dovecot(msg, route[1])  # type: ignore[index]
             elif which == _POSTFIX:
                 hit = postfix(route[1], msg)  # type: ignore[index]
-            else:
+            elif which == _COURIER:
                 hit = courier(route[1], msg)  # type: ignore[index]
+            else:
+                pid = m[5]
+                hit = self._oldpam(route[1], msg, (m[3], pid) if pid is not None else None)  # type: ignore[index]
             if hit is None:
                 continue
             iso_ts = m[1]
@@ -247,14 +296,29 @@ class Parser:
         if which == _SSHD:
             hit = self.sshd.parse(msg, (host, pid) if pid is not None else None)
         elif which == _DOVECOT:
-            hit = self.dovecot.parse(msg)
+            hit = self.dovecot.parse(msg, service)
         elif which == _POSTFIX:
             hit = postfix(service, msg)  # type: ignore[arg-type]
-        else:
+        elif which == _COURIER:
             hit = courier(service, msg)  # type: ignore[arg-type]
+        else:
+            hit = self._oldpam(service, msg, (host, pid) if pid is not None else None)  # type: ignore[arg-type]
         if hit is None:
             return None
         return self._finish(hit, kind, ts, text, source, lineno)
+
+    def _oldpam(self, service: str, msg: str, conn: object | None) -> tuple | None:
+        """A Linux-PAM 0.7x ``SERVICE(pam_unix)`` line, as the rule set of SERVICE would see
+        today's wording of it (``pam_unix(SERVICE:auth): ...``)."""
+        if msg.startswith("[ID "):  # illumos `[ID 800047 auth.info] `
+            e = msg.find("] ")
+            msg = msg[e + 2:] if e > 0 else ""
+        if not msg.startswith("authentication failure; "):
+            return None  # `N more authentication failures` repeats counted attempts: silent
+        msg = "pam_unix(" + service + ":auth): " + msg
+        if service == "sshd":
+            return self.sshd.parse(msg, conn)
+        return self.dovecot.parse(msg)
 
     def _finish(self, hit: tuple, kind: int, ts: str, text: str, source: str, lineno: int | None) -> AuthEvent:
         """A rule's hit -> the event: address normalised, text sanitised, timestamp resolved."""

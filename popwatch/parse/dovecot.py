@@ -51,6 +51,8 @@ LOGIN_SERVICES = {
 Hit = tuple[str, str, "str | None", "str | None", int, "str | None"]
 
 _ATTEMPTS = re.compile(r"\(auth failed, (\d+) attempts?")
+# 1.1 imap-login/pop3-login client.c cmd_logout: `Aborted login (%u authentication attempts)`
+_ATTEMPTS11 = re.compile(r"Aborted login \((\d+) authentication attempts\)$")
 # 2.3 auth prefix after `DRIVER(`: `user,IP[,master][,<session>]): `
 _AUTH23 = re.compile(r",([0-9A-Fa-f:.]+)(?:,master)?(?:,<([A-Za-z0-9+/=]*)>)?\): ")
 # 2.4 auth prefix after `auth(` / `auth-worker(`: `user,IP[,mech...])[<pid>][<session>]: `
@@ -59,12 +61,13 @@ _DRIVER = re.compile(r"[a-z][a-z0-9_-]*\(")
 _AUTH24_MSG = re.compile(r"(?:request \[\d+\]: )?(?:Info: )?(?:[A-Za-z0-9_-]+: )?")
 # failure messages of passdbs (the whole message must be one of these)
 _AUTH_FAIL = re.compile(
-    r"(?:(unknown user)|(Password mismatch)(?: \(for LDAP bind\))?|(invalid credentials)"
+    r"(?:(unknown user)|([Pp]assword mismatch)(?: \(for LDAP bind\))?|(invalid credentials)"
     r"|pam_authenticate\(\) failed: (?:(User not known to the underlying authentication module)"
     r"|Authentication failure|Permission denied)[^()]*(?: \([Pp]assword mismatch\?\))?"
     r"|Login failed \(status=1\))"
     r"(?: \(given password: .*\)| \(SHA1 of given password: [0-9a-f]+\))?$")
-_AUTH_KEYWORDS = ("unknown user", "Password mismatch", "pam_authenticate() failed", "invalid credentials",
+# (1.x mechanisms and bsdauth/sia passdbs write `password mismatch` in lower case)
+_AUTH_KEYWORDS = ("unknown user", "assword mismatch", "pam_authenticate() failed", "invalid credentials",
                   "Login failed (status=")
 _WORKER_CONN = re.compile(r"conn [^\s()]+ \(pid=\d+,uid=\d+\): auth-worker<\d+>: (?:Info: )?")
 # Linux-PAM `pam_unix(dovecot:auth): authentication failure; ... rhost=ADDR [ user=USER]`
@@ -89,8 +92,17 @@ class DovecotRules:
         # about the same attempt (auth_verbose, or the summary) then add nothing for it
         self._pam_ip: Ledger[list[int]] = Ledger(cap)
 
-    def parse(self, msg: str) -> Hit | None:
-        """One dovecot message: ``pop3-login: ...`` / ``auth: ...`` (syslog tag removed)."""
+    def parse(self, msg: str, proc: str | None = None) -> Hit | None:
+        """One dovecot message: ``pop3-login: ...`` / ``auth: ...`` (syslog tag removed).
+
+        ``proc``: the dovecot process the syslog tag named (1.x ``dovecot-auth``, inetd
+        ``imap-login``), whose messages carry no process prefix of their own."""
+        if proc is not None:
+            if msg.startswith("[ID "):  # illumos `[ID 702911 mail.info] `
+                e = msg.find("] ")
+                msg = msg[e + 2:] if e > 0 else ""
+            if not msg.startswith("pam_"):
+                msg = proc + ": " + msg
         c = msg[:1]
         if c == "a":
             if msg.startswith("auth"):
@@ -107,6 +119,9 @@ class DovecotRules:
             return self.parse(msg[e + 2:]) if e > 0 else None
         if c == "p" and msg.startswith("pam_") and " authentication failure; " in msg:
             return self._pam(msg)
+        if c == "I":
+            # 1.x log_path with an empty log_prefix: `May 31 09:43:57 Info: pop3-login: ...`
+            msg = msg.removeprefix("Info: ")
         colon = msg.find(": ", 0, 24)
         if colon < 0:
             return None
@@ -206,6 +221,12 @@ class DovecotRules:
                 pend[0] -= k
                 n -= k
             return (service, K_FAIL, ip, user, n, session)
+        if left.startswith("Aborted login (") and left[15:16].isdigit():
+            m = _ATTEMPTS11.match(left)
+            if m is None:
+                return None
+            n = int(m.group(1))
+            return (service, K_FAIL if n else K_PROBE, ip, user, n, session)
         if "(no auth attempts" in left:
             return (service, K_PROBE, ip, user, 0, session)
         if left.startswith("Aborted login") or "(tried to use disallowed" in left \

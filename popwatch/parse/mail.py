@@ -1,4 +1,4 @@
-"""postfix SASL and courier imapd/pop3d rules (stateless)."""
+"""postfix SASL and courier imapd/pop3d/esmtpd rules (stateless)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,17 @@ def postfix(service: str, msg: str) -> Hit | None:
         if "]: SASL " in rest:
             return None  # a second client field before the user name: not a line postfix writes
         return (service, K_FAIL, m.group(1), user, 1, None)
+    if c == "m" and msg.startswith("message repeated "):
+        # rsyslog RepeatedMsgReduction: `message repeated N times: [ MSG]`, MSG N more times
+        k = msg.find(" times: [", 17, 30)
+        times = msg[17:k] if k > 0 else ""
+        if not (times.isdigit() and times.isascii() and msg.endswith("]")):
+            return None
+        inner = msg[k + 9:-1].removeprefix(" ")  # rsyslog: "[%.800s]" of the message
+        hit = postfix(service, inner) if not inner.startswith("message repeated ") else None
+        if hit is None:
+            return None
+        return (hit[0], hit[1], hit[2], hit[3], hit[4] * min(int(times), 1000), hit[5])
     if c == "l" and msg.startswith("lost connection after AUTH from "):
         m = _LOST_AUTH.match(msg)
         if m is not None:
@@ -64,9 +75,11 @@ def postfix(service: str, msg: str) -> Hit | None:
 
 
 # courier: `LOGIN FAILED, [method=X, ]user=USER, ip=[ADDR][, port=[N]]` - the user is attacker
-# text before the address, so the address is the one anchored at the end of the line.
+# text before the address, so the address is the one anchored at the end of the line. SASL
+# logins (imaplogin.C `LOGIN FAILED, method=%s, ip=[%s], port=[%s]`) and older pop3d
+# (`LOGIN FAILED, ip=[%s]`) name no user.
 _COURIER_FAIL = re.compile(
-    r"(?:INFO: )?LOGIN FAILED, (?:method=[^,\s]*, )?user=(.*), ip=\[([^\[\]\s]*)\](?:, port=\[\d+\])?$")
+    r"(?:INFO: )?LOGIN FAILED, (?:method=[^,\s]*, )?(?:user=(.*), )?ip=\[([^\[\]\s]*)\](?:, port=\[\d+\])?$")
 _COURIER_OK = re.compile(
     r"(?:INFO: )?LOGIN, user=(.*), ip=\[([^\[\]\s]*)\](?:, port=\[\d+\])?(?:, protocol=[A-Z0-9]+)?$")
 
@@ -76,11 +89,31 @@ COURIER_TAGS = {
     "pop3d": Service.POP3.value, "pop3d-ssl": Service.POP3.value,
     "courier-pop3d": Service.POP3.value, "courier-pop3d-ssl": Service.POP3.value,
     "courierpop3login": Service.POP3.value,
+    "courieresmtpd": Service.SMTP.value,
 }
+
+# Courier-MTA courieresmtpd.C iov_logerror() after a failed AUTH (`535 Authentication failed.`):
+# `error,relay=ADDR[,port=N (2019+)][,ident="..."],msg="535 ...",cmd: AUTH MECH [USER]` - the
+# address is the first field, courier's own; ident (a remote ident reply) and USER come after.
+_COURIER_ESMTP = re.compile(
+    r"(?:INFO: )?error,relay=([0-9A-Fa-f:.]+)(?:,port=\d+)?(?:,ident=\"[^\n]*?\")?"
+    r",msg=\"535 Authentication failed\.\",cmd: AUTH(?: \S+(?: (.*))?)?$")
 
 
 def courier(service: str, msg: str) -> Hit | None:
     """One courier imapd/pop3d message."""
+    if msg.startswith("[ID "):  # illumos `[ID 702911 mail.info] `
+        e = msg.find("] ")
+        if e < 0:
+            return None
+        msg = msg[e + 2:]
+    if msg.startswith(("error,relay=", "INFO: error,relay=")):
+        if "535 Authentication failed." not in msg:
+            return None
+        m = _COURIER_ESMTP.match(msg)
+        if m is None:
+            return None
+        return (service, K_FAIL, m.group(1), m.group(2) or None, 1, None)
     if "LOGIN FAILED, " in msg[:20]:
         m = _COURIER_FAIL.match(msg)
         if m is None:

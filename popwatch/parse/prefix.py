@@ -9,8 +9,13 @@ Formats (all seen on real systems):
 - RFC 5424: ``<38>1 2026-11-28T05:00:21Z host sshd 1234 - - msg`` (and RFC 3164 with ``<PRI>``)
 - bare messages (``sshd -E``): no prefix at all
 - no timestamp: ``host sshd[123]: msg`` / ``sshd[123]: msg`` (journal exports, other tools)
-- daemontools/s6 multilog: ``@4000000063a1b2c30d2ac4fc msg`` (TAI64N label)
+- daemontools/s6 multilog: ``@4000000063a1b2c30d2ac4fc msg`` (TAI64N label), and the same through
+  tai64nlocal: ``2018-06-26 13:22:02.108781500 msg``
 - BSD with an unpadded day (``Sep 8 07:16:27``), macOS ASL ``sshd[123] <Notice>: msg``
+- a syslog template with a space-separated local date: ``2026-11-28 05:19:09 host sshd[123]: msg``
+- macOS ``log show``: ``2020-03-23 06:47:42.801612-0700  host sshd[123]: msg``
+- socklog (runit): ``auth.info: [Mon DD HH:MM:SS ]sshd[123]: msg`` after svlogd's stamp
+- dovecot 1.x log_path: ``dovecot: May 31 09:43:57 Info: pop3-login: ...``
 - journald entries: structured fields, see :func:`from_journal`
 
 Splitting is string slicing only; the timestamp is parsed lazily (only for lines a daemon
@@ -60,6 +65,14 @@ def _host_tag_msg(text: str, p: int) -> tuple[str | None, str | None, str | None
     if "(" in first:
         # dovecot 2.4 log_path: `auth(user,ip,...)<sess>: ...` (no host)
         return None, DOVECOT_LOGPATH, None, text[p:]
+    s2 = text.find(" ", h + 1)
+    if s2 > 0 and text[s2 - 1] == "]" and text[h + 1:h + 2].isalpha() and text[s2 + 1:s2 + 2] != "<":
+        # a tag[pid] with no colon after it (rsyslog 8 writing a forwarded RFC 5424 message)
+        w = text[h + 1:s2]
+        if "[" in w:
+            tag, pid = _tag_pid(w)
+            if pid is not None and pid.isdigit():
+                return first, tag, pid, text[s2 + 1:]
     c = text.find(": ", h + 1)
     if c < 0:
         if text.endswith(":"):
@@ -126,11 +139,35 @@ def split(text: str) -> Split:
         if text[4:5] == "-" and t10 == "T":
             sp = text.find(" ", 19)
             if sp > 0:
+                if text[sp + 1:sp + 6] in _SOCKLOG_FAC:
+                    # svlogd -tt: `2015-05-27T04:31:28.10040 auth.info: <what the client sent>`
+                    inner = _socklog(text[sp + 1:])
+                    if inner is not None:
+                        return (TS_ISO, text[:sp], *inner[2:])
                 r = _host_tag_msg(text, sp + 1)
                 if r is not None:
                     return (TS_ISO, text[:sp], *r)
+        elif text[4:5] == "-" and t10 == " " and text[13:14] == ":" and text[19:20] in ".+-":
+            # macOS `log show --style syslog`: `2020-03-23 06:47:42.801612-0700  host sshd[N]: `
+            sp = text.find(" ", 19)
+            if sp > 0:
+                p = sp + 1
+                while text[p:p + 1] == " ":
+                    p += 1
+                r = _host_tag_msg(text, p)
+                if r is not None and r[0] is not None and r[2] is not None:
+                    return (TS_ISO, text[:sp], *r)
+                # tai64nlocal output of a multilog file: `2018-06-26 13:22:02.108781500 MSG`
+                inner = split(text[p:])
+                if inner[0] == TS_NONE:
+                    return (TS_ISO, text[:sp], *inner[2:])
+                return inner
         elif text[4:5] == "-" and t10 == " " and text[13:14] == ":":
-            # dovecot log_path with log_timestamp = "%Y-%m-%d %H:%M:%S "
+            # dovecot log_path with log_timestamp = "%Y-%m-%d %H:%M:%S " (`auth: ...`), or a
+            # syslog template with that date (`2026-11-28 05:19:09 host sshd[N]: ...`)
+            r = _host_tag_msg(text, 20)
+            if r is not None and r[0] is not None:
+                return (TS_LOCAL_ISO, text[:19], *r)
             return (TS_LOCAL_ISO, text[:19], None, DOVECOT_LOGPATH, None, text[20:])
     elif c0 in MONTHS_FIRST and text[3:4] == " " and text[:3] in MONTHS:
         if text[9:10] == ":":
@@ -169,16 +206,54 @@ def split(text: str) -> Split:
 #: `host tag[pid]: msg` / `tag[pid]: msg` with no timestamp (journal exports, other tools);
 #: without a pid only the tags of the daemons read here (a bare `sshd -E` message never
 #: starts with one of them followed by `: `)
-_NO_TS = re.compile(r"(?:([A-Za-z0-9][A-Za-z0-9._-]*) )?([A-Za-z][A-Za-z0-9_./-]*)(?:\[(\d+)\])?: ")
+_NO_TS = re.compile(r"(?:([A-Za-z0-9][A-Za-z0-9._-]*) )?([A-Za-z][A-Za-z0-9_./-]*(?:\(pam_unix\))?)(?:\[(\d+)\])?: ")
 _NO_TS_TAGS = frozenset({"sshd", "sshd-session", "dovecot"})
 _DOVECOT_PROCS = ("auth: ", "auth-worker(", "pop3-login: ", "imap-login: ", "submission-login: ",
                   "managesieve-login: ", "auth(")
 
 
+#: socklog (runit, Void Linux) writes `facility.level: ` before each message it got
+_SOCKLOG_FAC = frozenset({"auth.", "authp", "mail.", "daemo", "user.", "local"})
+_SOCKLOG = re.compile(r"(?:auth|authpriv|mail|daemon|user|local[0-7])\.[a-z]+: ")
+
+
+def _socklog(text: str) -> Split | None:
+    """``auth.info: [Mon DD HH:MM:SS ]tag[pid]: msg`` (socklog, then svlogd's own stamp)."""
+    m = _SOCKLOG.match(text)
+    if m is None:
+        return None
+    inner = split(text[m.end():])
+    if inner[3] is None:
+        return None
+    # musl's syslog() leaves the space before the message
+    return (*inner[:5], inner[5].removeprefix(" "))
+
+
 def _no_timestamp(text: str) -> Split | None:
+    if text[:5] in _SOCKLOG_FAC:
+        sl = _socklog(text)
+        if sl is not None:
+            return sl
     m = _NO_TS.match(text)
     if m is not None:
         host, tag, pid = m.groups()
+        if tag == "dovecot" and host is None and pid is None:
+            # dovecot 1.x log_path: log_prefix, then log_timestamp, then the level:
+            # `dovecot: May 31 09:43:57 Info: pop3-login: ...` (failures.c)
+            rest = text[m.end():]
+            if rest[:3] in MONTHS and rest[15:16] == " ":
+                ts, rest = rest[:15], rest[16:]
+                kind = TS_BSD
+            elif rest[4:5] == "-" and rest[19:20] == " ":
+                ts, rest = rest[:19], rest[20:]
+                kind = TS_LOCAL_ISO
+            else:
+                return (TS_NONE, "", host, tag, pid, rest)
+            for level in ("Info: ", "Warning: ", "Error: "):
+                if rest.startswith(level):
+                    rest = rest[len(level):]
+                    break
+            return (kind, ts, None, DOVECOT_LOGPATH, None, rest)
         if pid is not None or tag in _NO_TS_TAGS:
             return (TS_NONE, "", host, tag, pid, text[m.end():])
     if text.startswith(_DOVECOT_PROCS):

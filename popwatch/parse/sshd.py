@@ -44,11 +44,20 @@ _PAM = re.compile(
     r"tty=\S* ruser=\S* rhost=(\S*) ?(?: user=(.*))?$")
 # auth-pam.c: `PAM: <pam_strerror> for [illegal user ]USER from HOST`; Apple's sshd adds
 # ` via LOCAL-ADDRESS` (the server's own address, never the attacker's)
-_PAM_ERR = re.compile(r"PAM: (?:Authentication failure|authentication error|"
-                      r"(User not known to the underlying authentication module)|Permission denied) "
+# (the message is pam_strerror() text, any case: Linux-PAM `Authentication failure`, `User not
+# known to the underlying authentication module`, `Permission denied`, `Have exhausted maximum
+# number of retries for service`; OpenPAM `authentication error`, `unknown user`. Errors of
+# the server's own PAM stack - `Module is unknown`, `System error`, `Authentication service
+# cannot retrieve authentication info` - say nothing about the client and are not read.)
+_PAM_ERR = re.compile(r"PAM: (?i:(authentication failure|authentication error|authentication failed|"
+                      r"(user not known to the underlying authentication module|unknown user|no such user)|"
+                      r"permission denied|have exhausted maximum number of retries for service|"
+                      r"maximum number of tries exceeded)) "
                       r"for (illegal user )?(.*) from (\S+?)(?: via \S+)?$")
-# packet.c: `Received disconnect from HOST[ port N]:CODE: REASON` (REASON is the client's text)
-_RECV_DISC = re.compile(r"Received disconnect from (\S+?)(?: port (\d+):|: )\d+: .*Auth fail")
+# packet.c: `Received disconnect from HOST[ port N]:CODE: REASON` (REASON is the client's text;
+# 6.2-7.x log it as `error: ` when the reason is not 11 by-application); reason 14 (no more/no
+# supported authentication methods) ends a connection that tried no accepted method: a probe
+_RECV_DISC = re.compile(r"Received disconnect from (\S+?)(?: port (\d+):|: )(\d+): ")
 # tcp-wrappers (libwrap refuse()): `refused connect from ADDR` / `NAME (ADDR)` / `user@NAME (ADDR)`
 _REFUSED = re.compile(r"refused connect from (?:\S*? \()?([0-9A-Fa-f:.]+)\)?$")
 _CONN_PLAIN = re.compile(r"(?:Disconnected from|Connection closed by|Connection reset by) (\S+) port (\d+)$")
@@ -214,6 +223,19 @@ class SshdRules:
                 n = self._credit(conn, 1, ip=ip)
                 return (SSH, K_INVALID, ip, user, n, None)
             return None
+        if c == "i":
+            if msg.startswith("input_userauth_request: invalid user "):
+                # OpenSSH 3.9-7.4 auth2.c, after `Invalid user USER from HOST` of the same pid
+                ip = self.conn_ip(conn)
+                if ip is None:
+                    return None
+                n = self._credit(conn, 1, ip=ip)
+                return (SSH, K_INVALID, ip, msg[37:], n, None)
+            return None
+        if c == "m":
+            if msg.startswith("message repeated "):
+                return self._repeated(msg, conn)
+            return None
         if c == "p":
             if msg.startswith("pam_") and " authentication failure; " in msg:
                 m = _PAM.match(msg)
@@ -266,9 +288,11 @@ class SshdRules:
                     m = _PAM_ERR.match(body)
                     if m is None:
                         return None
-                    unknown, illegal, user, ip = m.groups()
+                    _text, unknown, illegal, user, ip = m.groups()
                     n = self._credit(conn, 1, ip=ip) if conn is not None else 0
                     return (SSH, K_INVALID if (illegal or unknown) else K_FAIL, ip, user, n, None)
+                if body.startswith("Received disconnect from "):
+                    return self._recv_disc(body, conn)
                 return self._probe_rules(body)
             return None
         if c == "U":
@@ -295,13 +319,8 @@ class SshdRules:
                 ip, port = m.groups()
                 n = self._credit(self._key(conn, ip, port), 1, ip=ip)
                 return (SSH, K_NOT_ALLOWED, ip, "root", n, None)
-            if msg.startswith("Received disconnect from ") and "Auth fail" in msg:
-                m = _RECV_DISC.match(msg)
-                if m is None:
-                    return None
-                ip, port = m.groups()
-                n = self._credit(self._key(conn, ip, port), 0, at_least_one=True, ip=ip)
-                return (SSH, K_FAIL, ip, None, n, None)
+            if msg.startswith("Received disconnect from "):
+                return self._recv_disc(msg, conn)
             return None
         if c == "r":
             if msg.startswith("refused connect from "):
@@ -311,6 +330,42 @@ class SshdRules:
                 return (SSH, K_NOT_ALLOWED, m.group(1), None, 1, None)
             return None
         return self._probe_rules(msg)
+
+    def _repeated(self, msg: str, conn: object | None) -> Hit | None:
+        """rsyslog's ``message repeated N times: [ MSG]`` (RepeatedMsgReduction, on by default
+        in Debian/Ubuntu): MSG N more times from the same pid."""
+        k = msg.find(" times: [", 17, 30)
+        if k < 0 or not msg.endswith("]"):
+            return None
+        times = msg[17:k]
+        if not (times.isdigit() and times.isascii()):
+            return None
+        inner = msg[k + 9:-1].removeprefix(" ")  # rsyslog: "[%.800s]" of the message
+        if inner.startswith("message repeated "):
+            return None
+        total, hit = 0, None
+        for _ in range(min(int(times), 1000)):
+            hit = self.parse(inner, conn)
+            if hit is None:
+                return None
+            total += hit[4]
+        if hit is None:
+            return None
+        return (hit[0], hit[1], hit[2], hit[3], total, hit[5])
+
+    def _recv_disc(self, msg: str, conn: object | None) -> Hit | None:
+        """``Received disconnect from HOST[ port N]:CODE: REASON`` (REASON is the client's
+        text): a failure when the client says `Auth fail` (JSch), a probe for code 14."""
+        m = _RECV_DISC.match(msg)
+        if m is None:
+            return None
+        ip, port, code = m.groups()
+        if "Auth fail" in msg[m.end():]:
+            n = self._credit(self._key(conn, ip, port), 0, at_least_one=True, ip=ip)
+            return (SSH, K_FAIL, ip, None, n, None)
+        if code == "14":
+            return (SSH, K_PROBE, ip, None, 0, None)
+        return None
 
     def _disconnecting(self, msg: str, conn: object | None) -> Hit | None:
         """``Disconnecting[ who]: Too many authentication failures[ for USER]``."""
@@ -351,7 +406,7 @@ class SshdRules:
         return self._failed_accepted_slow(msg, conn)
 
     def _outcome(self, failed: bool, method: str, user: str, ip: str, port: str, conn: object | None) -> Hit:
-        invalid = user.startswith("invalid user ")
+        invalid = user.startswith(("invalid user ", "illegal user "))  # `illegal`: OpenSSH < 3.9
         if invalid:
             user = user[13:]
         key = self._key(conn, ip, port)

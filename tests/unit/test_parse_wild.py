@@ -2,8 +2,8 @@
 the daemons' format strings across versions) under every supported line prefix.
 
 Each message is put under each prefix the daemon can be logged with (syslog RFC 3339 / BSD /
-unpadded day / RFC 5424 / RFC 3164 <PRI> / busybox / illumos ``[ID ...]`` / macOS ASL /
-no timestamp / no pid / ``[tag]`` / journald fields; dovecot log_path, TAI64N and bare forms;
+unpadded day / RFC 5424 / RFC 3164 <PRI> / busybox / illumos ``[ID ...]`` / macOS ASL and
+``log show`` / socklog + svlogd / no timestamp / no pid / ``[tag]`` / journald fields; dovecot log_path, TAI64N and bare forms;
 ``sshd -E`` and multilog for sshd). Per daemon, precision and recall must be 1.0, and every
 field (address, user, kind, attempts, service) must be the expected one.
 """
@@ -43,6 +43,13 @@ def pid_prefixes(tag: str, pid: int) -> dict[str, str]:
         "macos-asl": f"Nov 28 05:00:21 mx {tag}[{pid}] <Notice>: ",
         "no-timestamp": f"mx {tag}[{pid}]: ",
         "no-timestamp-no-host": f"{tag}[{pid}]: ",
+        "macos-log-show": f"2026-11-28 05:00:21.664766+0000  mx {tag}[{pid}]: ",
+        "local-date-template": f"2026-11-28 05:00:21 mx {tag}[{pid}]: ",
+        "rsyslog8-forwarded-5424": f"2026-11-28T05:00:21.664766+00:00 mx {tag}[{pid}] ",
+        "freebsd-syslogd-v": f"Nov 28 05:00:21 <4.6> mx {tag}[{pid}]: ",
+        "busybox-S-no-host": f"Nov 8 05:00:21 {tag}[{pid}]: ",
+        "socklog-svlogd-tt": f"2026-11-28T05:00:21.66476 auth.info: Nov 28 05:00:21 {tag}[{pid}]: ",
+        "socklog-musl": f"2026-11-28T05:00:21.66476 auth.info: {tag}[{pid}]:  ",
     }
 
 
@@ -52,10 +59,12 @@ def nopid_prefixes(row: dict[str, str], tag: str) -> dict[str, str]:
     if row["daemon"] == "sshd" and tag == "sshd":
         out["sshd -E"] = ""
         out["multilog"] = "@4000000069291a1f0d2ac4fc "
+        out["tai64nlocal"] = "2026-11-28 05:00:21.664766500 "
     if row["daemon"] == "dovecot" and tag == "dovecot" and msg.startswith(DOVECOT_PROCS):
         out["log_path-bsd"] = "Nov 28 05:18:22 "
         out["log_path-iso"] = "2026-11-28 05:19:09 "
         out["multilog"] = "@4000000069291a1f0d2ac4fc "
+        out["tai64nlocal"] = "2026-11-28 05:00:21.664766500 "
         out["stderr"] = ""
     return out
 
@@ -99,7 +108,7 @@ def check(row: dict[str, str], prefix: str, raws: list[RawLine]) -> tuple[str, s
     if ev is None:
         return ("fn" if kind in FAILS else "tn"), "no event"
     has_pid = not prefix.endswith(("no-pid", "bracket-tag", "sshd -E", "multilog", "log_path-bsd",
-                                   "log_path-iso", "stderr"))
+                                   "log_path-iso", "stderr", "tai64nlocal"))
     want = (kind, want_ip, None if row["user"] == "-" else row["user"],
             int(row["attempts"] if has_pid else row["nopid"]), row["service"])
     got = (ev.kind, ev.ip, ev.user, ev.attempts, ev.service)
@@ -366,3 +375,72 @@ def test_real_dovecot23_pam_passdb_from_the_lab() -> None:
     st = StateStore(clock=lambda: NOW)
     st.add_events(evs)
     assert {r.ip: r.services for r in st.snapshot().rows} == {"203.0.113.10": ("pop3",), "2001:db8:3::20": ("imap",)}
+
+
+def test_dovecot_1x_log_path_prefix() -> None:
+    """dovecot 1.x failures.c writes log_prefix, then log_timestamp, then the level."""
+    p = Parser(now=lambda: NOW)
+    bsd = p.parse(RawLine("dovecot: Nov 28 05:00:21 Info: auth(default): passwd-file(bob,203.0.113.9): "
+                          "unknown user", "t", 1))
+    iso = p.parse(RawLine("dovecot: 2026-11-28 05:00:21 Info: pop3-login: Aborted login (2 authentication "
+                          "attempts): user=<bob>, method=PLAIN, rip=203.0.113.8, lip=192.0.2.1", "t", 2))
+    assert bsd is not None and (bsd.kind, bsd.ip, bsd.user) == ("invalid_user", "203.0.113.9", "bob")
+    assert iso is not None and (iso.kind, iso.ip, iso.attempts) == ("auth_failed", "203.0.113.8", 2)
+    assert bsd.ts == iso.ts
+
+
+def test_macos_log_show_timestamps() -> None:
+    """``log show --style syslog``: space-separated ISO time with a +HHMM zone, one or two spaces."""
+    p = Parser(now=lambda: NOW)
+    a = p.parse(RawLine("2026-11-28 05:00:21.801612+0000  mx sshd[3186]: error: PAM: unknown user for "
+                        "illegal user bad from 203.0.113.7", "t", 1))
+    b = p.parse(RawLine("2026-11-28 05:00:21.180218+0000 mx sshd[67]: Invalid user git from 203.0.113.6 "
+                        "port 35968", "t", 2))
+    assert a is not None and (a.kind, a.ip, a.user) == ("invalid_user", "203.0.113.7", "bad")
+    assert b is not None and (b.kind, b.ip) == ("invalid_user", "203.0.113.6")
+    assert int(a.ts) == int(b.ts) == 1795842021
+
+
+def test_repeated_message_keeps_attacker_text_out() -> None:
+    p = Parser(now=lambda: NOW)
+    ev = p.parse(RawLine("Nov 28 05:00:21 mx sshd[7]: message repeated 2 times: [ Failed password for invalid "
+                         "user x from 198.51.100.66 port 22 ssh2 from 203.0.113.5 port 5 ssh2]", "t", 1))
+    assert ev is not None and (ev.ip, ev.attempts) == ("203.0.113.5", 2)
+    # only rsyslog writes the wrapper, once; a nested or unterminated one is not a line it writes
+    for msg in (("message repeated 2 times: [ message repeated 2 times: [ Failed password for root from "
+                 "203.0.113.5 port 5 ssh2]]"),
+                "message repeated 2 times: [ Failed password for root from 203.0.113.5 port 5 ssh2",
+                "message repeated x times: [ Invalid user a from 203.0.113.5]"):
+        assert p.parse(RawLine(f"Nov 28 05:00:21 mx sshd[8]: {msg}", "t", 2)) is None, msg
+
+
+def test_bsd_syslogd_last_message_repeated() -> None:
+    """sysklogd/FreeBSD/macOS syslogd fold identical lines into ``HOST last message repeated N
+    times``, right after the line: that line's attempt N more times, on the live and scan paths."""
+    lines = ["Nov  8 05:00:21 mx sshd[5]: Failed password for root from 203.0.113.9 port 4000 ssh2",
+             "Nov  8 05:00:51 mx last message repeated 4 times",
+             ("Nov  8 05:01:00 mx postfix/smtpd[6]: warning: unknown[203.0.113.8]: SASL LOGIN authentication "
+              "failed: UGFzc3dvcmQ6"),
+             "Nov  8 05:01:30 mx --- last message repeated 2 times ---",
+             "Nov  8 05:01:31 mx --- last message repeated 2 times ---",  # repeats no repeat line
+             "Nov  8 05:01:40 mx sshd[7]: Failed password for root from 203.0.113.7 port 4001 ssh2",
+             "Nov  8 05:01:50 other last message repeated 3 times"]  # another host's: not this line
+    p = Parser(now=lambda: NOW)
+    live = [p.parse(RawLine(t, "t", i)) for i, t in enumerate(lines, 1)]
+    got = [(e.ip, e.attempts, e.lineno) for e in live if e is not None]
+    assert got == [("203.0.113.9", 1, 1), ("203.0.113.9", 4, 2), ("203.0.113.8", 1, 3), ("203.0.113.8", 2, 4),
+                   ("203.0.113.7", 1, 6)]
+    assert live[1] is not None and live[0] is not None and live[1].ts - live[0].ts == 30
+    many = list(Parser(now=lambda: NOW).parse_many(lines, "t", 1))
+    assert many == [e for e in live if e is not None]
+
+
+def test_rsyslog_repeated_message_reduction_real_output() -> None:
+    """rsyslogd (Debian 12) with ``$RepeatedMsgReduction on``, fed four identical sshd
+    messages by logger(1) and then the disconnect: 4 attempts in all, none counted twice."""
+    path = CORPUS.parent / "rsyslog-repeatedmsgreduction-lab.log"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert "message repeated 3 times: [ Failed password" in lines[1]
+    evs = list(Parser(now=lambda: NOW).parse_many(lines, "lab", 1))
+    assert [(e.kind, e.ip, e.attempts) for e in evs] == [
+        ("auth_failed", "203.0.113.9", 1), ("auth_failed", "203.0.113.9", 3), ("auth_failed", "203.0.113.9", 0)]
