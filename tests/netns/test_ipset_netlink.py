@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import need_tools
 
 from .nslab import REPO, Lab, cleanup_stale
+from popwatch.firewall.ipset import MAXELEM
 from .test_policy_netns import ATTACKER, CONFIG, SSH_ADMIN, Watch, dove, wait_for
 
 pytestmark = pytest.mark.netns
@@ -124,7 +125,7 @@ def test_sets_over_netlink_seen_by_the_ipset_binary(lab: Lab) -> None:
     assert sorted(lab.run(lab.server, ["ipset", "list", "-n"]).stdout.split()) == \
         ["popwatch4", "popwatch6", "popwatchx4", "popwatchx6"]
     h4, _ = ipset_list(lab, "popwatch4")
-    assert "Type: hash:ip" in h4 and "family inet " in h4 and "timeout 0" in h4 and "maxelem 262144" in h4
+    assert "Type: hash:ip" in h4 and "family inet " in h4 and "timeout 0" in h4 and f"maxelem {MAXELEM}" in h4
     h6, _ = ipset_list(lab, "popwatch6")
     assert "Type: hash:net" in h6 and "family inet6 " in h6 and "timeout 0" in h6
     hx, _ = ipset_list(lab, "popwatchx6")

@@ -87,7 +87,7 @@ def test_undo_any_includes_auto_bans(lab: Lab, watch: Watch) -> None:
     watch.cli("undo")                                   # the person's ban is lifted
     assert set(watch.members()) == {"203.0.113.10"}
     cp = watch.cli("undo", check=False)                 # plain undo never touches the auto-ban
-    assert cp.returncode == 4 and "nothing to undo" in cp.stderr, (cp.stdout, cp.stderr)
+    assert cp.returncode == 5 and "nothing to undo" in cp.stderr, (cp.stdout, cp.stderr)
     assert "203.0.113.10" in watch.members()
     watch.cli("undo", "--any")                          # --any does
     assert "203.0.113.10" not in watch.members()
