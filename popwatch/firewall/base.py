@@ -234,6 +234,14 @@ class Firewall(ABC):
         """Things the admin should know (both kernel backends in use, no ip_set, ...)."""
         return []
 
+    def check_setup(self) -> list[str]:
+        """What of popwatch's setup in the kernel is missing or changed (chain or table, jumps,
+        protected/ban matches, sets), one short phrase each; [] when all is in place: the
+        semantics of ``check_enforcement``, but a full read, for ``popwatch doctor`` (not
+        meant for every counter poll). Ban *entries* are not judged here: the caller compares
+        :meth:`bans` with its saved state. Default (sim, none): []."""
+        return []
+
     def describe_ban(self, ip: str, ttl: float | None = None) -> list[str]:
         """The exact commands/changes a ban makes, for the confirm modal and --dry-run."""
         return [f"ban {ip}" + (f" for {int(ttl)}s" if ttl else "")]
