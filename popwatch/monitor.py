@@ -666,6 +666,7 @@ class Monitor:
         now = self.clock()
         seen: set[str] = set()
         restored = adopted = expired = refused = 0
+        todo: list[Ban] = []
         for b in saved:
             if b.expires is not None and b.expires <= now:
                 expired += 1
@@ -688,18 +689,8 @@ class Monitor:
             if not self.firewall.can_write and not self.dry_run:
                 msgs.append(f"cannot restore the ban of {b.ip}: the firewall is read-only")
                 continue
-            ttl = None if b.expires is None else b.expires - now
-            try:
-                if self.dry_run:
-                    msgs.extend(self.firewall.describe_ban(b.ip, ttl))
-                else:
-                    self.firewall.ban(b.ip, ttl)
-                    self._audit("restore", b.ip, origin="reconcile", reason=b.reason or "restored on start",
-                                change=self.firewall.describe_ban(b.ip, ttl), expires=b.expires)
-                restored += 1
-                self.store.set_ban(b)
-            except (FirewallError, ValueError) as e:
-                msgs.append(f"could not restore the ban of {b.ip}: {e}")
+            todo.append(b)
+        restored = self._restore_bulk(todo, now, msgs)
         for entry, left in kernel.items():
             if entry in seen:
                 continue
@@ -720,6 +711,37 @@ class Monitor:
         for p in problems:  # corrupt state files: already noted in the store at start
             msgs.append(f"state dir: {p}")
         return msgs
+
+    def _restore_bulk(self, todo: list[Ban], now: float, msgs: list[str]) -> int:
+        """Put saved bans back in the kernel in one bulk load (the firewall's ``ban_many``: one
+        nft transaction, or one batch of ipset adds); one by one only when that fails."""
+        items = [(b.ip, None if b.expires is None else b.expires - now) for b in todo]
+        done: list[Ban] = []
+        many = getattr(self.firewall, "ban_many", None)
+        if self.dry_run:
+            for ip, ttl in items:
+                msgs.extend(self.firewall.describe_ban(ip, ttl))
+            done = todo
+        elif many is not None and items:
+            try:
+                many(items)
+                done = todo
+            except (FirewallError, ValueError) as e:
+                msgs.append(f"restoring {len(items)} bans at once failed ({e}); restoring them one by one")
+        if not done and not self.dry_run:
+            for b, (ip, ttl) in zip(todo, items):
+                try:
+                    self.firewall.ban(ip, ttl)
+                    done.append(b)
+                except (FirewallError, ValueError) as e:
+                    msgs.append(f"could not restore the ban of {ip}: {e}")
+        ttls = dict(items)
+        for b in done:
+            if not self.dry_run:
+                self._audit("restore", b.ip, origin="reconcile", reason=b.reason or "restored on start",
+                            change=self.firewall.describe_ban(b.ip, ttls[b.ip]), expires=b.expires)
+            self.store.set_ban(b)
+        return len(done)
 
     def _lift_protected(self, target: str, why: str, msgs: list[str]) -> None:
         """Start-up found a protected address banned in the kernel: lift it, say so."""
