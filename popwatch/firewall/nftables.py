@@ -119,6 +119,8 @@ class Libnftables:
         failure (nothing of the batch applied)."""
         data = json.dumps({"nftables": cmds}).encode()
         with self._lock:
+            if not self.ctx:  # closed: libnftables would crash the process on a NULL context
+                raise FirewallError("nft: this firewall was closed")
             rc = self.lib.nft_run_cmd_from_buffer(self.ctx, data)
             out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
             err = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode()
