@@ -44,6 +44,16 @@ sys.path.insert(0, str(REPO))
 MAXRETRY = 5
 
 
+
+def install_fail2ban() -> None:
+    """The baseline needs Debian's fail2ban; tests/run.py does not install it (benchmark only).
+    Installed as root through tests/hostsafe.py: its service is left disabled and stopped."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import hostsafe
+
+    if shutil.which("fail2ban-server") is None:
+        hostsafe.apt_install(["fail2ban"], "(no fail2ban baseline)")
+
 def _ts() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00", time.gmtime())
 
@@ -316,6 +326,7 @@ def main() -> None:
         print(f"  lines ingested {r['lines_in']:,}, IPs in the store {r['ips']:,}, bans in the kernel "
               f"{r['in_kernel']}, crossings not banned: idle {r['idle_missing']}, flood {r['flood_missing']}")
         if not args.no_fail2ban:
+            install_fail2ban()
             with Lab(prefix="pwpol-bench", clients=0) as lab2:
                 f = run_fail2ban(lab2, d, args)
             if f is None:

@@ -39,6 +39,16 @@ USERS = ["root", "admin", "test", "user", "oracle", "postgres", "ubuntu", "info"
          "webmaster", "guest", "support", "git", "backup", "mysql", "ftp", "www"]
 
 
+
+def install_fail2ban() -> None:
+    """The baseline needs Debian's fail2ban; tests/run.py does not install it (benchmark only).
+    Installed as root through tests/hostsafe.py: its service is left disabled and stopped."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import hostsafe
+
+    if shutil.which("fail2ban-server") is None:
+        hostsafe.apt_install(["fail2ban"], "(no fail2ban baseline)")
+
 def _session(rng: random.Random) -> str:
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
     return "".join(rng.choice(alphabet) for _ in range(16))
@@ -235,6 +245,8 @@ def main() -> int:
     commands: dict[str, tuple[list[str], str]] = {
         "popwatch scan --json": ([sys.executable, "-m", "popwatch", "scan", "--json", str(log)], str(out_json)),
     }
+    if not args.no_fail2ban:
+        install_fail2ban()
     f2b = None if args.no_fail2ban else shutil.which("fail2ban-regex")
     if f2b is not None:
         for flt in F2B_FILTERS:

@@ -56,11 +56,11 @@ def parse_target(text: str, *, allow_net: bool = False) -> IPAddress | IPNetwork
         raise AddressError("empty address")
     if "/" in t:
         if not allow_net:
-            raise AddressError(f"{t!r} is a network; pass --net to ban a whole network")
+            raise AddressError(f"{_show(t)} is a network; pass --net to ban a whole network")
         try:
             net = ipaddress.ip_network(t, strict=False)
         except ValueError:
-            raise AddressError(f"{t!r} is not an IP network") from None
+            raise AddressError(f"{_show(t)} is not an IP network{_why_not(t.split('/', 1)[0])}") from None
         if isinstance(net, IPv6Network) and net.prefixlen >= 96:
             mapped = net.network_address.ipv4_mapped
             if mapped is not None:
@@ -70,8 +70,41 @@ def parse_target(text: str, *, allow_net: bool = False) -> IPAddress | IPNetwork
         return net
     ip = normalize_ip(t)
     if ip is None:
-        raise AddressError(f"{t!r} is not an IP address (hostnames are refused)")
+        raise AddressError(f"{_show(t)} is not an IP address{_why_not(t)}")
     return ipaddress.ip_address(ip)
+
+
+def _show(t: str, cap: int = 60) -> str:
+    """A user's input, echoed in an error: quoted and cut (never 5,000 characters)."""
+    return repr(t[:cap]) + (f"…[+{len(t) - cap}]" if len(t) > cap else "")
+
+
+def _why_not(t: str) -> str:
+    """What ``t`` looks like, for the error: not every non-address is a hostname."""
+    parts = t.split(".")
+    if t.isascii() and len(parts) == 4 and all(p.isdigit() for p in parts):
+        if any(len(p) > 1 and p.startswith("0") for p in parts):
+            return (": a part with a leading zero is ambiguous (octal to some tools, decimal to "
+                    "others); write it without leading zeros")
+        return ": a part is larger than 255"
+    if not t.isascii() and any(c.isdigit() for c in t):
+        return ": only ASCII digits 0-9 are accepted"
+    if any(c.isalpha() for c in t) and ":" not in t:
+        return " (hostnames are refused)"
+    return ""
+
+
+#: NAT64 prefixes (RFC 6052 well-known, RFC 8215 local-use): one address there is one IPv4
+#: client behind the translator, so a ban never widens to the usual /64
+NAT64_NETS = (IPv6Network("64:ff9b::/96"), IPv6Network("64:ff9b:1::/48"))
+
+
+def ban_prefix(addr: IPv6Address, default: int) -> int:
+    """The prefix length an IPv6 ban of ``addr`` covers: ``default`` (/64), but /128 inside a
+    NAT64 prefix (a /64 there would ban every IPv4 client reaching the server through NAT64)."""
+    if any(addr in n for n in NAT64_NETS):
+        return 128
+    return default
 
 
 def is_ipv4(text: str) -> bool:

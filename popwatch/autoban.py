@@ -248,6 +248,7 @@ class AutoBan:
         """Count a batch; return the bans to make now (none while disabled)."""
         out: list[Decision] = []
         fails = _FAILS
+        decided: set[str] = set()  # one incident, one ban: later lines of this batch are its tail
         for ev in events:
             ip = ev.ip
             if ip is None:
@@ -256,11 +257,12 @@ class AutoBan:
             if kind == _SUCCESS:
                 self.note_success(ip, ev.ts)
                 continue
-            if kind not in fails or ev.attempts <= 0:
+            if kind not in fails or ev.attempts <= 0 or ip in decided:
                 continue
             d = self.observe(ev)
             if d is not None:
                 out.append(d)
+                decided.add(ip)
         return out
 
     def observe(self, ev: AuthEvent) -> Decision | None:

@@ -3,8 +3,7 @@ and exposes ``register(subparsers, common)``, which adds its parser(s) with
 ``set_defaults(func=run)``; ``run(args) -> int`` gets the parsed args with ``args.cfg`` (the
 loaded :class:`~popwatch.config.Config`, command-line overrides applied).
 
-Exit codes (DESIGN.md): 0 ok, 2 usage/config error, 3 needs root/CAP_NET_ADMIN,
-4 refused: protected address.
+Exit codes: :mod:`popwatch.exitcodes` (one set for every command; README "Exit codes").
 """
 
 from __future__ import annotations
@@ -88,6 +87,10 @@ def _with_default_command(parser: argparse.ArgumentParser, argv: list[str]) -> l
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .sanitize import guard_std_streams
+    # every output path of every command, errors included (the TUI draws on sys.__stderr__,
+    # which this leaves alone)
+    guard_std_streams()
     parser = build_parser()
     args = parser.parse_args(_with_default_command(parser, argv))
     try:

@@ -7,6 +7,7 @@ names the key, the value and what is allowed; the CLI prints it as one line and 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -21,26 +22,42 @@ DEFAULT_PORTS = (110, 143, 22)
 BACKENDS = ("auto", "legacy", "nft", "nftables", "sim", "none")
 
 
+#: the kernel's ban sets hold timeouts up to 2147483 s (ipset; about 24.8 days)
+MAX_BANTIME = 2147483
+#: a findtime longer than a year only keeps memory busy
+MAX_FINDTIME = 365 * 86400
+
+
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line for the admin."""
 
 
-_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$")
+_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.ASCII)
 _DUR_UNITS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: object, what: str = "duration") -> float:
     """``90``, ``30s``, ``10m``, ``1h``, ``2d``, ``1w`` -> seconds. Raises ValueError."""
+    shown = _shown(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         secs = float(value)
     else:
         m = _DUR_RE.match(str(value).lower())
         if not m:
-            raise ValueError(f"bad {what} {value!r}: expected seconds or N[s|m|h|d|w], e.g. 10m")
+            raise ValueError(f"bad {what} {shown}: expected seconds or N[s|m|h|d|w] with ASCII digits, "
+                             f"e.g. 10m")
         secs = float(m.group(1)) * _DUR_UNITS[m.group(2)]
+    if not math.isfinite(secs):
+        raise ValueError(f"bad {what} {shown}: too large")
     if secs <= 0:
-        raise ValueError(f"bad {what} {value!r}: must be positive")
+        raise ValueError(f"bad {what} {shown}: must be positive")
     return secs
+
+
+def _shown(value: object, cap: int = 40) -> str:
+    """A value echoed in an error message: repr, cut at ``cap`` characters."""
+    r = repr(value)
+    return r if len(r) <= cap else f"{r[:cap]}…[+{len(r) - cap}]"
 
 
 def parse_ports(value: object) -> list[int]:
@@ -51,6 +68,8 @@ def parse_ports(value: object) -> list[int]:
     ports: list[int] = []
     for item in items:
         try:
+            if not str(item).strip().isascii():
+                raise ValueError
             p = int(str(item).strip())
         except ValueError:
             raise ValueError(f"bad port {item!r}: expected a number 1-65535") from None
@@ -170,6 +189,8 @@ def _bool(v: object) -> bool:
 
 def _int_range(lo: int, hi: int):
     def f(v: object) -> int:
+        if isinstance(v, str) and re.fullmatch(r"\s*\d+\s*", v, re.ASCII):
+            v = int(v)  # "5" is 5 for every numeric key, as for the durations and burst
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise ValueError(f"expected a whole number {lo}-{hi}, got {v!r}")
         return v
@@ -178,6 +199,8 @@ def _int_range(lo: int, hi: int):
 
 def _float_range(lo: float, hi: float):
     def f(v: object) -> float:
+        if isinstance(v, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", v, re.ASCII):
+            v = float(v)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
             raise ValueError(f"expected a number from {lo:g} to {hi:g}, got {v!r}")
         return float(v)
@@ -188,7 +211,9 @@ def _dur(name: str, lo: float = 0.0, hi: float | None = None):
     def f(v: object) -> float:
         secs = parse_duration(v, name)
         if secs < lo or (hi is not None and secs > hi):
-            raise ValueError(f"bad {name} {v!r}: expected from {_fmt_dur(lo)} to {_fmt_dur(hi or 0)}")
+            limit = " (the kernel ban set's limit)" if hi == MAX_BANTIME else ""
+            raise ValueError(f"bad {name} {_shown(v)}: expected from {_fmt_dur(lo)} to "
+                             f"{_fmt_dur(hi or 0)}{limit}")
         return secs
     return f
 
@@ -198,7 +223,7 @@ def _fmt_dur(secs: float) -> str:
     for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if secs >= n and secs % n == 0:
             return f"{int(secs // n)}{unit}"
-    return f"{secs:g}s"
+    return f"{int(secs)}s" if float(secs).is_integer() else f"{secs:g}s"
 
 
 def _cidr(v: object) -> str:
@@ -226,7 +251,10 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
             raise ConfigError(f"backend: {data['backend']!r} is not one of {', '.join(BACKENDS)}")
         cfg.backend = data["backend"]
     if "state_dir" in data:
-        cfg.state_dir = Path(str(data["state_dir"]))
+        sd = data["state_dir"]
+        if not isinstance(sd, str) or not sd.strip() or not sd.startswith("/") or "\0" in sd:
+            raise ConfigError(f"state_dir: expected an absolute directory path, got {_shown(sd)}")
+        cfg.state_dir = Path(sd)
     pol = data.get("policy", {})
     if not isinstance(pol, dict):
         raise ConfigError("policy: expected a table [policy]")
@@ -239,9 +267,9 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
     if "maxretry" in pol:
         p.maxretry = _val("policy.maxretry", _int_range(1, 100000), pol["maxretry"])
     if "findtime" in pol:
-        p.findtime = _val("policy.findtime", lambda v: parse_duration(v, "findtime"), pol["findtime"])
+        p.findtime = _val("policy.findtime", _dur("findtime", 1, MAX_FINDTIME), pol["findtime"])
     if "bantime" in pol:
-        p.bantime = _val("policy.bantime", lambda v: parse_duration(v, "bantime"), pol["bantime"])
+        p.bantime = _val("policy.bantime", _dur("bantime", 1, MAX_BANTIME), pol["bantime"])
     if "allow" in pol:
         if not isinstance(pol["allow"], list):
             raise ConfigError(f"policy.allow: expected a list of CIDRs, got {pol['allow']!r}")
@@ -254,7 +282,7 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         p.ban_action = pol["ban_action"]
     if "recidive_factor" in pol:
         p.recidive_factor = _val("policy.recidive_factor", _float_range(1, 100), pol["recidive_factor"])
-    for key, lo, hi in (("recidive_max", 1, 365 * 86400), ("recidive_window", 60, 365 * 86400),
+    for key, lo, hi in (("recidive_max", 1, MAX_BANTIME), ("recidive_window", 60, 365 * 86400),
                         ("success_grace", 0, 3650 * 86400), ("whatif_window", WHATIF_MIN, WHATIF_MAX)):
         if key in pol:
             if key == "success_grace" and pol[key] in (0, "0"):
@@ -283,9 +311,9 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         if "maxretry" in spec:
             o.maxretry = _val(where + ".maxretry", _int_range(1, 100000), spec["maxretry"])
         if "findtime" in spec:
-            o.findtime = _val(where + ".findtime", lambda v: parse_duration(v, "findtime"), spec["findtime"])
+            o.findtime = _val(where + ".findtime", _dur("findtime", 1, MAX_FINDTIME), spec["findtime"])
         if "bantime" in spec:
-            o.bantime = _val(where + ".bantime", lambda v: parse_duration(v, "bantime"), spec["bantime"])
+            o.bantime = _val(where + ".bantime", _dur("bantime", 1, MAX_BANTIME), spec["bantime"])
         p.services[name] = o
     limits = data.get("limits", {})
     if not isinstance(limits, dict):

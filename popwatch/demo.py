@@ -36,7 +36,8 @@ def build_demo(*, speed: float = 1.0, seed: int = 2009, start: float | None = No
     scenario = Scenario(sim, clock, seed=seed)
     store = StateStore(clock=clock)
     monitor = Monitor(store=store, parser=Parser(now=clock), sources=[DemoSource(scenario)], firewall=sim,
-                      protector=Protector(allow=DEMO_ALLOW), mono=clock, events_out=events_out)
+                      protector=Protector(allow=DEMO_ALLOW), mono=clock, events_out=events_out,
+                      conns=scenario.conns)
     monitor.start_firewall(DEMO_LIMITS)
     return monitor, scenario
 
@@ -60,6 +61,7 @@ class FrozenDemo:
             self.feed(self.scenario.until(self.clock()))
             self.monitor.store.add_counters(CounterSample(self.clock(), self.sim.counters(),
                                                           self.sim.banned_dropped()))
+            self.monitor.store.set_conns(self.scenario.conns(self.monitor.store.limits))
 
     def feed(self, lines: list[str]) -> None:
         raw = [RawLine(t, "demo", self.n + i + 1) for i, t in enumerate(lines)]

@@ -29,10 +29,13 @@ from typing import IO, Any, Awaitable, Callable, Iterable
 
 from .addr import parse_target
 from .autoban import AutoBan, Decision, fmt_duration
+from .faults import point
 from .config import PolicyConfig
+from .conns import PortConns
 from .firewall.base import Firewall, FirewallError, PortLimit, Rate
+from .firewall.rules import MAX_TIMEOUT as MAX_BAN_TTL
 from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth
-from .persist import Persist
+from .persist import Persist, StateDirError
 from .policy import Protector, Refused
 from .sources.base import Source
 from .store import StateStore
@@ -46,6 +49,11 @@ AUTOBAN_STEP = 128
 SYNC_EVERY = 10
 #: actions `undo` can revert
 UNDOABLE = ("ban", "unban", "limit")
+
+
+class Conflict(Refused):
+    """Refused because of the current bans (an address inside a network ban; nothing to undo):
+    CLI exit 5."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +70,11 @@ class Monitor:
                  persist: Persist | None = None, dry_run: bool = False, poll_interval: float = 1.0,
                  mono: Callable[[], float] = time.monotonic, events_out: IO[str] | None = None,
                  default_ttl: float | None = 3600.0, policy: PolicyConfig | None = None,
-                 auto_ban: bool | None = None) -> None:
+                 auto_ban: bool | None = None,
+                 conns: Callable[[Iterable[int]], dict[int, PortConns]] | None = None) -> None:
         self.store = store
+        #: established connections per port, read every poll off the loop (popwatch/conns.py)
+        self.conns = conns
         self.parser = parser
         self.sources = list(sources)
         self.firewall = firewall
@@ -87,12 +98,18 @@ class Monitor:
         #: ok=False): cb(action, target, fields). Called on the firewall thread or the loop: keep it
         #: cheap and thread-safe (exporters, the CrowdSec bridge); exceptions are swallowed.
         self.on_action: list[Callable[[str, str, dict[str, Any]], None]] = []
+        #: one-time problems (state dir unwritable, auto-ban unable to act): cb(text)
+        self.on_problem: list[Callable[[str], None]] = []
         self.lines_in = 0
         self._ended: set[str] = set()
         self._running = False
         self._bans_dirty = False
         self._pending: set[str] = set()
         self._entries: dict[str, str] = {}
+        #: bans.json as this process last read/wrote it: a write merges only our changes
+        self._saved: dict[str, Ban] = dict(store.bans)
+        self._ban_entries: dict[str, str] = {}  # IPv6 kernel entry (/64) -> the banned address
+        self._said: set[str] = set()  # one-time notes (state dir trouble while running)
         self._actions: list[dict[str, Any]] = []  # in-memory action log (undo without a state dir)
         #: (ip, crossing event ts, monotonic at the crossing, monotonic when in the kernel)
         self.auto_latency: deque[tuple[str, float, float, float]] = deque(maxlen=10_000)
@@ -166,7 +183,11 @@ class Monitor:
         """Write what is pending to the state directory (bans, login history)."""
         if self._bans_dirty:
             self._bans_dirty = False
-            self._save_bans_now()
+            try:
+                self._save_bans_now()
+            except OSError:
+                self._bans_dirty = True  # try again at the next poll
+                raise
         if self.persist is not None and not self.dry_run and self.autoban.successes_changed:
             self.autoban.successes_changed = False
             self.persist.save_successes(dict(self.autoban.successes))
@@ -184,6 +205,7 @@ class Monitor:
             h = source.health()
             self._ended.add(h.name)
             self.store.set_source(SourceHealth(h.name, "error", f"{e.__class__.__name__}: {e}", h.lines))
+            self.say_once(f"log {h.name}: stopped: {e.__class__.__name__}: {e}")
         else:
             h = source.health()
             self._ended.add(h.name)
@@ -228,9 +250,17 @@ class Monitor:
                 self.store.add_counters(CounterSample(self.mono(), counters, dropped))
             except Exception as e:  # noqa: BLE001 - keep polling; say so once
                 self.store.note(f"counter poll failed: {e}")
+            if self.conns is not None:
+                try:
+                    self.store.set_conns(await loop.run_in_executor(None, self.conns, tuple(self.store.limits)))
+                except Exception as e:  # noqa: BLE001 - the socket table is extra: note it, stop asking
+                    self.store.note(f"reading the socket table failed: {e}")
+                    self.conns = None
             for s in self.sources:
                 if s.name not in self._ended:
-                    self.store.set_source(s.health())
+                    h = s.health()
+                    self.store.set_source(h)
+                    self._check_source(h)
             expired = self.store.expire_bans()
             for b in expired:
                 self._audit("expire", b.ip, origin="kernel", reason="ban timed out")
@@ -249,7 +279,7 @@ class Monitor:
             try:
                 self.flush()
             except OSError as e:
-                self.store.note(f"state dir: {e}")
+                self.say_once(str(e))
             # long-lived state to the permanent generation, every poll: full collections stop
             # scanning the store (a full GC over 100k records stalls ingest and auto-ban ~100 ms)
             gc.collect(1)
@@ -264,6 +294,34 @@ class Monitor:
             except Exception:  # noqa: BLE001 - an exporter must never break an action
                 pass
 
+    def _check_source(self, h: SourceHealth) -> None:
+        """A log that cannot be read is said once (stderr, events stream), not only drawn."""
+        if h.state in ("waiting", "denied", "error"):
+            if h.state == "denied" and any(t.startswith(f"cannot read {h.name} ") for t in self._said):
+                return  # already said, with the fix (hostcheck.source_problems)
+            self.say_once(f"log {h.name}: cannot read it: {h.detail or h.state}")
+
+    def say_once(self, text: str) -> None:
+        """A problem worth one line (store note and stderr), not one per poll."""
+        if text not in self._said:
+            self._said.add(text)
+            self.store.note(text)
+            for cb in self.on_problem:
+                try:
+                    cb(text)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _void(self, rec: dict[str, Any] | None, error: str) -> None:
+        """A written-ahead action did not happen: say so in the audit log."""
+        if rec is None:
+            return
+        if rec in self._actions:
+            self._actions.remove(rec)
+        if self.persist is not None and not self.persist.void(rec, error):
+            self.say_once(f"the audit log holds {rec.get('action')} {rec.get('target')} "
+                          f"(id {rec.get('id')}) that did not happen ({error}); the disk refused the note")
+
     def _audit(self, action: str, target: str, **kw: Any) -> dict[str, Any] | None:
         if self.dry_run:
             return None
@@ -277,18 +335,16 @@ class Monitor:
             del self._actions[:-1000]
         return rec
 
-    def _audit_io(self, action: str, target: str, kw: dict[str, Any], ban: Ban | None = None) -> None:
-        try:
-            if self.persist is not None:
-                self.persist.audit(action, target, **kw)
-                if ban is not None:
-                    self.persist.add_history(ban)
-        except OSError as e:
-            self.store.note(f"audit log: {e}")
-
     def _save_bans_now(self) -> None:
+        """Merge this process's ban changes into bans.json under the state lock (another
+        process, a CLI ban while watch runs, may have written it since)."""
         if self.persist is not None and not self.dry_run:
-            self.persist.save_bans(list(self.store.bans.values()))
+            cur = dict(self.store.bans)
+            up = {ip: b for ip, b in cur.items() if self._saved.get(ip) != b}
+            rm = {ip for ip in self._saved if ip not in cur}
+            if up or rm or not self.persist.bans_path.exists():
+                self.persist.merge_bans(up, rm)
+            self._saved = cur
 
     def _save_bans(self) -> None:
         if self._running:
@@ -300,6 +356,10 @@ class Monitor:
         if ip in self._pending:
             return True
         b = self.store.bans.get(ip)
+        if b is None and ":" in ip and self._ban_entries:  # another address of a banned /64
+            owner = self._ban_entries.get(self._entry(ip, False))
+            if owner is not None:
+                b = self.store.bans.get(owner)
         # a ban the kernel has timed out but the poll has not expired yet does not count
         return b is not None and (b.expires is None or b.expires > self.clock() + 0.5)
 
@@ -323,58 +383,144 @@ class Monitor:
     def _why_refused(self, target: str, allow_net: bool) -> str | None:
         """Why ``target`` may not be banned: it is protected, or the kernel entry its ban
         becomes (IPv6: the /64) contains a protected address. None: it may be."""
-        why = self.protector.why_protected(target)
+        why = self.protector.why_protected(target) if "/" in target else self.protector.protected_ip(target)
         if why is None:
             entry = self._entry(target, allow_net)
             if entry != target:
-                why2 = self.protector.why_protected(entry)
+                why2 = self.protector.protected_net(entry)
                 why = f"banning {target} bans all of {entry}: {why2}" if why2 else None
         return why
 
     # ------------------------------------------------------------------ firewall thread
-    def _ban_fw(self, ip: str, ttl: float | None, reason: str, origin: str,
-                allow_net: bool = False, detail: dict[str, Any] | None = None) -> ActionResult:
-        """Policy check + firewall change. Runs on the firewall thread (or the CLI's)."""
+    def _ban_plan(self, ip: str, ttl: float | None, reason: str, origin: str, allow_net: bool,
+                  detail: dict[str, Any] | None) -> tuple[Ban, list[str], dict[str, Any]]:
+        """Policy check and the exact change, nothing done yet: (ban, change, audit fields)."""
         target = str(parse_target(ip, allow_net=allow_net))
         why = self._why_refused(target, allow_net)
         if why:
             self._audit("ban", target, origin=origin, reason=reason, ok=False, error=f"refused: {why}")
             raise Refused(f"refused: {why}")
+        if ttl is not None and ttl > MAX_BAN_TTL:
+            ttl = float(MAX_BAN_TTL)  # what the kernel set holds (recidive can ask for more)
         change = self.firewall.describe_ban(target, ttl)
-        if self.dry_run:
-            return ActionResult(True, f"dry run: would ban {target}"
-                                + ("" if ttl is None else f" for {_human(ttl)}"), tuple(change))
-        self.firewall.ban(target, ttl)
         now = self.clock()
         ban = Ban(target, now, None if ttl is None else now + ttl, reason, origin)
         extra: dict[str, Any] = {"ttl": ttl, "expires": ban.expires}
         if detail:
             extra["detail"] = detail
-        if origin == "auto" and self.persist is not None and self._running:
-            # while running: the disk after the kernel, off this thread
-            kw = dict(origin=origin, reason=reason, change=change, **extra)
-            self._notify("ban", target, kw)
-            self._io.submit(self._audit_io, "ban", target, kw, ban)
-        else:
-            self._audit("ban", target, origin=origin, reason=reason, change=change, **extra)
-            if self.persist is not None:
-                self.persist.add_history(ban)
+        return ban, change, extra
+
+    def _ban_kernel(self, ban: Ban, rec: dict[str, Any] | None) -> None:
+        """The kernel change of a ban whose audit record is already written (``rec``)."""
+        ttl = None if ban.expires is None else ban.expires - ban.created
+        try:
+            point("kernel ban")
+            self.firewall.ban(ban.ip, ttl)
+            point("kernel ban done")
+            self._keep_longer_members(ban)
+        except Exception as e:
+            self._void(rec, f"the firewall refused: {e}")
+            raise
+
+    def _keep_longer_members(self, ban: Ban) -> None:
+        """A network ban never shortens a longer ban of one of its members (the set re-adds
+        members with the network's timeout): put those back with their own."""
+        if "/" not in ban.ip or ":" in ban.ip:
+            return
+        import ipaddress
+        net = ipaddress.ip_network(ban.ip)
+        now = self.clock()
+        for b in list(self.store.bans.values()):
+            if "/" in b.ip or ":" in b.ip or ipaddress.ip_address(b.ip) not in net:
+                continue
+            if ban.expires is not None and (b.expires is None or b.expires > ban.expires):
+                self.firewall.ban(b.ip, None if b.expires is None else b.expires - now)
+
+    def _ban_fw(self, ip: str, ttl: float | None, reason: str, origin: str,
+                allow_net: bool = False, detail: dict[str, Any] | None = None) -> ActionResult:
+        """Policy check, audit record (written ahead), firewall change. Runs on the firewall
+        thread (or the CLI's)."""
+        ban, change, extra = self._ban_plan(ip, ttl, reason, origin, allow_net, detail)
+        target, ttl = ban.ip, extra["ttl"]
+        if self.dry_run:
+            return ActionResult(True, f"dry run: would ban {target}"
+                                + ("" if ttl is None else f" for {_human(ttl)}"), tuple(change))
+        rec = self._audit("ban", target, origin=origin, reason=reason, change=change, **extra)
+        self._ban_kernel(ban, rec)
+        if self.persist is not None:
+            if origin == "auto" and self._running:
+                self._io.submit(self._history_io, ban)
+            else:
+                try:
+                    self.persist.add_history(ban)
+                except OSError:
+                    pass  # recidive history only; the audit record and bans.json are what count
         left = "permanently" if ttl is None else f"for {_human(ttl)}"
         return ActionResult(True, f"banned {target} {left}", tuple(change), ban)
+
+    def _history_io(self, ban: Ban) -> None:
+        try:
+            if self.persist is not None:
+                self.persist.add_history(ban)
+        except OSError as e:
+            self.store.note(f"ban history: {e}")
 
     def _unban_fw(self, ip: str, origin: str, reason: str = "", **extra: Any) -> ActionResult:
         target = str(parse_target(ip, allow_net=True))
         describe = getattr(self.firewall, "describe_unban", None)
         change = list(describe(target)) if describe is not None else [f"unban {target}"]
+        inside = self._net_ban_of(target)
+        if inside is not None:
+            raise Conflict(f"{target} is inside the network ban {inside}: lift the network with "
+                           f"`popwatch unban --net {inside}` (and ban the rest again if needed)")
         if self.dry_run:
             return ActionResult(True, f"dry run: would unban {target}", tuple(change))
-        self.firewall.unban(target)
         prev = self.store.bans.get(target)
         if prev is not None:
             extra.setdefault("prev", {"expires": prev.expires, "reason": prev.reason, "origin": prev.origin,
                                       "created": prev.created})
-        self._audit("unban", target, origin=origin, reason=reason, change=change, **extra)
-        return ActionResult(True, f"unbanned {target}", tuple(change))
+        rec = self._audit("unban", target, origin=origin, reason=reason, change=change, **extra)
+        try:
+            point("kernel unban")
+            self.firewall.unban(target)
+            point("kernel unban done")
+            self._keep_members(target)
+        except Exception as e:
+            self._void(rec, f"the firewall refused: {e}")
+            raise
+        also = sorted(ip for ip in self._same_entry(target) if ip != target)
+        note = f" (its {self._entry(target, '/' in target)} also covered {', '.join(also)})" if also else ""
+        return ActionResult(True, f"unbanned {target}{note}", tuple(change))
+
+    def _keep_members(self, net_text: str) -> None:
+        """Lifting an IPv4 network ban removes every member from the set: members banned on
+        their own stay banned, with their own time."""
+        if "/" not in net_text or ":" in net_text:
+            return
+        import ipaddress
+        net = ipaddress.ip_network(net_text)
+        now = self.clock()
+        for b in list(self.store.bans.values()):
+            if "/" in b.ip or ":" in b.ip or ipaddress.ip_address(b.ip) not in net:
+                continue
+            if b.expires is None or b.expires > now:
+                self.firewall.ban(b.ip, None if b.expires is None else b.expires - now)
+
+    def _net_ban_of(self, target: str) -> str | None:
+        """The recorded IPv4 network ban that holds ``target`` (an address), if any."""
+        if "/" in target or ":" in target:
+            return None
+        import ipaddress
+        addr = ipaddress.ip_address(target)
+        for ip in self.store.bans:
+            if "/" in ip and ":" not in ip and addr in ipaddress.ip_network(ip):
+                return ip
+        return None
+
+    def _same_entry(self, target: str) -> list[str]:
+        """Recorded bans that are the same kernel entry as ``target`` (two addresses of one /64)."""
+        entry = self._entry(target, "/" in target)
+        return [ip for ip in self.store.bans if ip == target or self._entry(ip, "/" in ip) == entry]
 
     def _limit_fw(self, limit: PortLimit, origin: str, reason: str = "", **extra: Any) -> ActionResult:
         describe = getattr(self.firewall, "describe_limit", None)
@@ -382,16 +528,26 @@ class Monitor:
             change = tuple(describe(limit)) if describe is not None else (limit.describe(),)
             return ActionResult(True, f"dry run: would set port {limit.port} to {limit.describe()}", change)
         prev = self.store.limits.get(limit.port) or self.firewall.limits().get(limit.port)
-        self.firewall.set_limit(limit)
         if prev is not None:
             extra.setdefault("prev_limit", prev.to_json())
-        self._audit("limit", str(limit.port), origin=origin, reason=reason, change=[limit.describe()],
-                    limit=limit.to_json(), **extra)
+        rec = self._audit("limit", str(limit.port), origin=origin, reason=reason, change=[limit.describe()],
+                          limit=limit.to_json(), **extra)
+        try:
+            point("kernel limit")
+            self.firewall.set_limit(limit)
+            point("kernel limit done")
+        except Exception as e:
+            self._void(rec, f"the firewall refused: {e}")
+            raise
         return ActionResult(True, f"port {limit.port}: {limit.describe()}")
 
     def _after_ban(self, r: ActionResult) -> ActionResult:
         if r.ban is not None:
             self.store.set_ban(r.ban)
+            if ":" in r.ban.ip:
+                if len(self._ban_entries) > 200_000:
+                    self._ban_entries.clear()
+                self._ban_entries[self._entry(r.ban.ip, "/" in r.ban.ip)] = r.ban.ip
             if r.ban.origin != "auto":
                 self.autoban.note_ban(r.ban.ip, r.ban.created)
             self._save_bans()
@@ -399,7 +555,8 @@ class Monitor:
 
     def _after_unban(self, ip: str, r: ActionResult) -> ActionResult:
         if not self.dry_run:
-            self.store.remove_ban(str(parse_target(ip, allow_net=True)))
+            for same in self._same_entry(str(parse_target(ip, allow_net=True))):
+                self.store.remove_ban(same)  # the kernel entry is gone for all of them
             self._save_bans()
         return r
 
@@ -422,7 +579,17 @@ class Monitor:
 
     def _fire(self, decisions: list[Decision]) -> None:
         """Hand crossings to the firewall thread now; the store follows on the loop."""
-        todo = [d for d in decisions if d.ip not in self._pending]
+        todo = []
+        entries: set[str] = set()
+        for d in decisions:  # one ban per kernel entry: two addresses of one /64 are one incident
+            if d.ip in self._pending:
+                continue
+            e = self._entry(d.ip, False) if ":" in d.ip else d.ip
+            if e in entries:
+                self.autoban.cancel(d.ip)
+                continue
+            entries.add(e)
+            todo.append(d)
         if not todo:
             return
         for d in todo:
@@ -438,7 +605,10 @@ class Monitor:
         fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._auto_done_future, todo, f))
 
     def _auto_job(self, todo: list[Decision]) -> list[Any]:
-        """Firewall thread: ban each decision; results are ActionResult or an exception."""
+        """Firewall thread: ban each decision; results are ActionResult or an exception. With a
+        state dir, the batch's audit records are written ahead with one fsync, then the kernel."""
+        if self.persist is not None and not self.dry_run:
+            return self._auto_job_ahead(todo)
         out: list[Any] = []
         for d in todo:
             try:
@@ -447,6 +617,46 @@ class Monitor:
                 out.append(r)
             except (Refused, FirewallError, ValueError, OSError) as e:
                 out.append(e)
+        return out
+
+    def _auto_job_ahead(self, todo: list[Decision]) -> list[Any]:
+        assert self.persist is not None
+        out: list[Any] = [None] * len(todo)
+        plans = []
+        for i, d in enumerate(todo):
+            try:
+                plans.append((i, d, *self._ban_plan(d.ip, d.bantime, d.reason, "auto", False, d.detail)))
+            except (Refused, FirewallError, ValueError, OSError) as e:
+                out[i] = e
+        recs = [self.persist.record("ban", ban.ip, origin="auto", reason=d.reason, change=change, **extra)
+                for _, d, ban, change, extra in plans]
+        try:
+            self.persist.write_audit(recs)
+        except OSError as e:
+            self.say_once(f"auto-ban cannot act: {e} (no ban without its audit record)")
+            for i, *_ in plans:
+                out[i] = e
+            return out
+        voids: list[dict[str, Any]] = []
+        for (i, d, ban, change, extra), rec in zip(plans, recs):
+            ttl = extra["ttl"]
+            try:
+                point("kernel ban")
+                self.firewall.ban(ban.ip, ttl)
+            except (FirewallError, ValueError, OSError) as e:
+                voids.append(self.persist.record("void", ban.ip, origin="auto", reason=f"the firewall refused: {e}",
+                                                 voids=rec["id"]))
+                out[i] = e
+                continue
+            self._notify("ban", ban.ip, dict(origin="auto", reason=d.reason, change=change, **extra))
+            self.auto_latency.append((d.ip, d.event_ts, d.mono, time.monotonic()))
+            self._io.submit(self._history_io, ban)
+            left = "permanently" if ttl is None else f"for {_human(ttl)}"
+            out[i] = ActionResult(True, f"banned {ban.ip} {left}", tuple(change), ban)
+        try:
+            self.persist.write_audit(voids)
+        except OSError as e:
+            self.say_once(f"audit log: cannot note failed auto-bans: {e}")
         return out
 
     def _auto_done_future(self, todo: list[Decision], fut: Future[list[Any]]) -> None:
@@ -473,7 +683,39 @@ class Monitor:
     # ------------------------------------------------------------------ actions: sync (CLI)
     def ban(self, ip: str, *, ttl: float | None = None, reason: str = "", origin: str = "cli",
             allow_net: bool = False) -> ActionResult:
-        return self._after_ban(self._ban_fw(ip, ttl, reason, origin, allow_net))
+        prev = self._prev_of(ip, allow_net)
+        r = self._ban_fw(ip, ttl, reason, origin, allow_net)
+        try:
+            return self._after_ban(r)
+        except OSError as e:
+            raise self._rollback(r, prev, e) from None
+
+    def _prev_of(self, ip: str, allow_net: bool) -> Ban | None:
+        try:
+            return self.store.bans.get(str(parse_target(ip, allow_net=allow_net)))
+        except ValueError:
+            return None
+
+    def _rollback(self, r: ActionResult, prev: Ban | None, e: OSError) -> StateDirError:
+        """bans.json could not be written after the kernel changed: put the kernel back as it
+        was (and say so in the audit log), so the kernel and the state never disagree."""
+        target = r.ban.ip if r.ban is not None else ""
+        try:
+            if prev is None:
+                self.firewall.unban(target)
+                self.store.remove_ban(target)
+            else:
+                now = self.clock()
+                self.firewall.ban(prev.ip, None if prev.expires is None else max(1.0, prev.expires - now))
+                self.store.set_ban(prev)
+            undone = "the kernel change was undone"
+        except (FirewallError, ValueError) as err:
+            undone = f"undoing the kernel change failed too ({err}): the kernel has it, bans.json not"
+        recs = [x for x in self.persist.read_audit() if x.get("target") == target] if self.persist else []
+        if recs:
+            self._void(recs[-1], f"rolled back: {e}")
+        self._saved = dict(self.store.bans)
+        return StateDirError(e.errno, f"{e}; {undone}")
 
     def ban_many(self, ips: Iterable[str], *, ttl: float | None = None, reason: str = "",
                  origin: str = "cli") -> tuple[list[ActionResult], dict[str, str]]:
@@ -488,7 +730,24 @@ class Monitor:
         return done, refused
 
     def unban(self, ip: str, *, origin: str = "cli") -> ActionResult:
-        return self._after_unban(ip, self._unban_fw(ip, origin))
+        target = str(parse_target(ip, allow_net=True))
+        before = [self.store.bans[x] for x in self._same_entry(target)]
+        r = self._unban_fw(ip, origin)
+        try:
+            return self._after_unban(ip, r)
+        except OSError as e:
+            for b in before:  # put them back in the kernel: bans.json still has them
+                try:
+                    now = self.clock()
+                    self.firewall.ban(b.ip, None if b.expires is None else max(1.0, b.expires - now))
+                    self.store.set_ban(b)
+                except (FirewallError, ValueError):
+                    pass
+            recs = [x for x in self.persist.read_audit() if x.get("target") == target] if self.persist else []
+            if recs:
+                self._void(recs[-1], f"rolled back: {e}")
+            self._saved = dict(self.store.bans)
+            raise StateDirError(e.errno, f"{e}; the unban was undone") from None
 
     def set_limit(self, limit: PortLimit, *, origin: str = "cli") -> ActionResult:
         r = self._limit_fw(limit, origin)
@@ -578,6 +837,7 @@ class Monitor:
     def _undo_target(self, include_auto: bool) -> dict[str, Any] | None:
         recs = self.persist.read_audit() if self.persist is not None else list(self._actions)
         undone = {r.get("undoes") for r in recs if r.get("undoes")}
+        undone |= {r.get("voids") for r in recs if r.get("action") == "void"}
         for rec in reversed(recs):
             if rec.get("action") not in UNDOABLE or not rec.get("ok", True) or rec.get("id") in undone:
                 continue
@@ -635,7 +895,7 @@ class Monitor:
         also auto-bans). Repeated undos walk further back. Raises Refused when there is none."""
         rec = self._undo_target(include_auto)
         if rec is None:
-            raise Refused("nothing to undo")
+            raise Conflict("nothing to undo")
         kind, r = self._undo_fw(rec)
         return self._after_undo(kind, r, str(rec["target"]), rec)
 
@@ -643,7 +903,7 @@ class Monitor:
         """:meth:`undo` for the TUI (``U``)."""
         rec = self._undo_target(include_auto)
         if rec is None:
-            raise Refused("nothing to undo")
+            raise Conflict("nothing to undo")
         loop = asyncio.get_running_loop()
         kind, r = await loop.run_in_executor(self._fw, self._undo_fw, rec)
         return self._after_undo(kind, r, str(rec["target"]), rec)
@@ -667,6 +927,9 @@ class Monitor:
         seen: set[str] = set()
         restored = adopted = expired = refused = 0
         todo: list[Ban] = []
+        # nets before members, shorter before longer: a later add (-exist) sets the timeout, so
+        # a network ban never shortens a longer member ban
+        saved = sorted(saved, key=lambda b: (b.expires is None, b.expires or 0.0, "/" not in b.ip))
         for b in saved:
             if b.expires is not None and b.expires <= now:
                 expired += 1
@@ -691,6 +954,7 @@ class Monitor:
                 continue
             todo.append(b)
         restored = self._restore_bulk(todo, now, msgs)
+        from_audit = self._audit_bans(set(kernel) - seen) if kernel else {}
         for entry, left in kernel.items():
             if entry in seen:
                 continue
@@ -698,10 +962,16 @@ class Monitor:
             if why:  # never keep the admin (or the allow-list) locked out
                 self._lift_protected(entry, why, msgs)
                 continue
-            ban = Ban(entry, now, None if left is None else now + left, "found in the kernel", "kernel")
+            rec = from_audit.get(entry)
+            if rec is not None:  # banned, then killed before bans.json was written: its record says why
+                ban = Ban(str(rec["target"]), now, None if left is None else now + left,
+                          str(rec.get("reason", "")), str(rec.get("origin", "kernel")))
+            else:
+                ban = Ban(entry, now, None if left is None else now + left, "found in the kernel", "kernel")
             self.store.set_ban(ban)
             adopted += 1
-        if not self.dry_run and (restored or expired or len(self.store.bans) != len(saved)):
+        if not self.dry_run:
+            self._saved = {b.ip: b for b in saved}
             self._save_bans_now()
         summary = (f"bans on start: {restored} restored, {adopted} already in the kernel, "
                    f"{expired} expired" + (f", {refused} protected (not restored)" if refused else ""))
@@ -713,35 +983,88 @@ class Monitor:
         return msgs
 
     def _restore_bulk(self, todo: list[Ban], now: float, msgs: list[str]) -> int:
-        """Put saved bans back in the kernel in one bulk load (the firewall's ``ban_many``: one
-        nft transaction, or one batch of ipset adds); one by one only when that fails."""
+        """Put saved bans back in the kernel: one audit record (written ahead), then one bulk
+        load (``ban_many``: netlink batches, or one nft transaction), up to what the set can hold."""
+        if not todo:
+            return 0
+        cap = _set_capacity()
+        if len(todo) > cap:
+            keep = sorted(todo, key=lambda b: (b.expires is not None, -(b.expires or 0.0)))[:cap]
+            msgs.append(f"{len(todo) - cap} saved bans not restored: the kernel ban set holds at most "
+                        f"{cap} entries (the longest bans were kept)")
+            kept = {id(b) for b in keep}
+            todo = [b for b in todo if id(b) in kept]
         items = [(b.ip, None if b.expires is None else b.expires - now) for b in todo]
-        done: list[Ban] = []
-        many = getattr(self.firewall, "ban_many", None)
         if self.dry_run:
-            for ip, ttl in items:
+            for ip, ttl in items[:1000]:
                 msgs.extend(self.firewall.describe_ban(ip, ttl))
-            done = todo
-        elif many is not None and items:
+            for b in todo:
+                self.store.set_ban(b)
+            return len(todo)
+        targets = [b.ip for b in todo]
+        recs: list[dict[str, Any]] = []
+        if self.persist is not None and len(todo) <= 1000:  # one record each, one write
+            recs = [self.persist.record("restore", b.ip, origin="reconcile", reason=b.reason or "restored on start",
+                                        change=[f"ban {ip} ttl {ttl}"], expires=b.expires)
+                    for b, (ip, ttl) in zip(todo, items)]
+            self.persist.write_audit(recs)
+            rec = None
+        else:  # a bulk restore: one record naming the count (bans.json lists them)
+            rec = self._audit("restore", f"{len(todo)} bans", origin="reconcile", reason="restored on start",
+                              targets=targets[:1000], count=len(targets))
+        many = getattr(self.firewall, "ban_many", None)
+        done: list[Ban] = []
+        if many is not None:
             try:
+                point("kernel restore")
                 many(items)
+                point("kernel restore done")
                 done = todo
             except (FirewallError, ValueError) as e:
-                msgs.append(f"restoring {len(items)} bans at once failed ({e}); restoring them one by one")
-        if not done and not self.dry_run:
+                msgs.append(f"bulk restore failed ({e}); restoring one by one")
+        if not done:
             for b, (ip, ttl) in zip(todo, items):
                 try:
                     self.firewall.ban(ip, ttl)
                     done.append(b)
                 except (FirewallError, ValueError) as e:
                     msgs.append(f"could not restore the ban of {ip}: {e}")
-        ttls = dict(items)
+            done_ids = {id(b) for b in done}
+            failed = {b.ip for b in todo if id(b) not in done_ids}
+            if rec is not None and not done:
+                self._void(rec, "nothing could be restored")
+            for r in recs:
+                if r["target"] in failed:
+                    self._void(r, "could not be restored")
         for b in done:
-            if not self.dry_run:
-                self._audit("restore", b.ip, origin="reconcile", reason=b.reason or "restored on start",
-                            change=self.firewall.describe_ban(b.ip, ttls[b.ip]), expires=b.expires)
             self.store.set_ban(b)
         return len(done)
+
+    def _audit_bans(self, entries: set[str]) -> dict[str, dict[str, Any]]:
+        """For kernel entries bans.json does not know: the newest audit ban record of each that
+        was not voided nor followed by an unban."""
+        if self.persist is None or not entries:
+            return {}
+        recs = self.persist.read_audit()
+        voided = {r.get("voids") for r in recs if r.get("action") == "void"}
+        out: dict[str, dict[str, Any]] = {}
+        for r in recs:
+            act, target = r.get("action"), r.get("target")
+            if not isinstance(target, str) or " " in target:
+                continue
+            if act == "ban" and r.get("ok", True) and r.get("id") not in voided:
+                try:
+                    e = self._entry(target, "/" in target)
+                except (ValueError, TypeError):
+                    continue
+                if e in entries:
+                    out[e] = r
+            elif act in ("unban", "expire"):
+                try:
+                    out.pop(self._entry(target, "/" in target), None)
+                except (ValueError, TypeError):
+                    continue
+        return out
 
     def _lift_protected(self, target: str, why: str, msgs: list[str]) -> None:
         """Start-up found a protected address banned in the kernel: lift it, say so."""
@@ -785,6 +1108,15 @@ class Monitor:
                 changed = True
         if changed:
             self._bans_dirty = True
+
+
+def _set_capacity() -> int:
+    """How many entries one kernel ban set holds (ipset's ``maxelem`` at create)."""
+    try:
+        from .firewall.ipset import MAXELEM
+        return int(MAXELEM)
+    except (ImportError, AttributeError, ValueError):
+        return 1 << 20
 
 
 def _human(secs: float) -> str:

@@ -9,8 +9,14 @@ Files (all 0600 in a 0700 directory):
 * ``audit.jsonl``     append-only: time, who (user, SSH client), origin, action, target, reason,
                       the exact firewall change, and what undo needs
 * ``popwatch.lock``   flock held by the running ``popwatch watch`` (its pid inside)
+* ``state.lock``      flock held for a moment around every read-modify-write of ``bans.json``
+                      (every process, watch and CLI: one writer at a time, changes merged)
 
-Writes are atomic (temp file + fsync + rename + fsync of the directory). A corrupt or truncated
+Writes are atomic (temp file + fsync + rename + fsync of the directory; a failed write leaves
+no temp file). The audit log is written ahead: an action's record is durable (fsync, batched
+for auto-bans) before the kernel changes; a change that then fails gets a ``void`` record
+naming it. Any OSError writing the state dir is raised as :class:`StateDirError` (one line,
+CLI exit 7). A corrupt or truncated
 state file is reported, set aside as ``<name>.corrupt-<time>`` and never crashes start-up;
 unreadable lines of the JSON-lines files are skipped and counted.
 """
@@ -22,9 +28,11 @@ import json
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .faults import point
 from .model import Ban, iso
 from .policy import ssh_clients
 
@@ -41,15 +49,37 @@ def who() -> dict[str, Any]:
     return {"user": user, "ssh_client": sorted(ssh_clients())}
 
 
+class StateDirError(OSError):
+    """The state directory cannot be written (read-only, full, no permission): one line."""
+
+    def __str__(self) -> str:
+        return str(self.strerror or super().__str__())
+
+
+def state_error(where: Path, e: OSError, what: str) -> StateDirError:
+    why = e.strerror or str(e)
+    return StateDirError(e.errno, f"state dir {where}: cannot {what}: {why}")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        point("temp written")
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)  # never leave an empty or partial temp file behind
+        except OSError:
+            pass
+        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -77,6 +107,66 @@ class Persist:
         self._who = who()
         self._lock_fd: int | None = None
         self._history_lines: int | None = None
+        self.state_lock_path = self.dir / "state.lock"
+        self._drop_dead_temps()
+
+    def _drop_dead_temps(self) -> None:
+        """Temp files of writers that were killed mid-write (their pid is gone)."""
+        try:
+            temps = list(self.dir.glob(".*.*.tmp"))
+        except OSError:
+            return
+        for t in temps:
+            try:
+                pid = int(t.name.rsplit(".", 2)[-2])
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                try:
+                    t.unlink()
+                except OSError:
+                    pass
+            except (ValueError, OSError):
+                pass
+
+    # ------------------------------------------------------------------ one writer at a time
+    @contextmanager
+    def state_lock(self, wait: float = 30.0) -> Iterator[None]:
+        """Hold the state dir's writer lock (flock on ``state.lock``) for one read-modify-write."""
+        try:
+            fd = os.open(self.state_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise state_error(self.dir, e, "take the state lock") from None
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StateDirError(0, f"state dir {self.dir}: another popwatch held the "
+                                               f"state lock for {wait:.0f}s") from None
+                    time.sleep(0.002)
+            for stale in self.dir.glob(".bans.json.*.tmp"):  # a writer killed mid-write (we hold the lock)
+                try:
+                    stale.unlink()
+                except OSError:
+                    pass
+            yield
+        finally:
+            os.close(fd)
+
+    def merge_bans(self, upsert: dict[str, Ban], remove: set[str]) -> list[Ban]:
+        """Apply this process's changes to ``bans.json`` as it is now on disk (another process
+        may have changed it since we read it), under the state lock. Returns the merged list."""
+        with self.state_lock():
+            current = {b.ip: b for b in self.load_bans()}
+            for ip in remove:
+                current.pop(ip, None)
+            current.update(upsert)
+            bans = list(current.values())
+            self._write_bans(bans)
+        return bans
 
     # ------------------------------------------------------------------ lock
     def lock(self) -> None:
@@ -97,8 +187,20 @@ class Persist:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
+    def publish_exempt(self, exempt: list[str]) -> None:
+        """A running watch's protected sources (its SSH client...), for the CLI calls made
+        meanwhile: they set the kernel's exemption set to their own protected set plus this."""
+        try:
+            atomic_write(self.dir / WATCH_EXEMPT, json.dumps({"pid": os.getpid(), "exempt": exempt}).encode())
+        except OSError as e:
+            self.problems.append(str(state_error(self.dir, e, f"write {WATCH_EXEMPT}")))
+
     def unlock(self) -> None:
         if self._lock_fd is not None:
+            try:
+                (self.dir / WATCH_EXEMPT).unlink()
+            except OSError:
+                pass
             os.close(self._lock_fd)  # closing releases the flock; the file stays
             self._lock_fd = None
 
@@ -126,31 +228,70 @@ class Persist:
                         reason=str(d.get("reason", "")), origin=str(d.get("origin", "cli")))
                     for d in data["bans"]]
             from .addr import parse_target
-            for b in bans:
-                parse_target(b.ip, allow_net=True)  # a tampered file never reaches the firewall
+            for b in bans:  # a tampered file never reaches the firewall
+                if not _plain_address(b.ip):
+                    parse_target(b.ip, allow_net=True)
             return bans
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self._set_aside(self.bans_path, e)
             return []
 
     def save_bans(self, bans: list[Ban]) -> None:
+        """Replace ``bans.json`` with exactly ``bans`` (under the state lock)."""
+        with self.state_lock():
+            self._write_bans(bans)
+
+    def _write_bans(self, bans: list[Ban]) -> None:
         data = {"version": 1, "bans": [
             {"ip": b.ip, "created": b.created, "expires": b.expires, "reason": b.reason, "origin": b.origin}
             for b in bans]}
-        atomic_write(self.bans_path, json.dumps(data, indent=1).encode())
+        point("bans.json")
+        try:
+            atomic_write(self.bans_path, json.dumps(data, indent=1).encode())
+        except OSError as e:
+            raise state_error(self.dir, e, "write bans.json") from None
+        point("bans.json written")
 
-    def audit(self, action: str, target: str, *, origin: str, reason: str = "",
-              change: list[str] | None = None, ok: bool = True, error: str = "",
-              **extra: Any) -> dict[str, Any]:
-        """Append one record; returns it (with its ``id``, which ``undo`` refers to)."""
+    def record(self, action: str, target: str, *, origin: str, reason: str = "",
+               change: list[str] | None = None, ok: bool = True, error: str = "",
+               **extra: Any) -> dict[str, Any]:
+        """One audit record, not yet written (see :meth:`write_audit`)."""
         rec: dict[str, Any] = {"id": f"{time.time_ns():x}-{secrets.token_hex(2)}", "time": iso(time.time()),
                                "who": self._who, "origin": origin, "action": action, "target": target,
                                "reason": reason, "change": change or [], "ok": ok}
         if error:
             rec["error"] = error
         rec.update(extra)
-        _append(self.audit_path, rec)
         return rec
+
+    def audit(self, action: str, target: str, *, origin: str, reason: str = "",
+              change: list[str] | None = None, ok: bool = True, error: str = "",
+              **extra: Any) -> dict[str, Any]:
+        """Append one record (durable when this returns); returns it (with its ``id``, which
+        ``undo`` refers to). Raises :class:`StateDirError`."""
+        rec = self.record(action, target, origin=origin, reason=reason, change=change, ok=ok,
+                          error=error, **extra)
+        self.write_audit([rec])
+        return rec
+
+    def write_audit(self, recs: list[dict[str, Any]]) -> None:
+        """Append records with one write and one fsync (write-ahead for a batch of auto-bans)."""
+        if recs:
+            point("audit")
+            try:
+                _append_many(self.audit_path, recs)
+            except OSError as e:
+                raise state_error(self.dir, e, "write the audit log") from None
+
+    def void(self, rec: dict[str, Any], error: str) -> bool:
+        """Mark a written-ahead record as not done (its change failed or was rolled back).
+        Returns False when even that could not be written."""
+        try:
+            self.write_audit([self.record("void", str(rec.get("target", "")), origin=str(rec.get("origin", "")),
+                                          reason=error, ok=True, voids=rec.get("id"))])
+            return True
+        except OSError:
+            return False
 
     def read_audit(self) -> list[dict[str, Any]]:
         """Every readable audit record, oldest first (bad lines skipped)."""
@@ -184,8 +325,11 @@ class Persist:
 
     # ------------------------------------------------------------------ ban history
     def add_history(self, ban: Ban) -> None:
-        _append(self.history_path, {"ip": ban.ip, "created": ban.created, "expires": ban.expires,
-                                    "reason": ban.reason, "origin": ban.origin})
+        try:
+            _append(self.history_path, {"ip": ban.ip, "created": ban.created, "expires": ban.expires,
+                                        "reason": ban.reason, "origin": ban.origin})
+        except OSError as e:
+            raise state_error(self.dir, e, "write history.jsonl") from None
         if self._history_lines is not None:
             self._history_lines += 1
             if self._history_lines > 2 * self.history_max:
@@ -197,8 +341,11 @@ class Persist:
                 and isinstance(r.get("created"), (int, float))]
         if len(recs) > self.history_max:
             recs = recs[-self.history_max:]
-            atomic_write(self.history_path,
-                         "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in recs).encode())
+            try:
+                atomic_write(self.history_path,
+                             "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in recs).encode())
+            except OSError as e:
+                self.problems.append(str(state_error(self.dir, e, "trim history.jsonl")))
         self._history_lines = len(recs)
         return recs
 
@@ -219,14 +366,66 @@ class Persist:
             return {}
 
     def save_successes(self, successes: dict[str, float]) -> None:
-        atomic_write(self.successes_path, json.dumps({"version": 1, "successes": successes}).encode())
+        try:
+            atomic_write(self.successes_path, json.dumps({"version": 1, "successes": successes}).encode())
+        except OSError as e:
+            raise state_error(self.dir, e, "write successes.json") from None
+
+
+def _plain_address(text: str) -> bool:
+    """A strict numeric address (``inet_pton`` accepts nothing else: no hostnames, no octal)."""
+    import socket
+
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+WATCH_EXEMPT = "watch-exempt.json"
+
+
+def watch_exempt(state_dir: Path) -> list[str]:
+    """What a running watch protects ([] when no watch holds the state dir's lock)."""
+    d = Path(state_dir)
+    try:
+        fd = os.open(d / "popwatch.lock", os.O_RDONLY)
+    except OSError:
+        return []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return []  # nobody holds it: a watch is not running (the file is stale)
+        except BlockingIOError:
+            pass
+        data = json.loads((d / WATCH_EXEMPT).read_bytes())
+        return [str(x) for x in data.get("exempt", [])][:10000]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+    finally:
+        os.close(fd)
 
 
 def _append(path: Path, rec: dict[str, Any]) -> None:
-    line = (json.dumps(rec, ensure_ascii=True) + "\n").encode()
+    _append_many(path, [rec])
+
+
+def _append_many(path: Path, recs: list[dict[str, Any]]) -> None:
+    data = "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in recs).encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, line)
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)  # no half record (a full disk mid-line)
+            except OSError:
+                pass
+            raise
     finally:
         os.close(fd)

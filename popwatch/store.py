@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .firewall.base import PortLimit
+from .conns import PortConns
 from .model import FAILURE_KINDS, AuthEvent, Ban, CounterSample, Kind, PortCounters, SourceHealth, Service
 
 _SERVICES = [s.value for s in Service]
@@ -151,6 +152,8 @@ class PortRow:
     dropped_hist: tuple[float, ...]
     passed_total: int
     dropped_total: int
+    #: established connections now (socket table; None when not collected)
+    conns: PortConns | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +390,7 @@ class StateStore:
         self.users: dict[str, _UserStat] = {}
         self.bans: dict[str, Ban] = {}
         self.limits: dict[int, PortLimit] = {}
+        self.conns: dict[int, PortConns] = {}
         self.sources: dict[str, SourceHealth] = {}
         self.notes: list[str] = []
         self.version = 0
@@ -626,6 +630,12 @@ class StateStore:
         self.limits[limit.port] = limit
         self.version += 1
 
+    def set_conns(self, conns: dict[int, PortConns]) -> None:
+        """Established connections per port (:mod:`popwatch.conns`), from the poll."""
+        if conns != self.conns:
+            self.conns = dict(conns)
+            self.version += 1
+
     def set_fleet_bans(self, bans: dict[str, str]) -> None:
         """Replace the fleet-wide (CrowdSec) bans shown on rows: "banned fleet-wide (label)"."""
         if bans != self.fleet_bans:
@@ -762,7 +772,7 @@ class StateStore:
             tot = self._totals.get(port, PortCounters(port, 0, 0))
             ports.append(PortRow(port, self.limits[port], ps, ds,
                                  tuple(self._pass_hist.get(port, ())), tuple(self._drop_hist.get(port, ())),
-                                 tot.passed, tot.dropped))
+                                 tot.passed, tot.dropped, self.conns.get(port)))
         # events/s, smoothed between snapshots
         t0, n0 = self._eps_mark
         if now - t0 >= 1.0:

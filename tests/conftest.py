@@ -17,7 +17,8 @@ IS_ROOT = os.geteuid() == 0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--slow", action="store_true", help="also run the long variants (full dictionary)")
+    parser.addoption("--slow", action="store_true",
+                     help="also run the long variants (full dictionary); CI=true always runs them")
 
 
 def need(condition: bool, reason: str) -> None:
@@ -37,5 +38,5 @@ def need_tools(*tools: str) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if any(item.get_closest_marker(m) for m in ("root", "netns", "daemons")):
         need(IS_ROOT, "needs root (network namespaces, the kernel firewall, real daemons)")
-    if item.get_closest_marker("slow") and not item.config.getoption("--slow"):
-        pytest.skip("long variant: run with --slow")
+    if item.get_closest_marker("slow") and not (IN_CI or item.config.getoption("--slow")):
+        pytest.skip("long variant: run with --slow (CI=true runs it)")

@@ -3,9 +3,15 @@
 
 * As root on Debian/Ubuntu: installs the system packages the kernel, journald and real-daemon
   tests need (iptables, ipset, nftables, dovecot, openssh-server, rsyslog, hydra, ...), once.
-* Installs popwatch with its test extras: into the current Python when that is allowed, else
-  into ``.venv`` (PEP 668 "externally managed" system Pythons), then re-runs itself there.
-* Runs pytest. Under ``CI=true`` nothing that needs root, namespaces or daemons may skip.
+  Nothing they install stays enabled or running (tests/hostsafe.py); benchmark-only packages
+  (fail2ban) are installed by the benchmarks.
+* Installs popwatch with its test extras into ``ROOT/.venv`` (owned by the sudo user), never the
+  system Python, pinned by tests/constraints.txt, and runs pytest with that venv's Python.
+* Runs pytest. Under ``CI=true`` nothing that needs root, namespaces or daemons may skip
+  (``sudo`` drops the environment: ``sudo CI=true python3 tests/run.py``).
+* As root, records the host's enabled units, firewall, listening sockets and /etc before pytest
+  and fails the run if any of them differs afterwards, or if popwatch became importable from the
+  system Python.
 
 Only the standard library is used here, so it runs on a fresh machine.
 """
@@ -13,19 +19,25 @@ Only the standard library is used here, so it runs on a fresh machine.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import hostsafe  # stdlib only, next to this file
+
 APT_PACKAGES = [
     "iptables", "ipset", "nftables", "iproute2", "procps", "kmod",
     "dovecot-core", "dovecot-pop3d", "dovecot-imapd", "openssh-server", "openssh-client", "rsyslog",
-    "hydra", "fail2ban", "systemd-journal-remote", "tmux", "python3-venv",
+    "hydra", "systemd-journal-remote", "tmux", "python3-venv",
     "prometheus", "prometheus-node-exporter", "crowdsec", "crowdsec-firewall-bouncer",
 ]
+
+
+BENCHMARK_ONLY = ["fail2ban"]  # installed by benchmarks/ (tests/hostsafe.py), not here
+VENV = ROOT / ".venv"
+CONSTRAINTS = ROOT / "tests" / "constraints.txt"
 
 
 def say(msg: str) -> None:
@@ -33,60 +45,48 @@ def say(msg: str) -> None:
 
 
 def apt_install() -> None:
-    if os.geteuid() != 0 or shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
-        say("not root on a Debian/Ubuntu system: skipping system packages "
-            "(kernel, journald and real-daemon tests will skip)")
-        return
-    missing = []
-    for pkg in APT_PACKAGES:
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
-        if "install ok installed" not in r.stdout:
-            missing.append(pkg)
-    if not missing:
-        say("system packages present")
-        return
-    say(f"installing system packages: {' '.join(missing)}")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    capi = Path("/etc/crowdsec/online_api_credentials.yaml")
-    if "crowdsec" in missing and not capi.exists():
-        # crowdsec's postinst registers with the Central API unless this file is non-empty;
-        # there is no network here, and the tests run their own loopback-only LAPI
-        capi.parent.mkdir(parents=True, exist_ok=True)
-        capi.write_text("# no Central API: offline test host (tests/run.py)\n")
-    # Do not let package scripts start the daemons on this host: the tests start their own
-    # instances inside network namespaces.
-    rcd = Path("/usr/sbin/policy-rc.d")
-    made_rcd = False
-    if not rcd.exists():
-        rcd.write_text("#!/bin/sh\nexit 101\n")
-        rcd.chmod(0o755)
-        made_rcd = True
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-                       check=True, env=env)
-    finally:
-        if made_rcd:
-            rcd.unlink(missing_ok=True)
+    hostsafe.apt_install(APT_PACKAGES, "(kernel, journald and real-daemon tests will skip)")
 
 
-def externally_managed() -> bool:
-    if sys.prefix != sys.base_prefix:
-        return False
-    return (Path(sysconfig.get_path("stdlib")) / "EXTERNALLY-MANAGED").exists()
+def _invoker() -> tuple[int, int] | None:
+    """(uid, gid) of the user behind sudo, None when not under sudo."""
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if os.geteuid() == 0 and uid and gid and uid.isdigit() and gid.isdigit() and int(uid) != 0:
+        return int(uid), int(gid)
+    return None
 
 
-def ensure_python_env(argv: list[str]) -> None:
-    if externally_managed():
-        venv = ROOT / ".venv"
-        py = venv / "bin" / "python"
-        if not py.exists():
-            say(f"system Python is externally managed: creating {venv}")
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        os.execv(str(py), [str(py), str(Path(__file__).resolve()), "--no-apt", *argv])
-    say("installing popwatch with test extras")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    "-e", f"{ROOT}[test]"], check=True)
+def _chown_tree(path: Path, ids: tuple[int, int]) -> None:
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in [".", *dirnames, *filenames]:
+            os.lchown(os.path.join(dirpath, name), *ids)
+
+
+def ensure_venv() -> Path:
+    """popwatch and the test deps in ROOT/.venv (owned by the sudo user), never the system
+    Python; versions pinned by tests/constraints.txt (snapshots depend on textual and rich)."""
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        say(f"creating {VENV}")
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(VENV)], check=True)
+    say(f"installing popwatch with test extras into {VENV} (constraints: {CONSTRAINTS.name})")
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "-c", str(CONSTRAINTS), "-e", f"{ROOT}[test]"], check=True)
+    ids = _invoker()
+    if ids is not None:
+        _chown_tree(VENV, ids)
+        for built in [*ROOT.glob("*.egg-info"), ROOT / "build"]:
+            if built.exists():
+                _chown_tree(built, ids)
+    return py
+
+
+def system_python_has_popwatch(python: str) -> bool:
+    code = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('popwatch') else 1)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
+    return subprocess.run([python, "-I", "-c", code], check=False, cwd="/", env=env,
+                          capture_output=True).returncode == 0
 
 
 def main() -> int:
@@ -95,14 +95,28 @@ def main() -> int:
     argv = [a for a in argv if a != "--no-apt"]
     if not no_apt:
         apt_install()
-    ensure_python_env(argv)
+    host_python = getattr(sys, "_base_executable", sys.executable)
+    py = ensure_venv()
     os.chdir(ROOT)
-    cmd = [sys.executable, "-m", "pytest", "-ra", "-p", "no:cacheprovider", *argv]
-    say(" ".join(cmd))
-    rc = subprocess.call(cmd)
+    check_host = os.geteuid() == 0
+    before = hostsafe.snapshot() if check_host else None  # after the install: what it must stay
+    cmd = [str(py), "-m", "pytest", "-ra", "-p", "no:cacheprovider", *argv]
+    say(" ".join(cmd) + ("  (CI=true: nothing may skip)" if os.environ.get("CI") else ""))
+    # no root-owned __pycache__ in the user's clone
+    rc = subprocess.call(cmd, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     if rc == 5:
         say("pytest collected no tests: that is a failure")
-        return 1
+        rc = 1
+    problems = hostsafe.diff(before, hostsafe.snapshot()) if before is not None else []
+    if system_python_has_popwatch(host_python):
+        problems.append(f"popwatch is importable from the system Python ({host_python})")
+    for p in problems:
+        say(f"HOST CHANGED: {p}")
+    if problems:
+        say("the run changed this host (see above): failing")
+        return rc or 1
+    if check_host:
+        say("host unchanged: enabled units, firewall, listening sockets and /etc as before")
     return rc
 
 

@@ -1,9 +1,8 @@
 """Firewall subcommands: ``ban``, ``unban``, ``bans``, ``limit``, ``status``, ``uninstall``.
 
 Every change goes through the same :class:`~popwatch.monitor.Monitor` action methods the TUI
-keys and auto-ban use (policy check -> firewall -> state dir -> audit log). Exit codes
-(DESIGN.md): 0 ok, 1 the firewall refused/failed, 2 usage or bad value, 3 needs root /
-CAP_NET_ADMIN, 4 refused: protected address.
+keys and auto-ban use (policy check -> audit log, written ahead -> firewall -> state dir).
+Exit codes: :mod:`popwatch.exitcodes`.
 
 ``bans`` and ``status`` read the kernel (the source of truth for what is banned and for the
 counters) and join it with the state dir's records (reason, origin).
@@ -19,7 +18,11 @@ from typing import Any
 
 from ..addr import AddressError, parse_target
 from ..config import Config, parse_duration
+from ..exitcodes import BUSY as EXIT_BUSY
+from ..exitcodes import CONFLICT as EXIT_CONFLICT
+from ..exitcodes import STATE as EXIT_STATE
 from ..firewall.base import MODES, Firewall, FirewallError, NeedsRoot, PortLimit, Rate, parse_burst
+from ..firewall.rules import MAX_TIMEOUT
 from ..model import Ban, iso
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_ROOT, EXIT_PROTECTED = 0, 1, 2, 3, 4
@@ -83,12 +86,15 @@ def _dry(args: argparse.Namespace) -> bool:
 
 
 def _firewall(cfg: Config, dry_run: bool) -> Firewall:
-    from ..firewall.detect import make_firewall
+    from ..firewall.detect import default_exempt, make_firewall
+    from ..persist import watch_exempt
 
+    # exactly the protected set of this call, plus what a running watch protects
+    exempt = default_exempt(cfg.policy.allow) + watch_exempt(cfg.state_dir)
     try:
         return make_firewall(cfg.backend, limits=cfg.port_limits(), ipv6_prefix=cfg.policy.ipv6_prefix,
                              ban_action=getattr(cfg.policy, "ban_action", "drop"), dry_run=dry_run,
-                             allow=cfg.policy.allow)
+                             allow=cfg.policy.allow, exempt=exempt)
     except NeedsRoot as e:
         raise _Exit(EXIT_ROOT, str(e)) from None
     except FirewallError as e:
@@ -110,7 +116,7 @@ def _monitor(cfg: Config, fw: Firewall, dry_run: bool) -> Any:
         try:
             persist = Persist(cfg.state_dir)
         except OSError as e:
-            raise _Exit(EXIT_FAIL, f"state dir {cfg.state_dir}: {e.strerror}") from None
+            raise _Exit(EXIT_STATE, f"state dir {cfg.state_dir}: {e.strerror}") from None
         for b in persist.load_bans():  # keep the other bans' records when this one is saved
             store.set_ban(b)
     return Monitor(store=store, parser=None, firewall=fw, protector=Protector.from_env(cfg.policy.allow),
@@ -129,14 +135,20 @@ def _records(cfg: Config) -> list[Ban]:
 
 
 def _guard(fn: Any, args: argparse.Namespace) -> int:
+    from ..monitor import Conflict
+    from ..persist import StateDirError
     from ..policy import Refused
 
     try:
         return int(fn(args) or 0)
     except _Exit as e:
         return _err(e.code, str(e))
+    except Conflict as e:
+        return _err(EXIT_CONFLICT, str(e))
     except Refused as e:
         return _err(EXIT_PROTECTED, str(e))
+    except StateDirError as e:
+        return _err(EXIT_STATE, str(e))
     except NeedsRoot as e:
         return _err(EXIT_ROOT, str(e))
     except (AddressError, ValueError) as e:
@@ -145,10 +157,15 @@ def _guard(fn: Any, args: argparse.Namespace) -> int:
         from ..hostcheck import explain
 
         return _err(EXIT_FAIL, explain(str(e)))
+    except OSError as e:  # the state dir (or the lock) in a way not foreseen: still one line
+        return _err(EXIT_STATE, f"state dir {args.cfg.state_dir}: {e.strerror or e}")
 
 
 def _ensure_base(fw: Firewall, dry_run: bool) -> list[str]:
     """Sets, chain, ban rule and jump (never the ports' rules, which may have been tuned live)."""
+    if fw.name == "none":
+        raise _Exit(EXIT_USAGE, "backend none only monitors: it cannot change the firewall "
+                                "(use --backend auto, nft or legacy)")
     if not fw.can_write and not dry_run:
         raise FirewallError(next(iter(fw.warnings()), f"backend {fw.name} cannot change the firewall"))
     ensure = getattr(fw, "ensure_base", None)
@@ -167,7 +184,11 @@ def _ttl(text: str | None, default: float | None) -> float | None:
         return default
     if text.strip().lower() in _FOREVER:
         return None
-    return parse_duration(text, "ttl")
+    secs = parse_duration(text, "ttl")
+    if secs > MAX_TIMEOUT:
+        raise ValueError(f"ttl {text[:40]!r} is longer than the kernel's ban set can hold: at most "
+                         f"{MAX_TIMEOUT} s (24.8 days); use --ttl forever for a permanent ban")
+    return secs
 
 
 # ------------------------------------------------------------------------------ ban / unban
@@ -188,10 +209,15 @@ def _ban(args: argparse.Namespace) -> int:
     # refuse before anything is installed (the Monitor checks the same again on its path)
     why = mon.protector.why_protected(target)
     key = getattr(fw, "ban_key", None)
-    entry = key(target, net=args.net or None) if key is not None else target
+    try:
+        entry = key(target, net=args.net or None) if key is not None else target
+    except FirewallError as e:  # e.g. a network too large for the set: a bad value
+        raise ValueError(str(e)) from None
     if why is None and entry != target:  # an IPv6 ban covers its /64
         why2 = mon.protector.why_protected(entry)
         why = f"banning {target} bans all of {entry}: {why2}" if why2 else None
+    if why is None:
+        why = _watch_protects(cfg, entry)
     if why:
         raise Refused(f"refused: {why}")
     plan = _ensure_base(fw, dry)
@@ -200,6 +226,28 @@ def _ban(args: argparse.Namespace) -> int:
         print(line)
     print(r.message, file=sys.stderr if dry else sys.stdout)
     return EXIT_OK
+
+
+def _watch_protects(cfg: Config, entry: str) -> str | None:
+    """A running watch's protected sources (its SSH client...) stay exempt in the kernel: a ban
+    there would be printed but not enforced, so it is refused."""
+    import ipaddress
+
+    from ..persist import watch_exempt
+
+    try:
+        target = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return None
+    for e in watch_exempt(cfg.state_dir):
+        try:
+            net = ipaddress.ip_network(e, strict=False)
+        except ValueError:
+            continue
+        if net.version == target.version and net.overlaps(target):
+            return (f"{entry} is protected by the running popwatch watch ({net}: its SSH client, "
+                    f"allow-list or host addresses)")
+    return None
 
 
 def run_unban(args: argparse.Namespace) -> int:
@@ -211,6 +259,8 @@ def _unban(args: argparse.Namespace) -> int:
     dry = _dry(args)
     target = str(parse_target(args.ip, allow_net=args.net))
     fw = _firewall(cfg, dry)
+    if fw.name == "none":
+        raise _Exit(EXIT_USAGE, "backend none only monitors: it cannot change the firewall")
     if not fw.can_write and not dry:
         raise FirewallError(next(iter(fw.warnings()), f"backend {fw.name} cannot change the firewall"))
     mon = _monitor(cfg, fw, dry)
@@ -236,10 +286,24 @@ def active_bans(fw: Firewall, records: list[Ban], now: float) -> list[dict[str, 
         except (FirewallError, ValueError):
             continue
         by_entry.setdefault(entry, b)
+    import ipaddress
+
+    nets = [(ipaddress.ip_network(b.ip), b) for b in records if "/" in b.ip and ":" not in b.ip]
     out = []
+    shown_nets: set[str] = set()
     for entry in sorted(kernel, key=_sort_key):
         left = kernel[entry]
         rec = by_entry.get(entry)
+        if rec is None and nets and ":" not in entry and "/" not in entry:
+            # a member of a recorded IPv4 network ban (hash:ip holds each address): one row
+            a = ipaddress.ip_address(entry)
+            net = next((b for n, b in nets if a in n), None)
+            if net is not None:
+                if net.ip not in shown_nets:
+                    shown_nets.add(net.ip)
+                    out.append({"ip": net.ip, "expires": None if net.expires is None else iso(net.expires),
+                                "reason": net.reason, "origin": net.origin})
+                continue
         out.append({
             "ip": rec.ip if rec else entry,
             "expires": None if left is None else iso(now + left),
@@ -273,10 +337,12 @@ def _bans(args: argparse.Namespace) -> int:
     if not rows:
         print("no active bans")
         return EXIT_OK
+    from ..sanitize import clean_field
+
     for r in rows:
         exp = r["expires"] or "never"
         what = r["ip"] + (f" ({r['entry']})" if "entry" in r else "")
-        print(f"{what:<42} expires {exp:<32} {r['origin']:<6} {r['reason']}")
+        print(f"{what:<42} expires {exp:<32} {r['origin']:<6} {clean_field(r['reason'], 200)}")
     return EXIT_OK
 
 
@@ -290,11 +356,13 @@ def _limit(args: argparse.Namespace) -> int:
     cfg: Config = args.cfg
     dry = _dry(args)
     try:
+        if not str(args.port).isascii():
+            raise ValueError
         port = int(str(args.port))
         if not 1 <= port <= 65535:
             raise ValueError
     except ValueError:
-        raise ValueError(f"bad port {args.port!r}: expected a number 1-65535") from None
+        raise ValueError(f"bad port {str(args.port)[:40]!r}: expected a number 1-65535 (ASCII digits)") from None
     rate = Rate.parse(args.rate) if args.rate is not None else None
     burst = parse_burst(args.burst) if args.burst is not None else None
     fw = _firewall(cfg, dry)
@@ -334,8 +402,13 @@ def status_dict(cfg: Config, fw: Firewall) -> dict[str, Any]:
         ports.append({"port": port, "mode": lim.mode, "rate": str(lim.rate), "burst": lim.burst,
                       "passed": c.passed if c else 0, "dropped": c.dropped if c else 0,
                       "installed": port in limits})
+    exempted = getattr(fw, "exempted", None)
+    try:
+        exempt = list(exempted()) if exempted is not None else []
+    except FirewallError:
+        exempt = []
     return {"backend": fw.name, "backend_why": getattr(fw, "why", ""), "ports": ports, "bans": len(fw.bans()),
-            "banned_dropped": fw.banned_dropped(), "warnings": fw.warnings()}
+            "banned_dropped": fw.banned_dropped(), "warnings": fw.warnings(), "exempt": exempt}
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -355,6 +428,8 @@ def _status(args: argparse.Namespace) -> int:
         lim = "count only" if p["mode"] == "count" else f"{p['mode']} {p['rate']} burst {p['burst']}"
         state = "" if p["installed"] else "   (not installed)"
         print(f"  {p['port']:>5}/tcp  {lim:<32} passed {p['passed']:>8}  dropped {p['dropped']:>8}{state}")
+    if st["exempt"]:
+        print(f"exempt (never banned or limited): {', '.join(st['exempt'])}")
     for w in st["warnings"]:
         print(f"warning: {w}")
     return EXIT_OK
@@ -369,6 +444,17 @@ def run_uninstall(args: argparse.Namespace) -> int:
 def _uninstall(args: argparse.Namespace) -> int:
     cfg: Config = args.cfg
     dry = _dry(args)
+    from ..persist import AlreadyRunning, Persist
+
+    if not dry and cfg.state_dir.is_dir():
+        try:  # a running watch would go on with no rules and no error: refuse instead
+            p = Persist(cfg.state_dir)
+            p.lock()
+            p.unlock()
+        except AlreadyRunning as e:
+            raise _Exit(EXIT_BUSY, f"refusing to uninstall: {e}") from None
+        except OSError:
+            pass  # an unwritable state dir does not stop an uninstall
     fw = _firewall(cfg, dry)
     if dry:
         describe = getattr(fw, "describe_uninstall", None)

@@ -2,8 +2,9 @@
 
 It reads the audit log in the state directory, so it undoes what any popwatch (TUI key, CLI)
 did last; auto-bans are skipped unless ``--any``. Repeated undos walk further back. With
-``--dry-run`` it prints the exact firewall change and applies nothing. Exit codes as for the
-other firewall commands: 1 failed, 3 needs root, 4 nothing to undo / refused.
+``--dry-run`` it prints the exact firewall change and applies nothing. Exit codes
+(:mod:`popwatch.exitcodes`): 1 failed, 3 needs root, 4 refused (protected), 5 nothing to undo,
+7 the state dir cannot be written.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..exitcodes import CONFLICT, STATE
     from ..firewall.base import FirewallError, NeedsRoot
     from ..firewall.detect import make_firewall
-    from ..monitor import Monitor
-    from ..persist import Persist
+    from ..monitor import Conflict, Monitor
+    from ..persist import Persist, StateDirError
     from ..policy import Protector, Refused
     from ..store import StateStore
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     dry = bool(getattr(args, "dry_run", False))
     if not cfg.state_dir.is_dir():
         print(f"popwatch: nothing to undo: no state directory {cfg.state_dir}", file=sys.stderr)
-        return 4
+        return CONFLICT
     try:
         fw = make_firewall(cfg.backend, limits=cfg.port_limits(), ipv6_prefix=cfg.policy.ipv6_prefix,
                            ban_action=cfg.policy.ban_action, dry_run=dry)
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         persist = Persist(cfg.state_dir, history_max=cfg.policy.history_max)
     except OSError as e:
         print(f"popwatch: state dir {cfg.state_dir}: {e.strerror}", file=sys.stderr)
-        return 1
+        return STATE
     store = StateStore(clock=time.time)
     for b in persist.load_bans():
         store.set_ban(b)
@@ -58,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
                   persist=persist, dry_run=dry, policy=cfg.policy, default_ttl=cfg.policy.bantime)
     try:
         r = mon.undo(include_auto=args.any)
+    except Conflict as e:
+        print(f"popwatch: {e}", file=sys.stderr)
+        return CONFLICT
+    except StateDirError as e:
+        print(f"popwatch: {e}", file=sys.stderr)
+        return STATE
     except Refused as e:
         print(f"popwatch: {e}", file=sys.stderr)
         return 4

@@ -160,7 +160,7 @@ def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
                              ban_action=cfg.policy.ban_action, allow=cfg.policy.allow,
                              dry_run=dry_run), None
     except NeedsRoot as e:
-        return NoFirewall(cfg.port_limits(), reason=str(e), short=short(str(e))), str(e)
+        return NoFirewall(cfg.port_limits(), needs_root=True, short="no root"), str(e)
     except FirewallError as e:
         why = explain(str(e))
         return NoFirewall(cfg.port_limits(), reason=why, short=short(why)), why
@@ -192,6 +192,17 @@ async def _headless(monitor: Monitor, duration: float | None) -> None:
         await task
 
 
+def _say_problem(text: str, events_out: IO[str] | None) -> None:
+    print(f"popwatch: warning: {text}", file=sys.stderr, flush=True)
+    if events_out is not None:
+        import json
+
+        from ..model import iso
+        events_out.write(json.dumps({"ts": iso(time.time()), "kind": "warning", "service": "popwatch",
+                                     "ip": None, "user": None, "message": text}) + "\n")
+        events_out.flush()
+
+
 def run_watch(args: argparse.Namespace) -> int:
     cfg: Config = args.cfg
     if args.ports:
@@ -202,6 +213,7 @@ def run_watch(args: argparse.Namespace) -> int:
     from ..parse import Parser
     from ..persist import Persist
 
+    from ..exitcodes import BUSY as EXIT_BUSY
     from ..persist import AlreadyRunning
 
     persist = None
@@ -210,14 +222,17 @@ def run_watch(args: argparse.Namespace) -> int:
             persist = Persist(cfg.state_dir, history_max=cfg.policy.history_max)
             if not dry_run:
                 persist.lock()  # before any firewall change: one popwatch per state dir
+                from ..firewall.detect import default_exempt
+                persist.publish_exempt(default_exempt(cfg.policy.allow))
         except AlreadyRunning as e:
             print(f"popwatch: {e}", file=sys.stderr)
-            return 1
+            return EXIT_BUSY
         except OSError as e:
             print(f"popwatch: state dir {cfg.state_dir}: {e.strerror}; bans will not persist",
                   file=sys.stderr)
             persist = None
     firewall, why_ro = _make_firewall(cfg, dry_run)
+    from ..conns import established
     from ..monitor import Monitor
     from ..policy import Protector
     from ..store import StateStore
@@ -228,10 +243,12 @@ def run_watch(args: argparse.Namespace) -> int:
                       sources=_make_sources(cfg, args),
                       firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
                       dry_run=dry_run, events_out=events_out, policy=cfg.policy,
-                      default_ttl=cfg.policy.bantime)
+                      default_ttl=cfg.policy.bantime, conns=None if args.no_tui else established)
+    if args.no_tui:  # what watch cannot do, once, on stderr and in the events stream
+        monitor.on_problem.append(lambda text: _say_problem(text, events_out))
     try:
         plan = monitor.start_firewall(cfg.port_limits())
-    except FirewallError as e:  # e.g. a kernel module missing: watch anyway, read-only
+    except FirewallError as e:  # e.g. a kernel module missing, or uid 0 without CAP_NET_ADMIN
         from ..firewall.base import NoFirewall
         from ..hostcheck import explain, short
 
@@ -240,15 +257,16 @@ def run_watch(args: argparse.Namespace) -> int:
         monitor.firewall = firewall = NoFirewall(cfg.port_limits(), reason=why_ro, short=short(why_ro))
         plan = monitor.start_firewall(cfg.port_limits())
     if why_ro:
-        store.note(f"read-only: {why_ro}")
-        if args.no_tui:
-            print(f"popwatch: read-only (watching only): {why_ro}", file=sys.stderr, flush=True)
+        monitor.say_once(f"read-only (watching only): {why_ro}")
+    if cfg.policy.auto_ban and not dry_run and (why_ro or not firewall.can_write):
+        monitor.say_once("auto-ban is on but cannot act: popwatch cannot change the firewall here "
+                         f"({why_ro or 'backend ' + firewall.name + ' is read-only'})")
+    if persist is None and not dry_run:
+        monitor.say_once("no state directory: bans and the audit log will not be kept")
     from ..hostcheck import source_problems
 
     for line in source_problems(monitor.sources):
-        store.note(line)
-        if args.no_tui:
-            print(f"popwatch: {line}", file=sys.stderr, flush=True)
+        monitor.say_once(line)
     for line in [*plan, *monitor.reconcile()]:
         if args.no_tui:
             print(f"popwatch: {line}" if not dry_run or line in plan else f"popwatch: dry run: {line}",

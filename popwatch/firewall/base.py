@@ -33,7 +33,7 @@ _UNITS = {
     "d": 86400, "day": 86400, "days": 86400,
 }
 _CANON = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
-_RATE_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([a-z]+)\s*$")
+_RATE_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([a-z]+)\s*$", re.ASCII)
 #: iptables' own bounds: limit/hashlimit reject rates above 10000/s, bursts above 10000
 MAX_PER_SECOND = 10000
 MAX_BURST = 10000
@@ -131,6 +131,8 @@ _LADDER.sort()
 def parse_burst(value: object) -> int:
     """A burst value from the CLI/config/UI. Raises ValueError with a clear message."""
     try:
+        if not str(value).strip().isascii():
+            raise ValueError
         b = int(str(value).strip())
     except ValueError:
         raise ValueError(f"bad burst {value!r}: expected a whole number from 1 to {MAX_BURST}") from None
@@ -256,12 +258,15 @@ class NoFirewall(Firewall):
     name = "none"
     can_write = False
 
-    def __init__(self, limits: list[PortLimit] | None = None, *, reason: str = "", short: str = "") -> None:
+    def __init__(self, limits: list[PortLimit] | None = None, *, reason: str = "", short: str = "",
+                 needs_root: bool = False) -> None:
         self._limits = {l.port: l for l in limits or []}
         #: why popwatch fell back to monitoring only ("" when --backend none was asked for),
         #: and a few words of it for the header
         self.reason = reason
         self.short_reason = short or reason[:40]
+        #: standing in for a kernel backend popwatch may not use without root (not chosen)
+        self.needs_root = needs_root
 
     def _refuse(self) -> None:
         raise FirewallError(f"read-only: {self.reason}" if self.reason else

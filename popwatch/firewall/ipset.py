@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .base import FirewallError, NeedsRoot
 from .rules import SET4, SET6, SETX4, SETX6
 
-MAXELEM = 262144
+MAXELEM = 1048576  # entries per ban set (restoring 300k saved bans fits; beyond: refused with a line)
 
 _CMD_ADD, _CMD_DEL, _CMD_TEST = 9, 10, 11
 _NFNL_SUBSYS_IPSET = 6

@@ -159,7 +159,7 @@ class KernelFirewall(Firewall):
         self._check_first()
         with self._locked():
             self.ipset.ensure()
-            self._fill_exempt(replace=False)  # a CLI call adds its protected sources, never drops any
+            self._fill_exempt()  # exactly the protected set of this call (and of a running watch)
             for fam in self.families:
                 st = self._state(fam, with_input=True)
                 work = R.plan_base(st, fam, self.ban_action)

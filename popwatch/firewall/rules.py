@@ -354,16 +354,21 @@ def ban_entry(target: str, *, allow_net: bool = False, ipv6_prefix: int = 64) ->
                                 f"(256 addresses) can be banned")
         return BanEntry(4, SET4, str(obj), str(obj), obj.prefixlen)
     if isinstance(obj, ipaddress.IPv6Address):
-        net = ipaddress.IPv6Network(f"{obj}/{ipv6_prefix}", strict=False)
-        return BanEntry(6, SET6, str(net), str(obj), ipv6_prefix)
+        from ..addr import ban_prefix
+        plen = ban_prefix(obj, ipv6_prefix)
+        net = ipaddress.IPv6Network(f"{obj}/{plen}", strict=False)
+        return BanEntry(6, SET6, str(net), str(obj), plen)
     net6 = obj
-    if net6.prefixlen > ipv6_prefix:  # a network inside one /prefix: ban the /prefix
+    from ..addr import ban_prefix
+    if net6.prefixlen > ipv6_prefix and ban_prefix(net6.network_address, ipv6_prefix) != 128:
+        # a network inside one /prefix: ban the /prefix (never widened inside NAT64)
         net6 = ipaddress.IPv6Network(f"{net6.network_address}/{ipv6_prefix}", strict=False)
     return BanEntry(6, SET6, str(net6), str(obj), net6.prefixlen)
 
 
 _ZERO12 = b"\0" * 12
 _MAPPED = b"\0" * 10 + b"\xff\xff"
+_NAT64 = b"\x00\x64\xff\x9b"
 
 
 def _fast_entry(text: str, ipv6_prefix: int) -> BanEntry | None:
@@ -388,6 +393,8 @@ def _fast_entry(text: str, ipv6_prefix: int) -> BanEntry | None:
     if packed.startswith(_MAPPED):
         a = socket.inet_ntop(socket.AF_INET, packed[12:])
         return BanEntry(4, SET4, a, a, None)
+    if packed.startswith(_NAT64):
+        return None  # NAT64: a /128, decided in addr.ban_prefix (the slow path)
     n = int.from_bytes(packed, "big")
     masked = (n >> (128 - ipv6_prefix) << (128 - ipv6_prefix)).to_bytes(16, "big")
     if masked.startswith(_ZERO12):

@@ -10,15 +10,18 @@ firewall, so bans and limits change what gets logged, as on a real server.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from typing import AsyncIterator, Callable, Iterable
 
+from ..conns import PortConns, summarize
 from ..firewall.sim import SimFirewall
 from ..model import RawLine, SourceHealth
 from .base import Source
@@ -140,6 +143,9 @@ def _scripts() -> dict[str, list[_Script]]:
 USERS = ["root", "admin", "test", "user", "www", "webmaster", "oracle", "info", "postmaster",
          "sales", "support", "guest", "mysql", "backup", "office", "contact", "billing", "mail"]
 PORTS = {"ssh": 22, "pop3": 110, "imap": 143}
+#: seconds a simulated connection stays established (the socket table the demo shows): guessers
+#: wait out the daemons' failure delays, a probe hangs up at once
+HOLD = {"ssh_fail": 6.0, "pop3_fail": 4.0, "pop3_2009": 3.0, "imap_fail": 6.0, "probe": 0.5}
 
 
 @dataclass
@@ -208,6 +214,9 @@ class Scenario:
         self.t0 = clock()
         self._pid = 40000
         self.lines_out = 0
+        #: established simulated connections: (ends at, ip, port), a heap
+        self._open: list[tuple[float, str, int]] = []
+        self._open_lock = threading.Lock()
 
     def _render(self, ts: float, tag: str, pid: int | None, msg: str) -> str:
         stamp = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds")
@@ -258,6 +267,9 @@ class Scenario:
                 a.attempts += 1
                 if self.sim.connect(a.ip, PORTS[a.service]):
                     a.accepted += 1
+                    with self._open_lock:
+                        heapq.heappush(self._open, (self.t0 + t + HOLD.get(a.script, 1.0), a.ip,
+                                                    PORTS[a.service]))
                     out.extend(self._connection(a, self.t0 + t))
                 else:
                     a.dropped += 1
@@ -265,6 +277,16 @@ class Scenario:
         out.sort()
         self.lines_out += len(out)
         return out
+
+
+    def conns(self, ports: Iterable[int]) -> dict[int, PortConns]:
+        """The simulated socket table: connections accepted and not yet ended, per port."""
+        now = self.clock()
+        with self._open_lock:
+            while self._open and self._open[0][0] <= now:
+                heapq.heappop(self._open)
+            pairs = [(port, ip) for _, ip, port in self._open]
+        return summarize(pairs, ports)
 
 
 class DemoSource(Source):

@@ -9,7 +9,7 @@ the Monitor, whose firewall work runs off the UI thread.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable
 
 from rich.text import Text
 from textual import events, work
@@ -21,7 +21,7 @@ from textual.widgets import Footer, Input
 from ..firewall.base import MODES, PortLimit, Rate
 from ..monitor import Monitor
 from ..policy import Refused
-from ..store import SORT_KEYS, AttackerRow, Snapshot
+from ..store import SORT_KEYS, AttackerRow, PortRow, Snapshot
 from .screens import ConfirmScreen, DetailScreen, HelpScreen, LimitScreen, WhatIfScreen
 from .widgets import AttackerTable, HeaderBar, LiveLog, PortsPanel, UsersPanel, left
 
@@ -39,6 +39,31 @@ TOP_K = 200
 
 _RATE = Binding.Group("Rate", compact=True)
 _BURST = Binding.Group("Burst", compact=True)
+
+
+#: guesses per new connection from which they are said to arrive over long-lived connections
+#: (one guess per connection is ~1; dovecot allows 3 failed logins per connection, hydra uses them)
+LONG_LIVED = 2.0
+
+
+def long_lived(p: PortRow, guesses_min: Callable[[str], float]) -> str:
+    """The plain-language line when guesses arrive over few long-lived connections: then a
+    per-connection limit, not a new-connection limit, is what matters (issue 18). Judged on the
+    source holding the most of the port's open connections: its failures per minute (any service:
+    a mail daemon names the service of a failed attempt only later) against the port's new
+    connections per minute (any source, so the judgement errs towards saying nothing)."""
+    c = p.conns
+    if c is None or not c.established or not c.top_ip:
+        return ""
+    # new connections in the last minute (one counter sample a second; not extrapolated, so a
+    # short history right after start does not inflate it)
+    new_min = sum(p.passed_hist[-60:])
+    g = guesses_min(c.top_ip)
+    if g < LONG_LIVED * max(1.0, new_min):
+        return ""
+    k = c.top_n
+    return (f"{g:,.0f} guesses/min from {c.top_ip} over {k} open connection{'s' if k != 1 else ''}: "
+            "cap connections per source, not new/s")
 
 
 class PopwatchApp(App[None]):
@@ -94,6 +119,8 @@ class PopwatchApp(App[None]):
     ]
     #: keys the help screen lists besides the bindings above
     EXTRA_KEYS = [("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
+                  ("g/Home", ("attackers: back to the top row (the cursor stays there until you move it; "
+                              "once moved it follows that address)")),
                   ("Tab", "next panel: attackers, ports")]
 
     def __init__(self, monitor: Monitor, *, mode: str = "live", host: str | None = None,
@@ -130,7 +157,7 @@ class PopwatchApp(App[None]):
                 t.border_title = "attackers"
                 yield t
                 p = PortsPanel(id="ports", classes="panel")
-                p.border_title = "ports: new connections/s, last 2 min"
+                p.border_title = "ports: new connections/s, last 2 min; open: established now, top source"
                 yield p
                 log = LiveLog(id="log", classes="panel")
                 log.border_title = "live log"
@@ -175,7 +202,7 @@ class PopwatchApp(App[None]):
     def read_only_reason(self) -> str:
         if getattr(self.monitor.firewall, "reason", ""):
             return f"read-only: {self.monitor.firewall.reason}"  # type: ignore[attr-defined]
-        if self.monitor.firewall.name == "none":
+        if self.monitor.firewall.name == "none" and not getattr(self.monitor.firewall, "needs_root", False):
             return ("read-only: the firewall backend is 'none' (monitor only), so popwatch cannot ban or "
                     "change limits; to act, run it as root with a firewall backend (--backend auto)")
         return ("read-only: popwatch is not running as root (needs CAP_NET_ADMIN), so it cannot ban or "
@@ -228,7 +255,14 @@ class PopwatchApp(App[None]):
         if self.filter:
             t.append(" matching ")
             t.append(repr(self.filter))
+        if self._table.follow and self._table.cursor_ip:
+            t.append(f", following {self._table.cursor_ip} (g: top row)", style="bold")
         return t
+
+    def on_attacker_table_selected(self, event: AttackerTable.Selected) -> None:
+        """The user moved the cursor (or g/Home went back to the top row): retitle at once."""
+        if self.snapshot is not None:
+            self._table.border_title = self._table_title(self.snapshot)
 
     def _flags(self) -> list[tuple[str, str]]:
         flags: list[tuple[str, str]] = []
@@ -249,14 +283,20 @@ class PopwatchApp(App[None]):
         by_svc = {svc: (ip, share, total) for svc, ip, share, total in snap.shares}
         out: dict[int, str] = {}
         for p in snap.ports:
+            lines = [long_lived(p, self._guesses_min)] if p.conns is not None else []
             svc = PORT_SERVICE.get(p.port)
-            if svc is None or svc not in by_svc:
-                continue
-            ip, share, total = by_svc[svc]
-            banned = " (banned)" if ip in self.store.bans else ""
-            out[p.port] = (f"top attacker {ip}{banned} took {share:.0%} of the last minute's "
-                           f"{total:,.0f} {svc} failures")
+            if svc is not None and svc in by_svc:
+                ip, share, total = by_svc[svc]
+                banned = " (banned)" if ip in self.store.bans else ""
+                lines.append(f"top attacker {ip}{banned} took {share:.0%} of the last minute's "
+                             f"{total:,.0f} {svc} failures")
+            if any(lines):
+                out[p.port] = "\n".join(x for x in lines if x)
         return out
+
+    def _guesses_min(self, ip: str) -> float:
+        a = self.store.attackers.get(ip)
+        return a.rate(self.store.clock()) if a is not None else 0.0
 
     @staticmethod
     def _ban_drop(snap: Snapshot) -> tuple[float, tuple[float, ...]] | None:

@@ -26,6 +26,8 @@ from ..store import AttackerRow, PortRow, Snapshot
 SPARK = "▁▂▃▄▅▆▇█"
 #: seconds of counter history a port sparkline covers, whatever its width
 SPARK_SPAN = 120
+#: columns of the ports panel's "open" figures: established connections, the top source's share
+OPEN_W = 14
 #: from this width on the attacker table also shows how long ago an address was first seen
 FIRST_MIN_WIDTH = 110
 SERVICE_STYLE = {"ssh": "bold cyan", "pop3": "bold magenta", "imap": "bold blue", "smtp": "bold yellow",
@@ -93,14 +95,18 @@ def rate(v: float) -> str:
 
 class AttackerTable(Widget, can_focus=True):
     """One row per IP, drawn with the Line API (no DataTable: it re-renders every cell on any
-    change). The cursor follows its IP across refreshes and re-sorts."""
+    change).
+
+    Until the user moves the cursor it stays on the top row, whatever sorts there (during an
+    attack ``b`` bans what the top of the table shows); once the user has moved it, it follows
+    that address across refreshes and re-sorts (``follow``); Home/``g`` returns to top-row mode."""
 
     BINDINGS = [
         Binding("up,k", "cursor(-1)", "Up", show=False, priority=True),
         Binding("down,j", "cursor(1)", "Down", show=False, priority=True),
         Binding("pageup", "page(-1)", "Page up", show=False, priority=True),
         Binding("pagedown", "page(1)", "Page down", show=False, priority=True),
-        Binding("home", "edge(0)", "Top", show=False, priority=True),
+        Binding("home,g", "edge(0)", "Top", show=False, priority=True),
         Binding("end", "edge(1)", "Bottom", show=False, priority=True),
     ]
 
@@ -118,6 +124,8 @@ class AttackerTable(Widget, can_focus=True):
         self.rows: tuple[AttackerRow, ...] = ()
         self.cursor_ip: str | None = None
         self.cursor = 0
+        #: False: the cursor stays on the top row; True: it follows ``cursor_ip`` (the user moved it)
+        self.follow = False
         self.top = 0
         self.now = _time.time()
         self.total = 0
@@ -136,6 +144,7 @@ class AttackerTable(Widget, can_focus=True):
             self.cursor_ip = None
             self.cursor = 0
             self.top = 0
+            self.follow = False
         old_top, old_ipw, old_shown = self.top, self._ipw, self._shown
         self.rows = rows
         self.now = now
@@ -145,7 +154,9 @@ class AttackerTable(Widget, can_focus=True):
         self._ipw = max([15] + [len(r.ip) for r in rows[:500]])
         if len(self._cache) > 4000:
             self._cache.clear()
-        if self.cursor_ip is not None:
+        if not self.follow:
+            self.cursor = 0
+        elif self.cursor_ip is not None:
             for i, r in enumerate(rows):
                 if r.ip == self.cursor_ip:
                     self.cursor = i
@@ -193,7 +204,8 @@ class AttackerTable(Widget, can_focus=True):
             self.top = self.cursor - h + 1
         self.top = max(0, min(self.top, max(0, len(self.rows) - h)))
 
-    def _move(self, to: int) -> None:
+    def _move(self, to: int, follow: bool = True) -> None:
+        self.follow = follow and bool(self.rows)
         if not self.rows:
             return
         self.cursor = max(0, min(len(self.rows) - 1, to))
@@ -210,7 +222,7 @@ class AttackerTable(Widget, can_focus=True):
         self._move(self.cursor + d * self._body_height())
 
     def action_edge(self, end: int) -> None:
-        self._move(len(self.rows) - 1 if end else 0)
+        self._move(len(self.rows) - 1 if end else 0, follow=bool(end))
 
     def on_resize(self) -> None:
         self._cache.clear()
@@ -354,14 +366,17 @@ class PortsPanel(Widget, can_focus=True):
 
     def _lines(self) -> int:
         extra = 1 if self.ban_drop is not None else 0
-        return max(1, len(self.ports) + extra + 1 + (1 if self.share.get(self.selected_port or 0) else 0))
+        share = self.share.get(self.selected_port or 0)
+        return max(1, len(self.ports) + extra + 1 + (share.count("\n") + 1 if share else 0))
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return self._lines()
 
     def render(self) -> Text:
         width = self.size.width or 80
-        spark_w = max(3, (width - 57) // 2)
+        # established connections (socket table), when collected: "open  12 67%"
+        open_w = OPEN_W if any(p.conns is not None for p in self.ports) else 0
+        spark_w = max(3, (width - 57 - open_w) // 2)
         out = Text(no_wrap=True, overflow="ellipsis")
         if not self.ports:
             out.append("no watched ports", style="dim")
@@ -377,6 +392,11 @@ class PortsPanel(Widget, can_focus=True):
             out.append(sparkline(p.passed_hist, spark_w, SPARK_SPAN), style="green")
             out.append(f" drop {rate(p.dropped_s):>5}/s ", style="red")
             out.append(sparkline(p.dropped_hist, spark_w, SPARK_SPAN), style="red")
+            if open_w:
+                c = p.conns
+                n = c.established if c is not None else 0
+                out.append(f" open {n:>3}", style="bold cyan" if n else "dim")
+                out.append(f" {c.top_share:>4.0%}" if c is not None and n else "     ", style="cyan")
             out.append("\n")
         if self.ban_drop is not None:
             v, hist = self.ban_drop
@@ -389,10 +409,10 @@ class PortsPanel(Widget, can_focus=True):
             out.append(f"{sel.port}: ", style="bold")
             out.append(sel.limit.meaning(), style="italic")
             extra = self.share.get(sel.port)
-            if extra:
+            for line in extra.split("\n") if extra else ():
                 out.append("\n")
                 out.append(f"{sel.port}: ", style="bold")
-                out.append(extra, style="italic")
+                out.append(line, style="italic")
         return out
 
 
@@ -522,7 +542,7 @@ class HeaderBar(Widget):
         if snap is not None:
             for s in snap.sources:
                 out.append("●" if compact else "● ", style=self.HEALTH_STYLE.get(s.state, ""))
-                name = safe(s.name, 30).rsplit("/", 1)[-1]
+                name = safe(s.name.rsplit("/", 1)[-1], 30)
                 ok = s.state in ("following", "replay", "journal")
                 if compact and ok:
                     out.append(f"{name} ")

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from tests.deadline import readline_within
 from tests.netns.nslab import REPO, SERVER_V4, SERVER_V6, Client, Lab, cleanup_stale, is_doc_address
 
 HERE = Path(__file__).resolve().parent
@@ -218,7 +219,10 @@ class MailLab:
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.holder = Proc("holder", p)
         assert p.stdout is not None
-        line = p.stdout.readline()
+        try:
+            line = readline_within(p.stdout, 60, "the lab namespace holder")
+        except TimeoutError as e:
+            line = str(e)
         if line.strip() != "ready":
             err = p.stderr.read() if p.poll() is not None and p.stderr else ""
             raise RuntimeError(f"lab namespace holder did not start: {line!r} {err[-2000:]}")

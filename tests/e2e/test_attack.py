@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import signal
 import time
 from collections import defaultdict
@@ -31,8 +32,9 @@ pytestmark = [pytest.mark.daemons, pytest.mark.netns]
 ATTACK = {"a1": ("pop3", 4), "a2": ("imap", 4), "a3": ("ssh", 4), "a4": ("pop3", 6)}
 PORT = {"pop3": 110, "imap": 143, "ssh": 22}
 #: dovecot holds back a failure reply auth_failure_delay (2 s) after logging it, sshd/PAM 2 s:
-#: a sequential attacker cannot send its next guess before the ban is in
-BAN_LATENCY_LIMIT = 1.0
+#: a sequential attacker cannot send its next guess before the ban is in. The test checks that
+#: order (no guess of the attacker reaches a daemon after its maxretry-th), not a clock bound;
+#: how fast the ban is, is measured by benchmarks/autoban.py.
 
 
 def attacker_ip(key: str) -> str:
@@ -52,6 +54,15 @@ def find_ban(bans: dict[str, dict[str, Any]], ip: str) -> dict[str, Any] | None:
         if target == ip or ban_covers(target, ip):
             return rec
     return None
+
+
+def ban_drops(lab: MailLab, backend: str) -> int:
+    """Packets dropped so far by the ban rules (IPv4 and IPv6) in the server namespace."""
+    n = 0
+    for tool in (f"iptables-{backend}", f"ip6tables-{backend}"):
+        out = lab.run_server([tool, "-w", "10", "-S", "POPWATCH", "-v"], check=False).stdout
+        n += sum(int(m) for m in re.findall(r"--match-set popwatch[46] src .*?-c (\d+) \d+ -j DROP", out))
+    return n
 
 
 def start_attack(lab: MailLab, tmp: Path, seconds: float, passwords: int | None = None) -> dict[str, Proc]:
@@ -94,8 +105,15 @@ def run_attack(lab: MailLab, tmp: Path, *, backend: str, maxretry: int, legacy_h
         lab.wait_for(all_banned, max_seconds, "every attacker to be auto-banned", [pw])
     except TimeoutError:
         pass  # the assertions below say who was not banned, with the numbers
-    # keep the attack running a little: the banned attackers must get nowhere
-    time.sleep(4)
+    # keep the attack running until the banned attackers provably hit the wall (the ban rules'
+    # packet counters grow), instead of waiting a fixed time and asserting nothing happened
+    if all_banned():
+        hit = ban_drops(lab, backend)
+        try:
+            lab.wait_for(lambda: ban_drops(lab, backend) >= hit + 2 * len(ips), 30,
+                         "the banned attackers' packets to be dropped", [pw])
+        except TimeoutError:
+            pass  # the assertions below say which attacker still got through
     blocked = {}
     for key, (svc, fam) in ATTACK.items():
         blocked[key] = not lab.connect_ok(key, PORT[svc], family=fam, timeout=1.5)
@@ -184,8 +202,8 @@ def check_autoban(r: dict[str, Any]) -> None:
         after = [g for g in mine if g.ts > t_ban]
         report.append(f"{key} {ip}: line {deciding['ts']} -> ban {ban['time']} ({latency * 1000:.0f} ms); "
                       f"guesses before ban {len(before)}, after {len(after)}, total {len(mine)}")
-        assert 0 <= latency <= BAN_LATENCY_LIMIT, (
-            f"{key} {ip}: ban {latency:.3f} s after the deciding line {deciding['line']!r} "
+        assert latency >= 0, (  # caused by that line, not by something earlier
+            f"{key} {ip}: ban {latency:.3f} s before the deciding line {deciding['line']!r} "
             f"(line ts {deciding['ts']}, audit {ban['time']}); all: {report}")
         assert len(before) <= maxretry, f"{key} {ip}: {len(before)} guesses reached the daemon before the ban: {report}"
         assert len(mine) <= maxretry, (
@@ -226,6 +244,7 @@ def test_real_attack_is_detected_and_auto_banned(maillab: MailLab, tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_full_dictionary_with_default_maxretry_is_stopped(maillab: MailLab, tmp_path: Path) -> None:
     """The whole dictionary (120 pairs per attacker, test's weak password among them), the
     default maxretry 5: the same assertions, and no attacker gets in."""

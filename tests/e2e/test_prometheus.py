@@ -112,7 +112,6 @@ def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
     metrics = None
     try:
         # --- target 1: a Monitor in this process, known input
-        t0 = time.time()
         sim = SimFirewall(clock=time.time)
         mon = Monitor(store=StateStore(clock=time.time), parser=Parser(now=time.time), firewall=sim,
                       protector=Protector(allow=["192.0.2.0/24"]),
@@ -216,7 +215,6 @@ def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
         # node_exporter's own process_* only: the textfile leaves them out (they would clash)
         assert v('count(process_cpu_seconds_total{job="node"})') == 1
         assert "process_cpu_seconds_total" not in (tmp / "textfile" / "popwatch.prom").read_text()
-        assert time.time() - t0 < 60
     finally:
         for p in procs:
             stop(p)

@@ -17,6 +17,9 @@ import sys
 from typing import Any
 
 from popwatch.firewall.base import PortLimit, Rate
+from tests.deadline import readline_within
+
+CALL_SECONDS = 120  # one backend call (a full kernel sync included); a hung driver fails the test
 
 
 def limit_from(d: dict[str, Any]) -> PortLimit:
@@ -91,7 +94,7 @@ class FwClient:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps({"m": method, "a": enc, "k": kw}) + "\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        line = readline_within(self.proc.stdout, CALL_SECONDS, f"firewall driver ({method})")
         if not line:
             err = self.proc.stderr.read() if self.proc.stderr else ""
             raise RuntimeError(f"firewall driver died: {err[-2000:]}")

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from tests.deadline import readline_within
+
 SERVER_V4 = "192.0.2.1"
 SERVER_V6 = "2001:db8::1"
 #: the only ranges lab traffic may go to (RFC 5737 / RFC 3849)
@@ -266,7 +268,10 @@ class Lab:
         p = self.popen(self.server, [sys.executable, "-c", _LISTENER, ",".join(map(str, ports)),
                                      str(max_seconds)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert p.stdout is not None
-        line = p.stdout.readline()
+        try:
+            line = readline_within(p.stdout, 30, "the listener")
+        except TimeoutError:
+            line = ""
         if line.strip() != "ready":
             self.stop(p)
             raise RuntimeError("listener did not start")

@@ -272,7 +272,11 @@ def test_restart_after_kill9_restores_exactly_the_active_bans(lab: Lab, watch: W
     lab.run(lab.server, ["ipset", "flush", "popwatch4"])
     lab.run(lab.server, ["ipset", "flush", "popwatch6"])
     lab.run(lab.server, ["ipset", "add", "popwatch4", "203.0.113.77", "timeout", "900"])
-    time.sleep(3.5)
+    # wait (popwatch down) until the short ssh ban's saved expiry has passed: no fixed sleep
+    saved = json.loads((watch.state / "bans.json").read_text())["bans"]
+    ends = [b["expires"] for b in saved if b["ip"] == "203.0.113.11"]
+    assert ends and ends[0] is not None, saved
+    wait_for(lambda: time.time() > ends[0] + 0.2, timeout=30, what="the ssh ban to run out")
     t_kill = time.time()
     watch.start()
     wait_for(lambda: ATTACKER in watch.members(), what="restore")
@@ -295,7 +299,7 @@ def test_second_instance_refused(lab: Lab, watch: Watch) -> None:
     second = Watch(lab, watch.d, CONFIG)
     p = second.start(wait=False)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 1
+    assert p.returncode == 6  # busy (popwatch.exitcodes)
     assert "already running" in err and f"pid {first.pid}" in err and "--state-dir" in err
     assert first.poll() is None                            # the first one is unaffected
     watch.write(dove(ATTACKER, 1))
@@ -336,7 +340,7 @@ def test_undo_from_the_cli(lab: Lab, watch: Watch) -> None:
     watch.cli("undo")                                      # the ban undone
     assert "203.0.113.50" not in watch.members()
     cp = watch.cli("undo", check=False)
-    assert cp.returncode == 4 and "nothing to undo" in cp.stderr
+    assert cp.returncode == 5 and "nothing to undo" in cp.stderr
     undos = [a for a in watch.audit() if a.get("undoes")]
     assert len(undos) >= 2
 
@@ -347,7 +351,9 @@ def test_dry_run_watch_shows_exact_commands_and_applies_nothing(lab: Lab, watch:
     argv = ["env", f"SSH_CONNECTION={SSH_ADMIN} 50022 192.0.2.1 22",
             *watch.argv("--dry-run", "watch", "--no-tui", "--log", str(watch.log), "--ports", "110",
                         "--events", str(watch.events))]
-    p = lab.popen(lab.server, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errf = watch.d / "dry-run.err"
+    with open(errf, "w") as fh:
+        p = lab.popen(lab.server, argv, stdout=subprocess.DEVNULL, stderr=fh)
     n = watch.n_events()
 
     def probe() -> bool:
@@ -357,10 +363,11 @@ def test_dry_run_watch_shows_exact_commands_and_applies_nothing(lab: Lab, watch:
         time.sleep(0.3)
         return False
     wait_for(probe, timeout=40, what="the dry run to follow the log")
-    time.sleep(0.5)
+    wait_for(lambda: f"would ban {ATTACKER}" in errf.read_text(), timeout=30, what="the dry-run ban")
     os.kill(p.pid, signal.SIGTERM)
-    _, err = p.communicate(timeout=30)
+    p.wait(timeout=30)
     lab.stop(p)
+    err = errf.read_text()
     assert "iptables-nft-restore" in err and "POPWATCH" in err            # the install it would do
     assert f"would ban {ATTACKER}" in err and f"add popwatch4 {ATTACKER}" in err
     assert lab.run(lab.server, ["iptables-nft-save"]).stdout == before   # nothing applied

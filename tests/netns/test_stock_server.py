@@ -119,7 +119,7 @@ def test_no_iptables_one_line_and_watch_read_only(lab: Lab, d: Path) -> None:
             "--duration", "3", path=path, backend="nft")
     assert cp.returncode == 0, cp.stderr
     assert "Traceback" not in cp.stderr
-    assert "popwatch: read-only (watching only): iptables is not installed" in cp.stderr
+    assert "popwatch: warning: read-only (watching only): iptables is not installed" in cp.stderr
     ev = [json.loads(l) for l in events.read_text().splitlines()]
     assert any(e.get("ip") == "203.0.113.10" for e in ev)
     assert lab.run(lab.server, ["iptables", "-S"]).stdout.count("POPWATCH") == 0
@@ -146,8 +146,8 @@ def test_not_root_exit_3_and_watch_read_only_unreadable_log(lab: Lab, d: Path) -
             "--events", str(events), "--duration", "3", nobody=True)
     assert cp.returncode == 0, cp.stderr
     assert "Traceback" not in cp.stderr
-    assert "popwatch: read-only (watching only): " in cp.stderr and "root or CAP_NET_ADMIN" in cp.stderr
-    assert f"popwatch: cannot read {denied} (permission denied" in cp.stderr
+    assert "popwatch: warning: read-only (watching only): " in cp.stderr and "root or CAP_NET_ADMIN" in cp.stderr
+    assert f"popwatch: warning: cannot read {denied} (permission denied" in cp.stderr
     assert any(json.loads(l).get("source") == str(ok_log) for l in events.read_text().splitlines())
 
 
@@ -180,7 +180,7 @@ def test_missing_hashlimit_module_one_line_and_watch_read_only(lab: Lab, d: Path
     cp = pw(lab, d, "--config", str(cfg), "watch", "--no-tui", "--from-start", "--log", str(d / "mail.log"),
             "--ports", "110", "--events", str(d / "ev.jsonl"), "--duration", "3", path=path, backend="nft")
     assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stderr
-    assert "popwatch: read-only (watching only): the kernel lacks xt_hashlimit" in cp.stderr
+    assert "popwatch: warning: read-only (watching only): the kernel lacks xt_hashlimit" in cp.stderr
     assert (d / "ev.jsonl").read_text().count("203.0.113.10") >= 1
 
 

@@ -66,7 +66,7 @@ class HostileApp(PopwatchApp):
 
     def open_detail(self):
         t = self.query_one(AttackerTable)
-        t.cursor_ip = "203.0.113.250"
+        t.cursor_ip, t.follow = "203.0.113.250", True
         self.refresh_view(force=True)
         self.action_detail()
 

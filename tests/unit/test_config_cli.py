@@ -33,7 +33,7 @@ def test_full_config_round_trip(tmp_path):
 @pytest.mark.parametrize("data, words", [
     ({"portz": [1]}, ["portz"]),
     ({"policy": {"maxretry": 0}}, ["policy.maxretry", "0"]),
-    ({"policy": {"maxretry": "5"}}, ["policy.maxretry"]),
+    ({"policy": {"maxretry": "five"}}, ["policy.maxretry"]),  # "5" is 5, as for every key
     ({"policy": {"findtime": "ten minutes"}}, ["policy.findtime", "ten minutes"]),
     ({"policy": {"allow": ["example.com"]}}, ["policy.allow", "example.com"]),
     ({"limits": {"110": {"rate": "0/second"}}}, ["limits.110.rate", "0/second"]),

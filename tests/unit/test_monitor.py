@@ -72,7 +72,14 @@ async def test_counters_reach_the_store_as_rates():
     for _ in range(10):
         clock.t += 0.1
         sim.connect("203.0.113.1", 110)
-    await asyncio.sleep(0.05)
+
+    def seen() -> int:
+        p = {p.port: p for p in mon.store.snapshot().ports}.get(110)
+        return 0 if p is None else p.passed_total + p.dropped_total
+    for _ in range(500):  # until the counter poll brought them in (at most 5 s)
+        if seen() >= 10:
+            break
+        await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -188,11 +195,20 @@ async def test_auto_ban_while_running_goes_through_the_firewall_thread(tmp_path)
             break
     assert set(sim.bans()) == {"203.0.113.11"} and not mon._pending
     mon.ingest(raw(dove("203.0.113.11", 5, 2)))          # already banned: no second decision
-    await asyncio.sleep(0.05)
-    audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
-    assert [a["action"] for a in audit] == ["ban"]
+    mon.ingest(raw(dove("203.0.113.12", 2, 3)))          # the marker: decided after it, FIFO
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if "203.0.113.12" in mon.store.bans:
+            break
     mon.flush()
-    assert [b["ip"] for b in json.loads((tmp_path / "state" / "bans.json").read_text())["bans"]] == ["203.0.113.11"]
+    for _ in range(200):  # the audit writer may trail the store by a moment
+        audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+        if len(audit) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [(a["action"], a["target"]) for a in audit] == [("ban", "203.0.113.11"), ("ban", "203.0.113.12")]
+    assert [b["ip"] for b in json.loads((tmp_path / "state" / "bans.json").read_text())["bans"]] == [
+        "203.0.113.11", "203.0.113.12"]
     mon.close()
 
 

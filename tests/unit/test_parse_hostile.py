@@ -8,6 +8,7 @@ give up), so these tests can fail both ways.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -182,9 +183,21 @@ def test_plain_names_give_the_user(name: str) -> None:
 @pytest.mark.parametrize("which", range(len(HUGE)))
 def test_huge_lines_are_cheap_and_harmless(name: str, which: int) -> None:
     text = TEMPLATES[name].replace("{U}", HUGE[which])
-    t = time.process_time()
+
+    def cpu(f) -> float:  # noqa: ANN001 - best of 3, CPU time of this process
+        best = float("inf")
+        for _ in range(3):
+            t = time.process_time()
+            f()
+            best = min(best, time.process_time() - t)
+        return best
+
+    # no backtracking blow-up: parsing costs at most a few linear scans of the same line
+    # (measured in the same process, so a loaded machine slows both alike); today ~0.3 scans
+    scan = cpu(lambda: re.findall("rip=", text))
+    parse = cpu(lambda: _parse(text))
+    assert parse <= 20 * scan + 1e-3, f"parse {parse * 1000:.1f} ms vs one scan {scan * 1000:.2f} ms"
     (ev,) = _parse(text)
-    assert time.process_time() - t < 0.5
     assert ev is None or ev.ip in (REAL, None)
     if ev is not None:
         _check_clean(ev)

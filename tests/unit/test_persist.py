@@ -10,6 +10,7 @@ import pytest
 
 from popwatch.model import Ban
 from popwatch.persist import AlreadyRunning, Persist
+from tests.deadline import readline_within
 
 T0 = 1_795_000_000.0
 
@@ -84,7 +85,7 @@ def test_second_instance_refused_with_the_holders_pid(tmp_path):
     d = str(tmp_path / "s")
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, d], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        assert readline_within(holder.stdout, 60, "the lock holder").strip() == "locked"
         with pytest.raises(AlreadyRunning, match=rf"pid {holder.pid}\b.*--state-dir"):
             Persist(d).lock()
     finally:

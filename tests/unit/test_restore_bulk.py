@@ -72,5 +72,5 @@ def test_failed_bulk_call_falls_back_to_one_by_one(tmp_path: Path) -> None:
     mon, sim, _ = setup(tmp_path, fail=True)
     msgs = mon.reconcile()
     assert msgs[0].startswith("bans on start: 201 restored")
-    assert any("restoring 201 bans at once failed (nft: Error" in m and "one by one" in m for m in msgs)
+    assert any("bulk restore failed (nft: Error" in m and "one by one" in m for m in msgs)
     assert len(sim.bans()) == 201 and sum(l.startswith("ban 203.0.113.9 ") for l in sim.log) == 1

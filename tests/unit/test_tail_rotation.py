@@ -19,9 +19,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 
 from popwatch.model import RawLine
 from popwatch.sources.tail import FileSource, GlobSource
+from tests.deadline import readline_within
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,6 +76,21 @@ class Writer(threading.Thread):
                 self.f.close()
 
 
+SENTINEL = "popwatch-test-sentinel"
+
+
+async def sentinel(got: list[RawLine], path: Path, deadline: float) -> None:
+    """A positive marker instead of "wait, then assert nothing more came": append a last line
+    after everything and wait until the follower delivered it; anything it would read twice
+    (a duplicate after a rotation) is read before it."""
+    with open(path, "a") as f:
+        f.write(f"{SENTINEL} {path.name}\n")
+    loop = asyncio.get_running_loop()
+    while not any(ln.text == f"{SENTINEL} {path.name}" for ln in got[-50:]):
+        assert loop.time() < deadline + 10, f"the follower never delivered the sentinel of {path}"
+        await asyncio.sleep(0.02)
+
+
 async def follow_until(src: FileSource, writer: Writer, timeout: float = 60.0) -> list[RawLine]:
     """Run the source while the writer writes; stop when all lines arrived or at timeout."""
     got: list[RawLine] = []
@@ -95,8 +112,8 @@ async def follow_until(src: FileSource, writer: Writer, timeout: float = 60.0) -
             await asyncio.sleep(0.05)
             if len(got) >= writer.total and not writer.is_alive():
                 break
-        await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
-        return got
+        await sentinel(got, writer.path, deadline)
+        return [ln for ln in got if not ln.text.startswith(SENTINEL)]
     finally:
         writer.stop.set()
         await src.aclose()
@@ -199,7 +216,10 @@ async def test_two_files_in_one_glob_under_load(tmp_path) -> None:
             if len(got) >= 30_000 and not wa.is_alive() and not wb.is_alive():
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
+        deadline = asyncio.get_running_loop().time()
+        await sentinel(got, a, deadline)
+        await sentinel(got, b, deadline)
+        got[:] = [ln for ln in got if not ln.text.startswith(SENTINEL)]
     finally:
         wa.stop.set()
         wb.stop.set()
@@ -282,34 +302,76 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-def test_permission_denied_is_reported_and_the_others_keep_running() -> None:
+DROP = "-dac_override,-dac_read_search"
+
+
+def _dropped(cmd: list[str]) -> list[str]:
+    """As root: the same uid without the capabilities that bypass file permissions."""
+    if os.geteuid() != 0:
+        return cmd
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop root for this test"
+    return [setpriv, f"--bounding-set={DROP}", f"--inh-caps={DROP}", *cmd]
+
+
+def _readable_copy(repo: Path, d: str) -> str:
+    """popwatch (and aiofiles, which the tail source imports) copied into ``d``: the child must
+    not depend on reading the clone, which may sit in a home directory of mode 0700."""
+    import aiofiles
+
+    lib = os.path.join(d, "lib")
+    shutil.copytree(repo / "popwatch", os.path.join(lib, "popwatch"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(aiofiles.__file__).parent, os.path.join(lib, "aiofiles"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for dirpath, dirnames, filenames in os.walk(lib):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    return lib
+
+
+@pytest.mark.parametrize("clone", ["repo", "home-0700"])
+def test_permission_denied_is_reported_and_the_others_keep_running(clone: str) -> None:
     """Root reads every file, so as root the child drops the capabilities that bypass file
-    permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) with setpriv: it stays uid 0, so it
-    still reaches the interpreter under /root, but a mode-000 file is denied to it."""
+    permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) with setpriv: a mode-000 file is denied
+    to it. It runs the base interpreter on a readable copy of the package, so it works when the
+    clone (and its .venv) is in someone's 0700 home directory (``home-0700``: a copy of the
+    package in a 0700 directory owned by nobody, which the child provably cannot read)."""
     d = tempfile.mkdtemp(prefix="popwatch-perm-")
+    home = tempfile.mkdtemp(prefix="popwatch-home-")
     proc: subprocess.Popen[str] | None = None
     try:
         os.chmod(d, 0o755)
+        repo = REPO
+        if clone == "home-0700":
+            repo = Path(home) / "clone"
+            shutil.copytree(REPO / "popwatch", repo / "popwatch", ignore=shutil.ignore_patterns("__pycache__"))
+            if os.geteuid() == 0:
+                os.chown(home, 65534, 65534)
+            os.chmod(home, 0o700)
+            if os.geteuid() == 0:  # the setting is real: reading the clone directly fails
+                r = subprocess.run(_dropped([sys.executable, "-c", "import popwatch.sources.tail"]),
+                                   env=dict(os.environ, PYTHONPATH=str(repo)), cwd=d,
+                                   capture_output=True, text=True, timeout=60, check=False)
+                assert r.returncode != 0 and "popwatch" in r.stderr, r.stderr
         denied, ok = os.path.join(d, "denied.log"), os.path.join(d, "ok.log")
         with open(denied, "w") as f:
             f.write("denied-1\n")
         open(ok, "w").close()
         os.chmod(denied, 0o000)
         os.chmod(ok, 0o644)
-        cmd = [sys.executable, "-c", CHILD, denied, ok]
-        if os.geteuid() == 0:
-            setpriv = shutil.which("setpriv")
-            assert setpriv, "setpriv (util-linux) is needed to drop root for this test"
-            drop = "-dac_override,-dac_read_search"
-            cmd = [setpriv, f"--bounding-set={drop}", f"--inh-caps={drop}", *cmd]
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
+        lib = _readable_copy(repo, d)
+        python = getattr(sys, "_base_executable", sys.executable)  # not a venv in the clone
+        cmd = _dropped([python, "-s", "-c", CHILD, denied, ok])
+        env = dict(os.environ, PYTHONPATH=lib, PYTHONDONTWRITEBYTECODE="1")
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env, cwd=d)
         assert proc.stdin and proc.stdout
 
         def step() -> dict[str, list[str]]:
             assert proc and proc.stdout
-            out = proc.stdout.readline()
+            out = readline_within(proc.stdout, 60, "the unprivileged follower")
             assert out, proc.stderr.read() if proc.stderr else "child ended"
             return json.loads(out)
 
@@ -337,3 +399,4 @@ def test_permission_denied_is_reported_and_the_others_keep_running() -> None:
             proc.kill()
             proc.wait()
         shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)

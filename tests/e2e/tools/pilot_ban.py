@@ -59,6 +59,8 @@ async def drive(a: argparse.Namespace) -> dict[str, Any]:
             await pilot.pause(a.watch)
             app.refresh_view(force=True)
             await pilot.pause()
+            # a moved cursor follows its address (issue 18; untouched it stays on the top row)
+            await pilot.press("down")
             for _ in range(len(table.rows) + 2):
                 if table.selected is not None and table.selected.ip == a.target:
                     break
