@@ -340,7 +340,7 @@ def test_no_journald_access_one_line(lab: Lab, d: Path) -> None:
             "--duration", "2", path=path)
     assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stderr
     [line] = [l for l in cp.stderr.splitlines() if "journald" in l]
-    assert line.startswith("popwatch: no full access to journald") and "systemd-journal group" in line
+    assert line.startswith("popwatch: warning: no full access to journald") and "systemd-journal group" in line
     cfg = d / "j.toml"
     cfg.write_text("journal = true\n")
     cp = pw(lab, d, "--config", str(cfg), "doctor", "--json", path=path)
