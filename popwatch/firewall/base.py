@@ -236,6 +236,13 @@ class Firewall(ABC):
         """Things the admin should know (both kernel backends in use, no ip_set, ...)."""
         return []
 
+    def describe_ban(self, ip: str, ttl: float | None = None) -> list[str]:
+        """The exact commands/changes a ban makes, for the confirm modal and --dry-run."""
+        return [f"ban {ip}" + (f" for {int(ttl)}s" if ttl else "")]
+
+    def close(self) -> None:
+        """Release resources (not the rules)."""
+
     def check_setup(self) -> list[str]:
         """What of popwatch's setup in the kernel is missing or changed (chain or table, jumps,
         protected/ban matches, sets), one short phrase each; [] when all is in place: the
@@ -243,13 +250,6 @@ class Firewall(ABC):
         meant for every counter poll). Ban *entries* are not judged here: the caller compares
         :meth:`bans` with its saved state. Default (sim, none): []."""
         return []
-
-    def describe_ban(self, ip: str, ttl: float | None = None) -> list[str]:
-        """The exact commands/changes a ban makes, for the confirm modal and --dry-run."""
-        return [f"ban {ip}" + (f" for {int(ttl)}s" if ttl else "")]
-
-    def close(self) -> None:
-        """Release resources (not the rules)."""
 
 
 class NoFirewall(Firewall):
