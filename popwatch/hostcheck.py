@@ -6,8 +6,11 @@ firewall error into one line that names the missing piece and the fix).
 Kernel features are looked up where the kernel lists them, with no module loaded and no rule
 written: ``/proc/net/ip_tables_matches`` (x_tables matches registered: built in or loaded),
 ``/sys/module/NAME`` (loaded or built in with parameters), and
+``/proc/config.gz`` or ``/boot/config-$(uname -r)`` (``=y`` built in, ``=m`` a module), and
 ``/lib/modules/$(uname -r)/modules.{builtin,dep}`` (built in, or loadable on first use).
-The roots are parameters, so tests can point them at a fake tree.
+The roots are parameters, so tests can point them at a fake tree. Which features matter
+depends on the backend: :data:`KERNEL_FEATURES` for the iptables backends (``legacy``, ``nft``),
+:data:`NFT_FEATURES` for ``nftables`` (see :func:`features_for`).
 """
 
 from __future__ import annotations
@@ -19,12 +22,36 @@ from pathlib import Path
 from typing import Sequence
 
 #: feature -> (kernel module, x_tables match name or None, what popwatch uses it for)
-KERNEL_FEATURES = {
+KERNEL_FEATURES: dict[str, tuple[str, str | None, str]] = {
     "ip_set": ("ip_set", None, "the ban sets (popwatch4/popwatch6)"),
     "xt_set": ("xt_set", "set", "the rule that matches the ban sets"),
     "xt_hashlimit": ("xt_hashlimit", "hashlimit", "per-port rate limits"),
     "conntrack": ("xt_conntrack", "conntrack", "counting new connections only"),
 }
+#: the same for the ``nftables`` backend (no x_tables match lists these: the kernel config, the
+#: module files and, as root, a check-only nft transaction tell; see nftables.probe_kernel)
+NFT_FEATURES: dict[str, tuple[str, str | None, str]] = {
+    "nf_tables": ("nf_tables", None, "popwatch's table inet popwatch"),
+    "nft_set": ("nft_set_hash", None, "the ban sets with per-element timeouts (ban4/ban6)"),
+    "nft_limit": ("nft_limit", None, "global and per-source rate limits"),
+    "nft_ct": ("nft_ct", None, "counting new connections only (ct state new)"),
+}
+#: kernel config options per module (CONFIG_<name>)
+_CONFIG = {"ip_set": ("IP_SET",), "xt_set": ("NETFILTER_XT_SET",),
+           "xt_hashlimit": ("NETFILTER_XT_MATCH_HASHLIMIT",),
+           "xt_conntrack": ("NETFILTER_XT_MATCH_CONNTRACK",), "nf_tables": ("NF_TABLES",),
+           "nft_set_hash": ("NFT_SET_HASH",), "nft_limit": ("NFT_LIMIT",), "nft_ct": ("NFT_CT",)}
+#: features that current kernels build into another module (no option, no .ko of their own)
+_PART_OF = {"nft_set": "nf_tables"}
+
+
+def features_for(backend: str) -> dict[str, tuple[str, str | None, str]]:
+    """The kernel features backend ``backend`` uses ({} for sim and none)."""
+    if backend == "nftables":
+        return NFT_FEATURES
+    if backend in ("legacy", "nft", "legacy-binaries"):
+        return KERNEL_FEATURES
+    return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +68,26 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _kernel_config(proc: Path, boot: Path) -> dict[str, str] | None:
+    """CONFIG_X -> y/m from ``/proc/config.gz`` or ``/boot/config-$(uname -r)``; None when
+    neither is there."""
+    import gzip
+
+    text = None
+    try:
+        text = gzip.decompress((proc / "config.gz").read_bytes()).decode(errors="replace")
+    except (OSError, EOFError):
+        text = _read(boot / f"config-{os.uname().release}")
+    if text is None:
+        return None
+    return {m.group(1): m.group(2) for m in re.finditer(r"^CONFIG_(\w+)=([ym])$", text, re.M)}
+
+
 def kernel_feature(name: str, *, proc: Path = Path("/proc"), sys: Path = Path("/sys"),
-                   modules: Path | None = None) -> Feature:
-    """Whether the kernel offers ``name`` (a key of :data:`KERNEL_FEATURES`)."""
-    mod, match, used = KERNEL_FEATURES[name]
+                   modules: Path | None = None, boot: Path = Path("/boot")) -> Feature:
+    """Whether the kernel offers ``name`` (a key of :data:`KERNEL_FEATURES` or
+    :data:`NFT_FEATURES`)."""
+    mod, match, used = KERNEL_FEATURES.get(name) or NFT_FEATURES[name]
     if match is not None:
         for fam in ("ip", "ip6"):
             text = _read(proc / "net" / f"{fam}_tables_matches")
@@ -54,6 +97,17 @@ def kernel_feature(name: str, *, proc: Path = Path("/proc"), sys: Path = Path("/
     for m in sorted(mods):
         if (sys / "module" / m).is_dir():
             return Feature(name, True, f"{m}: loaded (for {used})")
+    config = _kernel_config(proc, boot)
+    if config is not None:
+        for opt in _CONFIG.get(mod, ()):
+            if opt in config:
+                how = "built in" if config[opt] == "y" else "a module, loads on first use"
+                return Feature(name, True, f"{mod}: {how} (CONFIG_{opt}={config[opt]}; for {used})")
+        host = _PART_OF.get(name)
+        if host is not None and not any(o in config for o in _CONFIG.get(mod, ())):
+            h = kernel_feature(host, proc=proc, sys=sys, modules=modules, boot=boot)
+            if h.ok:
+                return Feature(name, True, f"{mod}: part of {host} in this kernel (for {used})")
     if modules is None:
         modules = Path("/lib/modules") / os.uname().release
     pat = re.compile(rf"(^|/){re.escape(mod)}\.ko(\.[a-z]+)?(:|$)", re.M)
@@ -65,8 +119,8 @@ def kernel_feature(name: str, *, proc: Path = Path("/proc"), sys: Path = Path("/
                                 f"`modprobe {mod}`, or install the kernel's extra modules package")
 
 
-def missing_kernel(**roots: Path) -> list[Feature]:
-    return [f for f in (kernel_feature(n, **roots) for n in KERNEL_FEATURES) if not f.ok]
+def missing_kernel(backend: str = "nft", **roots: Path) -> list[Feature]:
+    return [f for f in (kernel_feature(n, **roots) for n in features_for(backend)) if not f.ok]
 
 
 _MATCH_HINTS = {"hashlimit": "xt_hashlimit", "set": "xt_set", "conntrack": "xt_conntrack"}

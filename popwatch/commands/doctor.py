@@ -1,9 +1,13 @@
 """``popwatch doctor [--json]``: what popwatch needs on this host, and what limits it.
 
-Reads only: nothing is installed, loaded or changed (the firewall is read with the same
-backend ``watch`` would pick; no kernel module is loaded). Exit 0 when everything popwatch
-needs is there, 1 when something limits it. ``--json``: a list of
-``{"check": ..., "ok": true|false, "detail": ...}``.
+Reads only: nothing is installed or changed. The firewall is read with the same backend
+``watch`` would pick, and only the kernel support that backend uses is checked: ip_set,
+xt_set, xt_hashlimit, conntrack for the iptables backends (``nft``, ``legacy``); nf_tables,
+its sets, nft_limit, nft_ct for ``nftables``. Kernel support is read from /proc, /sys, the
+kernel config and /lib/modules; as root the kernel is also asked (an ip_set protocol request;
+a check-only nft transaction that is never committed), which may load a module on demand as
+popwatch's first real rule would. Exit 0 when everything popwatch needs is there, 1 when
+something limits it. ``--json``: a list of ``{"check": ..., "ok": true|false, "detail": ...}``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Config
-from ..hostcheck import KERNEL_FEATURES, kernel_feature
+from ..hostcheck import features_for, kernel_feature
 
 Check = dict[str, Any]
 
@@ -75,29 +79,96 @@ def check_privileges() -> Check:
                                        f"watch; run it with sudo to ban and change limits")
 
 
-def check_iptables(cfg: Config) -> Check:
+#: how each backend talks to the kernel, for the "backend" check
+HOW = {"nft": "the iptables-nft binaries and ipset sets over netlink",
+       "legacy": "python-iptables (legacy x_tables) and ipset sets over netlink",
+       "nftables": "popwatch's own table inet popwatch, through libnftables",
+       "sim": "a simulated firewall", "none": "no firewall (watch only)"}
+
+
+def open_firewall(cfg: Config, root: bool) -> tuple[Any, str | None, str, str | None]:
+    """(firewall or None, backend chosen or None, why, error) - the backend ``watch`` would
+    use. Without root the choice is made without building it (nothing can be read then)."""
+    from ..firewall.base import FirewallError
+    from ..firewall.detect import choose_backend, make_firewall
+    from ..hostcheck import explain
+
+    try:
+        chosen, why = choose_backend(cfg.backend)
+    except FirewallError as e:
+        return None, None, "", explain(str(e))
+    if chosen in ("sim", "none") or not root:
+        return None, chosen, why, None
+    try:
+        fw = make_firewall(cfg.backend, limits=cfg.port_limits(), exempt=[],
+                           ipv6_prefix=cfg.policy.ipv6_prefix, ban_action=cfg.policy.ban_action)
+    except FirewallError as e:
+        return None, chosen, why, explain(str(e))
+    return fw, "legacy" if fw.name == "legacy-binaries" else fw.name, fw.why or why, None
+
+
+def check_backend(chosen: str | None, why: str, err: str | None) -> Check:
+    if chosen is None:
+        return _check("backend", False, f"none can be used: {err}")
+    detail = f"{chosen} ({HOW.get(chosen, chosen)}); why: {why}"
+    if err:
+        return _check("backend", False, f"{detail}; but: {err}")
+    return _check("backend", True, detail)
+
+
+def check_iptables(chosen: str | None) -> Check:
     from ..firewall.detect import host_flavour
 
     rc, out = _cmd(["iptables", "--version"])
     flavour = host_flavour() if rc == 0 else None
+    needed = chosen in ("nft", "legacy")
     if flavour is None:
-        if cfg.backend in ("sim", "none"):
-            return _check("iptables", True, f"not installed; backend {cfg.backend} does not need it")
+        if not needed and chosen is not None:
+            return _check("iptables", True, f"not installed; backend {chosen} does not need it")
         return _check("iptables", False, "iptables is not installed: install the 'iptables' package "
                                          "(popwatch needs nothing else), or run with --backend none to only watch")
-    chosen = flavour if cfg.backend == "auto" else cfg.backend
-    how = {"nft": "the iptables-nft binaries", "legacy": "python-iptables (legacy x_tables)",
-           "sim": "a simulated firewall", "none": "no firewall (watch only)"}.get(chosen, chosen)
-    ok = not (chosen == "legacy" and flavour == "nft")
-    detail = f"{out.strip().splitlines()[0] if out.strip() else 'iptables'}; backend {chosen} ({how})"
-    if not ok:
-        detail += ": refused on an nf_tables host (its rules would be invisible); use --backend nft or auto"
-    return _check("iptables", ok, detail)
+    version = out.strip().splitlines()[0] if out.strip() else "iptables"
+    if chosen == "legacy" and flavour == "nft":
+        return _check("iptables", False, f"{version}: backend legacy refused on an nf_tables host (its rules "
+                                         f"would be invisible); use --backend nftables, nft or auto")
+    if not needed:
+        return _check("iptables", True, f"{version}; not used by backend {chosen}")
+    return _check("iptables", True, f"{version}; used by backend {chosen}")
 
 
-def check_kernel(root: bool) -> list[Check]:
+def check_nftables() -> Check:
+    """libnftables (what the nftables backend needs) and the nft command (for the admin)."""
+    import ctypes.util
+
+    from ..firewall.detect import has_libnftables
+
+    if not has_libnftables():
+        return _check("nftables", False, "libnftables is not installed: install the 'libnftables1' "
+                                         "package, or use --backend nft")
+    lib = ctypes.util.find_library("nftables") or "libnftables.so.1"
+    rc, out = _cmd(["nft", "--version"])
+    nft = (f"{out.strip().splitlines()[0]}: `nft list table inet popwatch` shows popwatch's rules"
+           if rc == 0 and out.strip() else
+           "the nft command is not installed (popwatch does not need it; the 'nftables' package "
+           "brings it, to look at popwatch's table)")
+    return _check("nftables", True, f"{lib} (used by backend nftables); {nft}")
+
+
+def check_kernel(chosen: str | None, root: bool) -> list[Check]:
+    """The kernel support the chosen backend uses (the iptables backends' when none could be
+    chosen). As root, the kernel's own answer wins over the files."""
+    feats = features_for(chosen or "nft")
+    live: dict[str, str | None] = {}
+    if root and chosen == "nftables":
+        from ..firewall.base import FirewallError
+        from ..firewall.nftables import probe_kernel
+
+        try:
+            live = probe_kernel()
+        except FirewallError:
+            live = {}
     out = []
-    for name in KERNEL_FEATURES:
+    for name in feats:
         f = kernel_feature(name)
         ok, detail = f.ok, f.detail
         if name == "ip_set" and root:  # ask the kernel itself
@@ -111,6 +182,13 @@ def check_kernel(root: bool) -> list[Check]:
                 from ..firewall.ipset import NO_IPSET_HINT
 
                 ok, detail = False, f"{NO_IPSET_HINT} ({e})"
+        if name in live:
+            used = feats[name][2]
+            if live[name] is None:
+                ok, detail = True, f"{name}: available, the kernel accepted a check-only rule (for {used})"
+            else:
+                ok, detail = False, (f"the kernel refused {name} ({live[name]}; needed for {used}): "
+                                     f"`modprobe {feats[name][0]}`, or use --backend nft")
         out.append(_check(f"kernel {name}", ok, detail))
     return out
 
@@ -240,66 +318,109 @@ def check_ssh_client() -> Check:
                                             "loopback, this host's addresses and the allow-list stay protected")
 
 
-def check_rules(cfg: Config, root: bool, now: float) -> Check:
-    if cfg.backend in ("sim", "none"):
-        return _check("popwatch rules and sets", True, f"backend {cfg.backend}: nothing in the kernel")
+#: what popwatch keeps in the kernel, per backend, for the rules check
+LAYOUT = {"nftables": "table inet popwatch (chain input, sets ban4, ban6, ban6n, x4, x6)",
+          "nft": "chain POPWATCH and its jump from INPUT (IPv4, IPv6), sets popwatch4, popwatch6, "
+                 "popwatchx4, popwatchx6",
+          "legacy": "chain POPWATCH and its jump from INPUT (IPv4, IPv6), sets popwatch4, popwatch6, "
+                    "popwatchx4, popwatchx6"}
+
+
+def _in_kernel(fw: Any, ip: str, kernel: dict[str, float | None]) -> bool:
+    """Whether a saved ban is in the kernel (a backend may hold an IPv4 network as its addresses)."""
+    import ipaddress
+
+    key = fw.ban_key(ip, net="/" in ip)
+    if key in kernel:
+        return True
+    if "/" in key:
+        net = ipaddress.ip_network(key, strict=False)
+        return net.version == 4 and net.num_addresses <= 65536 and all(str(a) in kernel for a in net)
+    return False
+
+
+def check_rules(cfg: Config, fw: Any, chosen: str | None, err: str | None, root: bool, now: float) -> Check:
+    """Whether the chosen backend's objects are in place (:meth:`Firewall.check_setup`) and
+    hold every active ban of the state dir."""
+    name = "popwatch rules and sets"
+    if chosen in ("sim", "none"):
+        return _check(name, True, f"backend {chosen}: nothing in the kernel")
     if not root:
-        return _check("popwatch rules and sets", False, "cannot read the firewall without root")
+        return _check(name, False, "cannot read the firewall without root")
+    if fw is None:
+        return _check(name, False, err or "no firewall backend")
     from ..firewall.base import FirewallError
-    from ..firewall.detect import make_firewall
     from ..hostcheck import explain
 
     try:
-        fw: Any = make_firewall(cfg.backend, limits=cfg.port_limits(), exempt=[])
-    except FirewallError as e:
-        return _check("popwatch rules and sets", False, explain(str(e)))
-    try:
-        installed = fw.installed()
-        names = set(fw.ipset.names()) if hasattr(fw, "ipset") else set()
-        sets = [s for s in ("popwatch4", "popwatch6", "popwatchx4", "popwatchx6") if s in names]
-        kernel = fw.bans() if sets else {}
+        installed = bool(fw.installed())
+        problems = fw.check_setup()
+        try:
+            kernel = fw.bans()
+        except FirewallError:
+            kernel = {}
         saved = []
         if cfg.state_dir.is_dir():
             from ..persist import Persist
 
             saved = [b for b in Persist(cfg.state_dir).load_bans() if b.expires is None or b.expires > now]
-        missing = [b.ip for b in saved if fw.ban_key(b.ip, net="/" in b.ip) not in kernel]
-        warns = fw.warnings()
-    except FirewallError as e:
-        return _check("popwatch rules and sets", False, explain(str(e)))
-    finally:
-        fw.close()
-    if not installed and not sets:
+        missing = [b.ip for b in saved if not _in_kernel(fw, b.ip, kernel)]
+        ports = fw.limits() if installed else {}
+        from ..firewall.detect import MOVE_NOTE
+
+        warns = [w for w in fw.warnings() if w != MOVE_NOTE]  # the backend check says it
+    except (FirewallError, OSError) as e:
+        return _check(name, False, explain(str(e)))
+    layout = LAYOUT.get(chosen or "", "popwatch's rules")
+    if not installed and not kernel:
         if saved:
-            return _check("popwatch rules and sets", False,
-                          f"not installed, but {len(saved)} active ban(s) in {cfg.state_dir}: start "
-                          f"`popwatch watch` (it installs the rules and restores them)")
-        return _check("popwatch rules and sets", True, "not installed yet: `popwatch watch` (or a ban) installs them")
-    parts = [f"chain {'in place' if installed else 'MISSING'}",
-             f"sets {', '.join(sets) if sets else 'MISSING'}",
+            return _check(name, False,
+                          f"backend {chosen}: not installed (no {layout}), but {len(saved)} active ban(s) in "
+                          f"{cfg.state_dir}: start `popwatch watch` (it installs the rules and restores them)")
+        return _check(name, True, f"backend {chosen}: not installed yet: `popwatch watch` (or a ban) installs it")
+    parts = [f"backend {chosen}: " + (f"{layout} in place" if not problems else
+                                      f"{layout}: " + "; ".join(problems)),
              f"{len(kernel)} ban(s) in the kernel, {len(saved)} active in {cfg.state_dir}"]
-    ok = installed and len(sets) == 4 and not missing and not warns
+    if ports:
+        parts.append("ports " + ", ".join(f"{p} {l.describe()}" for p, l in sorted(ports.items())))
     if missing:
         parts.append(f"{len(missing)} saved ban(s) missing from the kernel (e.g. {missing[0]}): "
                      f"`popwatch watch` restores them")
-    if not installed or len(sets) < 4:
-        parts.append("something removed part of popwatch's setup: `popwatch watch` puts it back")
+    if problems:
+        parts.append("something removed or changed part of popwatch's setup: `popwatch watch` puts it back")
     parts += warns
-    return _check("popwatch rules and sets", ok, "; ".join(parts))
+    return _check(name, not problems and not missing and not warns, "; ".join(parts))
 
 
-def check_other_tools() -> list[Check]:
+def check_other_tools(chosen: str | None = None) -> list[Check]:
+    """Other tools that rewrite the firewall, and what each means for the chosen backend."""
+    nft = chosen == "nftables"
     out = []
     if shutil.which("ufw"):
         enabled = _conf_value(["/etc/ufw/ufw.conf"], "ENABLED") or "no"
-        out.append(_check("ufw", True, f"installed ({'enabled' if enabled.lower() == 'yes' else 'disabled'}): "
-                                       f"`ufw reload`/`ufw enable` rewrite the ruleset and can remove "
-                                       f"popwatch's jump; it leaves the sets, so bans survive in the kernel"))
+        what = ("it keeps to its own iptables chains: popwatch's table inet popwatch is not touched "
+                "and runs before them (priority -10)" if nft else
+                "`ufw reload`/`ufw enable` rewrite the ruleset and can remove popwatch's jump; it "
+                "leaves the sets, so bans survive in the kernel")
+        out.append(_check("ufw", True, f"installed ({'enabled' if enabled.lower() == 'yes' else 'disabled'}): {what}"))
     if shutil.which("firewall-cmd") or shutil.which("firewalld"):
-        out.append(_check("firewalld", True, "installed: a firewalld reload flushes the tables it manages and "
-                                             "can remove popwatch's rules"))
+        out.append(_check("firewalld", True, "installed: a firewalld reload flushes the tables it manages" +
+                          (" (its own table inet firewalld; popwatch's table is its own)" if nft else
+                           " and can remove popwatch's rules")))
+    if nft and os.path.exists("/etc/nftables.conf"):
+        try:
+            flush = re.search(r"^\s*flush\s+ruleset\b", Path("/etc/nftables.conf").read_text(errors="replace"), re.M)
+        except OSError:
+            flush = None
+        if flush:
+            out.append(_check("nftables.service", True,
+                              "/etc/nftables.conf starts with `flush ruleset`: `systemctl reload nftables` "
+                              "(or `nft -f /etc/nftables.conf`) deletes popwatch's table inet popwatch too, "
+                              "and every ban in it"))
     if shutil.which("netfilter-persistent") or os.path.isdir("/usr/share/netfilter-persistent"):
         out.append(_check("netfilter-persistent", True,
+                          "installed: `netfilter-persistent reload` restores saved iptables rules; popwatch's "
+                          "table inet popwatch is not among them and stays" if nft else
                           "installed: `netfilter-persistent reload` restores a saved ruleset without "
                           "popwatch's rules; do not save popwatch's rules into rules.v4/v6 (they match "
                           "sets that do not exist at boot, and the whole restore then fails)"))
@@ -315,7 +436,20 @@ def check_other_tools() -> list[Check]:
 def checks(cfg: Config, *, now: Callable[[], float] = time.time) -> list[Check]:
     t = now()
     root = os.geteuid() == 0
-    out = [check_privileges(), check_iptables(cfg), *check_kernel(root)]
+    fw, chosen, why, err = open_firewall(cfg, root)
+    try:
+        return _checks(cfg, t, root, fw, chosen, why, err)
+    finally:
+        if fw is not None:
+            fw.close()
+
+
+def _checks(cfg: Config, t: float, root: bool, fw: Any, chosen: str | None, why: str,
+            err: str | None) -> list[Check]:
+    out = [check_privileges(), check_backend(chosen, why, err), check_iptables(chosen)]
+    if chosen == "nftables":
+        out.append(check_nftables())
+    out += check_kernel(chosen, root)
     logs, usable = check_logs(cfg, t)
     journal = check_journal(cfg, usable)
     out += logs
@@ -325,7 +459,7 @@ def checks(cfg: Config, *, now: Callable[[], float] = time.time) -> list[Check]:
                           "log_path): " + ("journald is read instead" if journal["ok"] else
                                            "pass --log PATH, or give popwatch access to journald")))
     out += [journal, check_dovecot(), check_sshd(), check_ssh_client(),
-            check_rules(cfg, root, t), *check_other_tools()]
+            check_rules(cfg, fw, chosen, err, root, t), *check_other_tools(chosen)]
     return out
 
 

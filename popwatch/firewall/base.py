@@ -243,6 +243,14 @@ class Firewall(ABC):
     def close(self) -> None:
         """Release resources (not the rules)."""
 
+    def check_setup(self) -> list[str]:
+        """What of popwatch's setup in the kernel is missing or changed (chain or table, jumps,
+        protected/ban matches, sets), one short phrase each; [] when all is in place: the
+        semantics of ``check_enforcement``, but a full read, for ``popwatch doctor`` (not
+        meant for every counter poll). Ban *entries* are not judged here: the caller compares
+        :meth:`bans` with its saved state. Default (sim, none): []."""
+        return []
+
 
 class NoFirewall(Firewall):
     """``--backend none``: monitor only, every action refused."""

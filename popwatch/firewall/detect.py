@@ -69,7 +69,7 @@ def popwatch_in_nftables() -> bool:
             return nl.chain_exists()
         finally:
             nl.close()
-    except OSError:
+    except (OSError, FirewallError):  # no nf_tables, or not root (NeedsRoot)
         return False
 
 
@@ -152,6 +152,14 @@ def _auto(flavour: str | None) -> tuple[str, str]:
     if has_net_admin() and popwatch_in_nft():
         return "nft", MOVE_NOTE
     return "nftables", "auto: nf_tables host, no iptables rules of popwatch"
+
+
+def choose_backend(backend: str) -> tuple[str, str]:
+    """(the backend :func:`make_firewall` builds for ``backend``, why) without building it and
+    without root (``popwatch doctor`` as any user). FirewallError when none can be chosen."""
+    if backend == "auto":
+        return _auto(host_flavour())
+    return backend, "named with --backend or in the config"
 
 
 def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = None,

@@ -344,6 +344,29 @@ class KernelFirewall(Firewall):
     def warnings(self) -> list[str]:
         return list(self._warnings)
 
+    def check_setup(self) -> list[str]:
+        """The four sets, and per family: the chain, its protected/ban matches at the top,
+        and exactly one jump to it from INPUT (see :meth:`Firewall.check_setup`)."""
+        problems: list[str] = []
+        have = set(self.ipset.names())
+        lost = [n for n in (R.SET4, R.SET6, R.SETX4, R.SETX6) if n not in have]
+        if lost:
+            problems.append(f"set{'s' if len(lost) > 1 else ''} {', '.join(lost)} missing")
+        for fam in self.families:
+            v = "IPv6" if fam == 6 else "IPv4"
+            st = self._state(fam, with_input=True)
+            if not st.exists:
+                problems.append(f"{v} chain {R.CHAIN} missing")
+            else:
+                head = [R.sem_key(r.args) for r in R.head_rules(fam, self.ban_action)]
+                if [R.sem_key(r.args) for r in st.rules[:len(head)]] != head:
+                    problems.append(f"{v} protected/ban rules at the top of {R.CHAIN} changed")
+            if st.jumps == 0:
+                problems.append(f"{v} jump from INPUT to {R.CHAIN} missing")
+            elif st.jumps > 1:
+                problems.append(f"{v} INPUT jumps to {R.CHAIN} {st.jumps} times")
+        return problems
+
     def close(self) -> None:
         self.ipset.close()
         nft = getattr(self, "_nft", None)

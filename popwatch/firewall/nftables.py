@@ -119,6 +119,8 @@ class Libnftables:
         failure (nothing of the batch applied)."""
         data = json.dumps({"nftables": cmds}).encode()
         with self._lock:
+            if not self.ctx:  # closed: libnftables would crash the process on a NULL context
+                raise FirewallError("nft: this firewall was closed")
             rc = self.lib.nft_run_cmd_from_buffer(self.ctx, data)
             out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
             err = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode()
@@ -132,10 +134,68 @@ class Libnftables:
             return []
         return [o for o in json.loads(out).get("nftables", []) if "metainfo" not in o]
 
+    def check(self, cmds: list[dict[str, Any]]) -> None:
+        """Send one batch to the kernel in check-only mode (``nft -c``): the kernel validates
+        every object and expression, then the transaction is aborted. FirewallError when the
+        kernel (or libnftables) refuses it."""
+        self.lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        with self._lock:
+            self.lib.nft_ctx_set_dry_run(self.ctx, True)
+        try:
+            self.run(cmds)
+        finally:
+            with self._lock:
+                self.lib.nft_ctx_set_dry_run(self.ctx, False)
+
     def close(self) -> None:
         if self.ctx:
             self.lib.nft_ctx_free(self.ctx)
             self.ctx = None
+
+
+#: what each kernel feature of the nftables backend is probed with (hostcheck.NFT_FEATURES)
+_PROBE_TABLE = "popwatch_probe"
+
+
+def _probes() -> dict[str, list[dict[str, Any]]]:
+    t = {"family": FAMILY, "table": _PROBE_TABLE}
+    table = {"add": {"table": {"family": FAMILY, "name": _PROBE_TABLE}}}
+    chain = {"add": {"chain": dict(t, name="c")}}
+    return {
+        "nf_tables": [table],
+        "nft_set": [table, {"add": {"set": dict(t, name="s4", type="ipv4_addr", flags=["timeout"])}},
+                    {"add": {"set": dict(t, name="s6", type="ipv6_addr", flags=["interval", "timeout"])}}],
+        "nft_limit": [table, chain, {"add": _rule_in(t, [_limit(Rate.of(5, 1), 10), {"return": None}])}],
+        "nft_ct": [table, chain, {"add": _rule_in(t, [_match({"ct": {"key": "state"}}, "new", "in"),
+                                                      {"return": None}])}],
+    }
+
+
+def _rule_in(t: dict[str, str], expr: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"rule": dict(t, chain="c", expr=expr)}
+
+
+def probe_kernel(nft: "Libnftables | None" = None) -> dict[str, str | None]:
+    """Ask the kernel whether it supports what the nftables backend uses (hostcheck's
+    ``NFT_FEATURES``): one check-only transaction per feature, in a throw-away table that is
+    never committed (nothing changes; a module may load on demand, as the first real rule
+    would load it). feature -> None when supported, else the kernel's answer. Needs root."""
+    own = nft is None
+    lib = Libnftables() if nft is None else nft
+    out: dict[str, str | None] = {}
+    try:
+        for name, cmds in _probes().items():
+            try:
+                lib.check(cmds)
+                out[name] = None
+            except NeedsRoot:
+                raise
+            except FirewallError as e:
+                out[name] = str(e)
+    finally:
+        if own:
+            lib.close()
+    return out
 
 
 class NftNetlink(NftCounters):
@@ -720,6 +780,23 @@ class NftablesFirewall(Firewall):
         bad = sorted(p for p, ls in have.items() if len(ls) != RULES_PER_MODE[ls[0].mode])
         if bad:
             problems.append(f"rules of port {', '.join(map(str, bad))} changed")
+        return problems
+
+    def check_setup(self) -> list[str]:
+        """:meth:`check_enforcement` plus the sets and named counters of the table, read in
+        one request (see :meth:`Firewall.check_setup`); the ports are judged against the
+        rules' own comments (a port block with rules missing), not against a config."""
+        if self._recording:
+            return []
+        comments = self.nl.rule_comments()
+        if comments is None:
+            return ["table inet popwatch (or its input chain) missing"]
+        problems = self.check_enforcement()
+        got = self._read({"table": {"family": FAMILY, "name": TABLE}}) or []
+        sets = {o["set"]["name"] for o in got if "set" in o}
+        lost = [n for n in ("x4", "x6", "ban4", "ban6", "ban6n") if n not in sets]
+        if lost:
+            problems.append(f"set{'s' if len(lost) > 1 else ''} {', '.join(lost)} missing")
         return problems
 
     def repair(self, bans: dict[str, float | None], *, stop: Callable[[], bool] | None = None) -> list[str]:

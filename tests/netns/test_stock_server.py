@@ -212,51 +212,104 @@ def doctor(lab: Lab, d: Path, *extra: str, **kw: object) -> tuple[int, dict[str,
     return cp.returncode, {c["check"]: c for c in res}
 
 
-def test_doctor_everything_in_place(lab: Lab, d: Path) -> None:
+#: per backend: the kernel checks doctor makes, the kernel objects it says are in place, and
+#: how to take part of them away (without touching the bans) and what doctor then says
+KERNEL = {"nft": ("kernel ip_set", "kernel xt_set", "kernel xt_hashlimit", "kernel conntrack"),
+          "nftables": ("kernel nf_tables", "kernel nft_set", "kernel nft_limit", "kernel nft_ct")}
+LAYOUT = {"nft": "chain POPWATCH and its jump from INPUT (IPv4, IPv6), sets popwatch4, popwatch6, "
+                 "popwatchx4, popwatchx6 in place",
+          "nftables": "table inet popwatch (chain input, sets ban4, ban6, ban6n, x4, x6) in place"}
+FLUSH = {"nft": ["ipset", "flush", "popwatch4"], "nftables": ["nft", "flush", "set", "inet", "popwatch", "ban4"]}
+BREAK = {"nft": (["iptables", "-D", "INPUT", "-j", "POPWATCH"], "IPv4 jump from INPUT to POPWATCH missing"),
+         "nftables": (["nft", "delete", "table", "inet", "popwatch"],
+                      "backend nftables: not installed (no table inet popwatch")}
+
+
+@pytest.mark.parametrize("backend", ["nft", "nftables"])
+def test_doctor_everything_in_place(lab: Lab, d: Path, backend: str) -> None:
     etc = private_etc(d, auth_verbose="yes", sshd_loglevel="VERBOSE")
-    assert pw(lab, d, "ban", "203.0.113.50").returncode == 0   # installs the chain and the sets
+    assert pw(lab, d, "ban", "203.0.113.50", backend=backend).returncode == 0   # installs chain/table and sets
     (d / "mail.log").write_text(FAIL_LINE)
-    rc, by = doctor(lab, d, prefix=etc)
+    before = lab.run(lab.server, ["nft", "-s", "list", "ruleset"]).stdout
+    rc, by = doctor(lab, d, prefix=etc, backend=backend)
     assert rc == 0, [c for c in by.values() if not c["ok"]]
+    # doctor changed nothing (its nftables kernel probe is a check-only transaction)
+    assert lab.run(lab.server, ["nft", "-s", "list", "ruleset"]).stdout == before
     assert by["privileges"]["detail"].startswith("root")
-    assert "backend nft" in by["iptables"]["detail"]
-    for k in ("kernel ip_set", "kernel xt_set", "kernel xt_hashlimit", "kernel conntrack"):
-        assert by[k]["ok"]
-    assert "netlink protocol" in by["kernel ip_set"]["detail"]
+    assert by["backend"]["detail"].startswith(f"{backend} (") and "why: named with --backend" in by["backend"]["detail"]
+    assert by["iptables"]["ok"] and ("used by backend nft" if backend == "nft" else "not used by backend nftables") \
+        in by["iptables"]["detail"]
+    for k in KERNEL[backend]:
+        assert by[k]["ok"], by[k]
+    other = KERNEL["nftables" if backend == "nft" else "nft"]
+    assert not any(k in by for k in other)  # only the kernel support this backend uses
+    if backend == "nft":
+        assert "netlink protocol" in by["kernel ip_set"]["detail"] and "nftables" not in by
+    else:
+        assert "the kernel accepted a check-only rule" in by["kernel nft_limit"]["detail"]
+        assert "libnftables" in by["nftables"]["detail"]
     assert "readable, last written" in by[f"log {d / 'mail.log'}"]["detail"]
     if shutil.which("doveconf"):
         assert by["dovecot auth_verbose"]["detail"].startswith("yes")
     assert by["sshd LogLevel"]["detail"].startswith("VERBOSE")
     r = by["popwatch rules and sets"]["detail"]
-    assert "chain in place" in r and "popwatch4, popwatch6, popwatchx4, popwatchx6" in r
-    assert "1 ban(s) in the kernel, 1 active" in r
+    assert r.startswith(f"backend {backend}: {LAYOUT[backend]}; 1 ban(s) in the kernel, 1 active"), r
     # the text form: one line per check, same verdict
-    cp = pw(lab, d, "--config", str(d / "popwatch.toml"), "doctor", prefix=etc)
+    cp = pw(lab, d, "--config", str(d / "popwatch.toml"), "doctor", prefix=etc, backend=backend)
     assert cp.returncode == 0 and cp.stdout.count("\n") == len(by)
     assert "everything popwatch needs is there" in cp.stderr
-
-
-def test_doctor_things_missing(lab: Lab, d: Path) -> None:
-    etc = private_etc(d, auth_verbose="no", sshd_loglevel="QUIET")
-    assert pw(lab, d, "ban", "203.0.113.50").returncode == 0
-    lab.run(lab.server, ["ipset", "flush", "popwatch4"])     # e.g. a reboot emptied the sets
-    os.utime(d / "mail.log", (time.time() - 3 * 86400, time.time() - 3 * 86400))
+    # auto: which backend it picks and why, and it judges that backend's objects
     rc, by = doctor(lab, d, prefix=etc)
+    assert rc == 0, [c for c in by.values() if not c["ok"]]
+    why = by["backend"]["detail"]
+    if backend == "nft":  # popwatch's iptables-nft rules are there: auto keeps them, says how to move
+        assert why.startswith("nft (") and "to move to the native nftables backend" in why
+    else:
+        assert why.startswith("nftables (") and "why: auto: nf_tables host, popwatch's table inet popwatch exists" in why
+    assert by["popwatch rules and sets"]["detail"].startswith(f"backend {backend}: {LAYOUT[backend]}")
+    assert pw(lab, d, "uninstall", backend=backend).returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["nft", "nftables"])
+def test_doctor_things_missing(lab: Lab, d: Path, backend: str) -> None:
+    etc = private_etc(d, auth_verbose="no", sshd_loglevel="QUIET")
+    assert pw(lab, d, "ban", "203.0.113.50", backend=backend).returncode == 0
+    lab.run(lab.server, FLUSH[backend])     # e.g. a reboot emptied the sets
+    os.utime(d / "mail.log", (time.time() - 3 * 86400, time.time() - 3 * 86400))
+    rc, by = doctor(lab, d, prefix=etc, backend=backend)
     assert rc == 1
-    assert "1 saved ban(s) missing from the kernel (e.g. 203.0.113.50)" in by["popwatch rules and sets"]["detail"]
-    assert not by["popwatch rules and sets"]["ok"]
+    rules = by["popwatch rules and sets"]
+    assert not rules["ok"] and rules["detail"].startswith(f"backend {backend}: {LAYOUT[backend]}"), rules
+    assert "1 saved ban(s) missing from the kernel (e.g. 203.0.113.50)" in rules["detail"]
     assert not by[f"log {d / 'mail.log'}"]["ok"] and "last written 3 d ago" in by[f"log {d / 'mail.log'}"]["detail"]
     if shutil.which("doveconf"):
         assert not by["dovecot auth_verbose"]["ok"] and "auth_verbose = yes" in by["dovecot auth_verbose"]["detail"]
     assert not by["sshd LogLevel"]["ok"] and "QUIET" in by["sshd LogLevel"]["detail"]
-    # no iptables on PATH
-    rc, by = doctor(lab, d, path=no_path(d, "iptables", "ip6tables"))
-    assert rc == 1 and not by["iptables"]["ok"] and "'iptables' package" in by["iptables"]["detail"]
+    # part of the setup taken away by hand: doctor names what
+    argv, said = BREAK[backend]
+    lab.run(lab.server, argv)
+    rc, by = doctor(lab, d, backend=backend)
+    rules = by["popwatch rules and sets"]
+    assert rc == 1 and not rules["ok"] and said in rules["detail"], rules
+    if backend == "nftables":
+        assert "1 active ban(s) in" in rules["detail"] and "start `popwatch watch`" in rules["detail"]
+    else:
+        assert "something removed or changed part of popwatch's setup" in rules["detail"]
+    # no iptables on PATH: only the iptables backends need it
+    path = no_path(d, "iptables", "ip6tables")
+    rc, by = doctor(lab, d, path=path, backend=backend)
+    assert rc == 1 and by["iptables"]["ok"] == (backend == "nftables")
+    assert ("'iptables' package" if backend == "nft" else "backend nftables does not need it") in by["iptables"]["detail"]
+    if backend == "nftables":
+        rc, by = doctor(lab, d, path=path)
+        assert "why: auto: no iptables binary, libnftables present" in by["backend"]["detail"]
     # as nobody, with the log unreadable
     (d / "mail.log").chmod(0o600)
-    rc, by = doctor(lab, d, nobody=True)
+    rc, by = doctor(lab, d, nobody=True, backend=backend)
     assert rc == 1
     assert not by["privileges"]["ok"] and "sudo" in by["privileges"]["detail"]
+    assert by["backend"]["ok"] and by["backend"]["detail"].startswith(f"{backend} (")
+    assert all(k in by for k in KERNEL[backend])  # from the files without root
     assert not by[f"log {d / 'mail.log'}"]["ok"] and "not readable by uid" in by[f"log {d / 'mail.log'}"]["detail"]
     assert not by["popwatch rules and sets"]["ok"] and "without root" in by["popwatch rules and sets"]["detail"]
     # the admin's SSH address as popwatch sees it
@@ -265,6 +318,7 @@ def test_doctor_things_missing(lab: Lab, d: Path) -> None:
                  check=False)
     ssh = {c["check"]: c for c in json.loads(cp.stdout)}["your SSH address"]
     assert ssh["ok"] and ssh["detail"].startswith("203.0.113.77: popwatch never bans")
+    pw(lab, d, "uninstall", backend=backend)
 
 
 FAKE_JOURNALCTL = """#!/bin/sh

@@ -23,7 +23,7 @@ def tree(tmp: Path, matches: str = "", modules: tuple[str, ...] = (), builtin: s
     (tmp / "mods").mkdir()
     (tmp / "mods/modules.builtin").write_text(builtin)
     (tmp / "mods/modules.dep").write_text(dep)
-    return {"proc": tmp / "proc", "sys": tmp / "sys", "modules": tmp / "mods"}
+    return {"proc": tmp / "proc", "sys": tmp / "sys", "modules": tmp / "mods", "boot": tmp / "boot"}
 
 
 def test_everything_present(tmp_path: Path) -> None:
@@ -53,7 +53,50 @@ def test_loadable_and_builtin_count_as_present(tmp_path: Path) -> None:
 
 
 def test_the_real_kernel_has_what_popwatch_needs() -> None:
-    assert H.missing_kernel() == []  # the test box (and any host the netns tests run on)
+    # the test box (and any host the netns tests run on), for every kernel backend
+    assert H.missing_kernel() == []
+    assert H.missing_kernel("nftables") == []
+
+
+def _config(roots: dict[str, Path], text: str, gz: bool) -> None:
+    import gzip
+    import os
+
+    if gz:
+        (roots["proc"] / "config.gz").write_bytes(gzip.compress(text.encode()))
+    else:
+        roots["boot"].mkdir(parents=True, exist_ok=True)
+        (roots["boot"] / f"config-{os.uname().release}").write_text(text)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["proc-config.gz", "boot-config"])
+def test_nftables_features_from_the_kernel_config(tmp_path: Path, gz: bool) -> None:
+    roots = tree(tmp_path)
+    assert {f.name for f in H.missing_kernel("nftables", **roots)} == {"nf_tables", "nft_set", "nft_limit", "nft_ct"}
+    _config(roots, "CONFIG_NF_TABLES=y\nCONFIG_NF_TABLES_INET=y\nCONFIG_NFT_CT=m\n"
+                   "# CONFIG_NFT_LIMIT is not set\nCONFIG_NETFILTER_XT_SET=y\n", gz)
+    missing = {f.name: f for f in H.missing_kernel("nftables", **roots)}
+    assert set(missing) == {"nft_limit"}
+    assert "modprobe nft_limit" in missing["nft_limit"].detail and "rate limits" in missing["nft_limit"].detail
+    assert "built in (CONFIG_NF_TABLES=y" in H.kernel_feature("nf_tables", **roots).detail
+    assert "loads on first use" in H.kernel_feature("nft_ct", **roots).detail
+    # no option of its own: the set types are part of nf_tables
+    assert "part of nf_tables" in H.kernel_feature("nft_set", **roots).detail
+    # the config serves the iptables features too; the backend picks which are asked for
+    assert H.kernel_feature("xt_set", **roots).ok and not H.kernel_feature("xt_hashlimit", **roots).ok
+    assert {f.name for f in H.missing_kernel("nft", **roots)} == {"ip_set", "xt_hashlimit", "conntrack"}
+    assert H.missing_kernel("none", **roots) == [] and H.features_for("sim") == {}
+
+
+def test_nft_set_module_of_an_older_kernel(tmp_path: Path) -> None:
+    roots = tree(tmp_path, dep="kernel/net/netfilter/nft_set_hash.ko:\n")
+    _config(roots, "CONFIG_NF_TABLES=m\nCONFIG_NFT_SET_HASH=m\n", gz=True)
+    assert "CONFIG_NFT_SET_HASH=m" in H.kernel_feature("nft_set", **roots).detail
+    _config(roots, "CONFIG_NFT_LIMIT=y\n", gz=True)  # no nf_tables at all: no sets either
+    assert "loadable" in H.kernel_feature("nft_set", **roots).detail  # the .ko is still listed
+    roots2 = tree(tmp_path / "b")
+    _config(roots2, "CONFIG_NFT_LIMIT=y\n", gz=True)
+    assert not H.kernel_feature("nft_set", **roots2).ok and not H.kernel_feature("nf_tables", **roots2).ok
 
 
 @pytest.mark.parametrize("err,want", [

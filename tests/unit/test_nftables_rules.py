@@ -58,3 +58,15 @@ def test_describe_elements_in_nft_syntax() -> None:
 def test_mask6() -> None:
     assert N._mask6(64) == "ffff:ffff:ffff:ffff::"
     assert N._mask6(128) == "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+
+
+def test_a_closed_context_is_an_error_not_a_crash() -> None:
+    """libnftables dereferences the context it is given: after close() a call must raise
+    (a Monitor closes its firewall; a NULL context would kill the process with SIGSEGV)."""
+    from popwatch.firewall.base import FirewallError
+    from popwatch.firewall.nftables import Libnftables
+
+    lib = Libnftables()
+    lib.close()
+    with pytest.raises(FirewallError, match="closed"):
+        lib.run([{"list": {"tables": None}}])
