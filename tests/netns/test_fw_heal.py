@@ -1,0 +1,111 @@
+"""The kernel backends notice when the admin's tools removed popwatch's rules, and put them back
+without touching the admin's own rules (``check_enforcement`` / ``repair``), in a lab namespace.
+
+Each case is a real tool run inside the server namespace, then real traffic from the banned
+client decides whether the ban is enforced again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from popwatch.firewall.base import PortLimit, Rate
+
+from .conftest import KERNEL_BACKENDS, ipt_cmd, make_fw, save_cmd
+from .nslab import Lab
+
+pytestmark = pytest.mark.netns
+
+BANNED = "203.0.113.10"   # c0
+ADMIN_RULE = ["-A", "INPUT", "-s", "198.51.100.77/32", "-p", "tcp", "--dport", "8080", "-j", "ACCEPT"]
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def _admin_rules(lab: Lab, backend: str) -> list[str]:
+    text = lab.run(lab.server, save_cmd(backend, 4)).stdout
+    return [l for l in text.splitlines() if l.startswith("-A") and "POPWATCH" not in l]
+
+
+def _setup(lab: Lab, backend: str, lock: str) -> Any:
+    fw = make_fw(lab, backend, lock)
+    fw.install([PortLimit(110), PortLimit(143, "global", Rate.parse("1/minute"), 50)])
+    lab.run(lab.server, [ipt_cmd(backend, 4), "-w", "5", *ADMIN_RULE])
+    fw.ban(BANNED, 600)
+    lab.listen()
+    assert lab.burst("c0", 110, 2).timeout == 2
+    fw.counters()
+    assert fw.check_enforcement() == []
+    return fw
+
+
+def _restore(lab: Lab, backend: str, text: str, family: int = 4) -> None:
+    flavour = "legacy" if backend.startswith("legacy") else "nft"
+    lab.run(lab.server, [f"{'ip6' if family == 6 else 'ip'}tables-{flavour}-restore", "-w", "5"], input=text)
+
+
+SAVED = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" \
+        "-A INPUT -s 198.51.100.77/32 -p tcp -m tcp --dport 8080 -j ACCEPT\nCOMMIT\n"
+
+
+TOOLS = ("iptables -F", "iptables-restore", "delete jump", "ban rule changed")
+#: ``nft flush ruleset`` only reaches the nf_tables flavour (the legacy tables are not nftables)
+CASES = [(b, t) for b in KERNEL_BACKENDS for t in TOOLS] + [("nft", "nft flush ruleset")]
+
+
+@pytest.mark.parametrize(("backend", "tool"), CASES)
+def test_heal_after_tool(lab: Lab, backend: str, lock: str, tool: str) -> None:
+    fw = _setup(lab, backend, lock)
+    ipt = ipt_cmd(backend, 4)
+    before = _admin_rules(lab, backend)
+    if tool == "iptables -F":
+        lab.run(lab.server, [ipt, "-w", "5", "-F"])
+        lab.run(lab.server, [ipt, "-w", "5", *ADMIN_RULE])   # the admin's rules come back, ours not
+    elif tool == "iptables-restore":
+        _restore(lab, backend, SAVED)
+    elif tool == "delete jump":
+        lab.run(lab.server, [ipt, "-w", "5", "-D", "INPUT", "-j", "POPWATCH"])
+    elif tool == "ban rule changed":
+        lab.run(lab.server, [ipt, "-w", "5", "-R", "POPWATCH", "2", "-m", "set", "--match-set", "popwatch4",
+                             "src", "-j", "RETURN"])
+    else:
+        lab.run(lab.server, ["nft", "flush", "ruleset"])
+        lab.run(lab.server, [ipt, "-w", "5", *ADMIN_RULE])
+    assert lab.burst("c0", 110, 1).ok == 1               # the tool really let the attacker back in
+    fw.counters()
+    problems = fw.check_enforcement()
+    assert problems, "the removal went unnoticed"
+    done = fw.repair({BANNED: 500.0})
+    assert done
+    fw.counters()
+    assert fw.check_enforcement() == []
+    assert lab.burst("c0", 110, 2).timeout == 2          # enforced again
+    assert lab.burst("c1", 110, 1).ok == 1               # others still served
+    assert _admin_rules(lab, backend) == before          # the admin's own rules untouched
+    assert {p["port"]: p["mode"] for p in fw.limits().values()} == {110: "count", 143: "global"}
+
+
+def test_lost_sets_are_refilled_from_state(lab: Lab, backend: str, lock: str) -> None:
+    fw = _setup(lab, backend, lock)
+    _restore(lab, backend, SAVED)                        # the rules go: the sets are unreferenced
+    _restore(lab, backend, SAVED.replace("-A INPUT -s 198.51.100.77/32 -p tcp -m tcp --dport 8080 -j ACCEPT\n", ""), 6)
+    for s in ("popwatch4", "popwatch6", "popwatchx4", "popwatchx6"):
+        lab.run(lab.server, ["ipset", "destroy", s])
+    fw.counters()
+    assert fw.check_enforcement()
+    done = fw.repair({BANNED: 500.0, "2001:db8:3::/64": None})
+    assert any("restored 2 bans" in d for d in done), done
+    assert set(fw.bans()) == {BANNED, "2001:db8:3::/64"}
+    assert lab.burst("c0", 110, 2).timeout == 2
+
+
+def test_no_problem_reported_when_in_place_and_repair_is_a_no_op(lab: Lab, backend: str, lock: str) -> None:
+    fw = _setup(lab, backend, lock)
+    for _ in range(3):
+        fw.counters()
+        assert fw.check_enforcement() == []
+    assert fw.repair({BANNED: 500.0}) == []
