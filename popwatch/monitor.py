@@ -31,6 +31,7 @@ from .addr import parse_target
 from .autoban import AutoBan, Decision, fmt_duration
 from .config import PolicyConfig
 from .firewall.base import Firewall, FirewallError, PortLimit, Rate
+from .heal import Healer
 from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth
 from .persist import Persist
 from .policy import Protector, Refused
@@ -99,6 +100,7 @@ class Monitor:
         self.window = EventWindow(self.policy.whatif_window)
         self.autoban = AutoBan(self.policy, protected=self.protector.protected_ip,
                                is_banned=self._banned_or_pending, enabled=auto_ban)
+        self.healer = Healer(self)
         store.protected = self.protector.protected_ip
         if store.near_threshold is None:
             store.near_threshold = self.autoban.near
@@ -119,6 +121,7 @@ class Monitor:
         plan: list[str] = []
         if self.firewall.can_write and not self.dry_run:
             self.firewall.install(limits)
+            self.healer.arm()
         elif self.dry_run:
             describe = getattr(self.firewall, "describe_install", None)
             try:
@@ -226,6 +229,7 @@ class Monitor:
                 counters = await loop.run_in_executor(self._fw, self.firewall.counters)
                 dropped = await loop.run_in_executor(self._fw, self.firewall.banned_dropped)
                 self.store.add_counters(CounterSample(self.mono(), counters, dropped))
+                await self.healer.poll(loop)  # popwatch's rules still in place? (heal.py)
             except Exception as e:  # noqa: BLE001 - keep polling; say so once
                 self.store.note(f"counter poll failed: {e}")
             for s in self.sources:

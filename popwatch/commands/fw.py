@@ -330,8 +330,10 @@ def status_dict(cfg: Config, fw: Firewall) -> dict[str, Any]:
         ports.append({"port": port, "mode": lim.mode, "rate": str(lim.rate), "burst": lim.burst,
                       "passed": c.passed if c else 0, "dropped": c.dropped if c else 0,
                       "installed": port in limits})
+    from ..heal import status_warnings
+
     return {"backend": fw.name, "ports": ports, "bans": len(fw.bans()),
-            "banned_dropped": fw.banned_dropped(), "warnings": fw.warnings()}
+            "banned_dropped": fw.banned_dropped(), "warnings": fw.warnings() + status_warnings(cfg.state_dir, fw)}
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -370,6 +372,9 @@ def _uninstall(args: argparse.Namespace) -> int:
         for line in (describe() if describe else ["uninstall"]):
             print(line)
         return EXIT_OK
+    from ..heal import mark_uninstalled
+
+    mark_uninstalled(cfg.state_dir)  # first: a running popwatch must not put the rules back
     fw.uninstall()
     for w in fw.warnings():
         print(f"warning: {w}", file=sys.stderr)

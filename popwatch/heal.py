@@ -1,0 +1,159 @@
+"""Enforcement that survives the admin's own firewall tools.
+
+A restored ruleset (``iptables-restore``, ``netfilter-persistent reload``), ``iptables -F``,
+``ufw reload``, ``nft flush ruleset`` or a firewalld reload removes popwatch's chain, its jump
+or its rules, and the attacker is back in while the screen still says "banned". After every
+counter poll the Monitor asks the backend (:meth:`Firewall.check_enforcement`: judged from the
+rules that poll already read, plus one cheap read of INPUT's jumps) whether everything is in
+place; when not, it puts it back (:meth:`Firewall.repair`, every active ban from the store when
+the sets were lost too), audits ``heal`` and says so in the header and the notes.
+
+It never fights a deliberate removal: ``popwatch uninstall`` writes :data:`MARKER` into the
+state directory before removing anything, and repair checks it with the firewall lock held.
+A later ``popwatch watch`` clears it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .firewall.base import Firewall
+    from .monitor import Monitor
+
+MARKER = "uninstalled"
+#: how long a past repair stays in ``status`` warnings
+RECENT = 24 * 3600
+
+
+def mark_uninstalled(state_dir: Path) -> None:
+    """Written by ``popwatch uninstall`` before it removes anything (best effort)."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (state_dir / MARKER).write_text(json.dumps({"time": time.time(), "pid": os.getpid()}) + "\n")
+    except OSError:
+        pass
+
+
+class Healer:
+    """The Monitor's watch over its own rules (one per Monitor)."""
+
+    def __init__(self, monitor: "Monitor") -> None:
+        self.m = monitor
+        p = monitor.persist
+        self.marker: Path | None = None if p is None else p.dir / MARKER
+        self.active = False
+        #: (epoch, short text) of the last repair or stand-down, for the header
+        self.last: tuple[float, str] | None = None
+        self.repairs = 0
+
+    def arm(self) -> None:
+        """popwatch's rules were just installed: watch them (clears an old uninstall marker)."""
+        if self.marker is not None:
+            try:
+                self.marker.unlink()
+            except OSError:
+                pass
+        self.active = True
+
+    def uninstalled(self) -> bool:
+        return self.marker is not None and self.marker.exists()
+
+    @property
+    def header(self) -> str:
+        """Short text for the header: ``fw restored 05:31:02`` (empty when nothing happened)."""
+        if self.last is None:
+            return ""
+        return f"{self.last[1]} {time.strftime('%H:%M:%S', time.localtime(self.last[0]))}"
+
+    async def poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        """After a counter poll: check, and repair what another tool removed."""
+        m = self.m
+        fw: Firewall = m.firewall
+        if not self.active or m.dry_run or not fw.can_write:
+            return
+        if self.uninstalled():
+            self.active = False
+            self.last = (m.clock(), "fw: uninstalled, staying out")
+            why = "`popwatch uninstall` removed popwatch's rules: not putting them back"
+            m._audit("heal-stop", "firewall", origin="heal", reason=why)
+            m.store.note(f"{why} (restart popwatch to install them again)")
+            return
+        problems = await loop.run_in_executor(m._fw, fw.check_enforcement)
+        if not problems:
+            return
+        now = m.clock()
+        bans = {b.ip: (None if b.expires is None else max(1.0, b.expires - now))
+                for b in list(m.store.bans.values()) if b.expires is None or b.expires > now + 1}
+        what = "; ".join(problems)
+        try:
+            done = await loop.run_in_executor(m._fw, functools.partial(fw.repair, bans, stop=self.uninstalled))
+        except Exception as e:  # noqa: BLE001 - say so, try again next poll
+            m.store.note(f"popwatch's rules were removed ({what}) and could not be put back: {e}")
+            self.last = (now, "fw: REMOVED, repair failed")
+            return
+        if not done:  # an uninstall got the lock first: the next poll stands down
+            return
+        self.repairs += 1
+        stamp = time.strftime("%H:%M:%S", time.localtime(now))
+        m._audit("heal", "firewall", origin="heal", reason=f"removed by another tool: {what}",
+                 change=done, bans=len(bans))
+        m.store.note(f"{stamp} another tool removed popwatch's rules ({what}); put back with "
+                     f"{len(bans)} active ban{'' if len(bans) == 1 else 's'}")
+        self.last = (now, "fw: rules restored")
+
+
+def status_warnings(state_dir: Path, fw: "Firewall") -> list[str]:
+    """For ``popwatch status``: rules missing now, and repairs in the last day."""
+    out: list[str] = []
+    if (state_dir / MARKER).exists():
+        return out
+    used = (state_dir / "bans.json").exists() or (state_dir / "audit.jsonl").exists()
+    if used and fw.can_write:
+        try:
+            problems = fw.check_enforcement()
+        except Exception:  # noqa: BLE001 - status must answer anyway
+            problems = []
+        if problems:
+            out.append(f"popwatch's rules are not all in place ({'; '.join(problems)}): a running "
+                       f"`popwatch watch` puts them back within 2 s; otherwise start it")
+    last = _last_heal(state_dir / "audit.jsonl")
+    if last is not None:
+        out.append(f"{last.get('time', '?')}: another tool removed popwatch's rules "
+                   f"({str(last.get('reason', '')).removeprefix('removed by another tool: ')}); "
+                   f"popwatch put them back with {last.get('bans', 0)} bans")
+    return out
+
+
+def _last_heal(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            tail = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail):
+        if '"heal"' not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("action") != "heal":
+            continue
+        try:
+            if time.time() - datetime.fromisoformat(str(rec.get("time"))).timestamp() > RECENT:
+                return None
+        except ValueError:
+            pass
+        return rec
+    return None
