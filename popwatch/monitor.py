@@ -24,7 +24,7 @@ import json
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any, Awaitable, Callable, Iterable
 
 from .addr import parse_target
@@ -337,8 +337,10 @@ class Monitor:
 
     # ------------------------------------------------------------------ firewall thread
     def _ban_fw(self, ip: str, ttl: float | None, reason: str, origin: str,
-                allow_net: bool = False, detail: dict[str, Any] | None = None) -> ActionResult:
-        """Policy check + firewall change. Runs on the firewall thread (or the CLI's)."""
+                allow_net: bool = False, detail: dict[str, Any] | None = None,
+                close: bool = True) -> ActionResult:
+        """Policy check + firewall change, then (``close``) the address's open connections
+        are closed. Runs on the firewall thread (or the CLI's)."""
         target = str(parse_target(ip, allow_net=allow_net))
         why = self._why_refused(target, allow_net)
         if why:
@@ -350,8 +352,11 @@ class Monitor:
                                 + ("" if ttl is None else f" for {_human(ttl)}"), tuple(change))
         self.firewall.ban(target, ttl)
         now = self.clock()
-        ban = Ban(target, now, None if ttl is None else now + ttl, reason, origin)
+        closed = self._close_conns([target]).get(target, 0) if close else 0
+        ban = Ban(target, now, None if ttl is None else now + ttl, reason, origin, closed)
         extra: dict[str, Any] = {"ttl": ttl, "expires": ban.expires}
+        if closed:
+            extra["closed"] = closed
         if detail:
             extra["detail"] = detail
         if origin == "auto" and self.persist is not None and self._running:
@@ -364,7 +369,33 @@ class Monitor:
             if self.persist is not None:
                 self.persist.add_history(ban)
         left = "permanently" if ttl is None else f"for {_human(ttl)}"
-        return ActionResult(True, f"banned {target} {left}", tuple(change), ban)
+        return ActionResult(True, f"banned {target} {left}" + _closed_text(closed), tuple(change), ban)
+
+    def _close_conns(self, targets: list[str]) -> dict[str, int]:
+        """Firewall thread, right after bans: close the addresses' open connections (a session
+        opened before the ban would go on guessing). Best effort, never fails a ban."""
+        try:
+            return self.firewall.close_connections(targets) if targets else {}
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def _closed_after(self, results: list[Any]) -> list[Any]:
+        """Mass bans: one close for all of them (one socket dump), counts onto the results."""
+        counts = self._close_conns([r.ban.ip for r in results if isinstance(r, ActionResult) and r.ban])
+        if not counts:
+            return results
+        out = []
+        for r in results:
+            n = counts.get(r.ban.ip, 0) if isinstance(r, ActionResult) and r.ban else 0
+            if n:
+                kw = {"origin": r.ban.origin, "reason": "open connections closed at the ban", "closed": n}
+                if self._running and self.persist is not None:
+                    self._io.submit(self._audit_io, "close", r.ban.ip, kw)
+                else:
+                    self._audit("close", r.ban.ip, **kw)
+                r = ActionResult(r.ok, r.message + _closed_text(n), r.change, replace(r.ban, closed=n))
+            out.append(r)
+        return out
 
     def _unban_fw(self, ip: str, origin: str, reason: str = "", **extra: Any) -> ActionResult:
         target = str(parse_target(ip, allow_net=True))
@@ -446,12 +477,12 @@ class Monitor:
         out: list[Any] = []
         for d in todo:
             try:
-                r = self._ban_fw(d.ip, d.bantime, d.reason, "auto", False, d.detail)
+                r = self._ban_fw(d.ip, d.bantime, d.reason, "auto", False, d.detail, close=False)
                 self.auto_latency.append((d.ip, d.event_ts, d.mono, time.monotonic()))
                 out.append(r)
             except (Refused, FirewallError, ValueError, OSError) as e:
                 out.append(e)
-        return out
+        return self._closed_after(out)
 
     def _auto_done_future(self, todo: list[Decision], fut: Future[list[Any]]) -> None:
         try:
@@ -516,10 +547,10 @@ class Monitor:
             out: list[Any] = []
             for ip in ips:
                 try:
-                    out.append(self._ban_fw(ip, ttl, reason, origin, False))
+                    out.append(self._ban_fw(ip, ttl, reason, origin, False, close=False))
                 except (Refused, FirewallError, ValueError) as e:
                     out.append(e)
-            return out
+            return self._closed_after(out)
         done: list[ActionResult] = []
         refused: dict[str, str] = {}
         for ip, r in zip(ips, await loop.run_in_executor(self._fw, job)):
@@ -767,6 +798,10 @@ class Monitor:
                 changed = True
         if changed:
             self._bans_dirty = True
+
+
+def _closed_text(n: int) -> str:
+    return f"; closed {n} open connection{'' if n == 1 else 's'}" if n else ""
 
 
 def _human(secs: float) -> str:

@@ -246,10 +246,10 @@ class Firewall(ABC):
         ``popwatch uninstall`` is under way) means do nothing. Returns what was done."""
         return []
 
-    def close_connections(self, ips: Iterable[str]) -> int:
-        """Close the established TCP connections from these addresses/networks (best effort;
-        0 when the kernel or the backend cannot). Returns how many were closed."""
-        return 0
+    def close_connections(self, ips: Iterable[str]) -> dict[str, int]:
+        """Close the open TCP connections from these addresses/networks (best effort: nothing
+        when the kernel or the backend cannot). Returns {address: connections closed}."""
+        return {}
 
     def describe_ban(self, ip: str, ttl: float | None = None) -> list[str]:
         """The exact commands/changes a ban makes, for the confirm modal and --dry-run."""

@@ -331,9 +331,9 @@ class KernelFirewall(Firewall):
             self._remember_gens(gens)
         return done
 
-    def close_connections(self, ips: Iterable[str]) -> int:
+    def close_connections(self, ips: Iterable[str]) -> dict[str, int]:
         if self._recording or self.dry_run:
-            return 0
+            return {}
         from .sockkill import close_tcp
         return close_tcp(ips)
 

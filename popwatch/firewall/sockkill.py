@@ -31,18 +31,18 @@ _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _NL = struct.Struct("=IHHII")
 
 
-def _targets(ips: Iterable[str]) -> tuple[set[str], list[ipaddress.IPv4Network | ipaddress.IPv6Network]]:
-    exact: set[str] = set()
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+def _targets(ips: Iterable[str]) -> tuple[dict[str, str], list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]]:
+    exact: dict[str, str] = {}
+    nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
     for ip in ips:
         try:
             n = ipaddress.ip_network(str(ip).strip(), strict=False)
         except ValueError:
             continue
         if n.num_addresses == 1:
-            exact.add(str(n.network_address))
+            exact[str(n.network_address)] = str(ip)
         else:
-            nets.append(n)
+            nets.append((n, str(ip)))
     return exact, nets
 
 
@@ -53,17 +53,27 @@ def _peer(family: int, raw: bytes) -> str:
     return str(a.ipv4_mapped) if a.ipv4_mapped is not None else str(a)
 
 
-def close_tcp(ips: Iterable[str], *, timeout: float = 2.0) -> int:
+def _owner(peer: str, exact: dict[str, str],
+           nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]) -> str | None:
+    hit = exact.get(peer)
+    if hit is None and nets:
+        addr = ipaddress.ip_address(peer)
+        hit = next((t for n, t in nets if addr.version == n.version and addr in n), None)
+    return hit
+
+
+def close_tcp(ips: Iterable[str], *, timeout: float = 2.0) -> dict[str, int]:
     """Abort every TCP connection whose peer is one of ``ips`` (addresses or networks) in this
-    network namespace. Returns how many the kernel closed."""
+    network namespace, with one socket dump per family for all of them. Returns, for each of
+    ``ips`` that had any, how many connections the kernel closed."""
     exact, nets = _targets(ips)
+    closed: dict[str, int] = {}
     if not exact and not nets:
-        return 0
+        return closed
     try:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
     except OSError:
-        return 0
-    closed = 0
+        return closed
     try:
         s.settimeout(timeout)
         seq = 0
@@ -71,13 +81,13 @@ def close_tcp(ips: Iterable[str], *, timeout: float = 2.0) -> int:
             seq += 1
             victims = []
             for msg in _dump(s, fam, seq):
-                peer = _peer(fam, msg[1][3])
-                if peer in exact or (nets and any(ipaddress.ip_address(peer) in n for n in nets)):
-                    victims.append(msg)
-            for state_id in victims:
+                owner = _owner(_peer(fam, msg[1][3]), exact, nets)
+                if owner is not None:
+                    victims.append((owner, msg))
+            for owner, msg in victims:
                 seq += 1
-                if _destroy(s, fam, seq, state_id) == 0:
-                    closed += 1
+                if _destroy(s, fam, seq, msg) == 0:
+                    closed[owner] = closed.get(owner, 0) + 1
     except OSError:
         pass
     finally:

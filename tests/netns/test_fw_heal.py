@@ -6,6 +6,8 @@ client decides whether the ban is enforced again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -109,3 +111,55 @@ def test_no_problem_reported_when_in_place_and_repair_is_a_no_op(lab: Lab, backe
         fw.counters()
         assert fw.check_enforcement() == []
     assert fw.repair({BANNED: 500.0}) == []
+
+
+HOLD = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 110), timeout=5)
+print("open", flush=True)
+s.settimeout(float(sys.argv[2]))
+try:
+    data = s.recv(10)
+    print("closed" if data == b"" else "data", flush=True)
+except ConnectionResetError:
+    print("reset", flush=True)
+except OSError as e:
+    print(f"error {e}", flush=True)
+"""
+
+SERVE = r"""
+import socket, sys, time
+l = socket.socket(socket.AF_INET6)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("::", 110)); l.listen()
+print("ready", flush=True)
+held = []
+end = time.monotonic() + float(sys.argv[1])
+l.settimeout(0.5)
+while time.monotonic() < end:
+    try:
+        held.append(l.accept()[0])       # hold every connection open, like a daemon mid-session
+    except TimeoutError:
+        pass
+"""
+
+
+def test_ban_closes_the_open_connections(lab: Lab, backend: str, lock: str) -> None:
+    fw = make_fw(lab, backend, lock)
+    fw.install([PortLimit(110)])
+    srv = lab.popen(lab.server, [sys.executable, "-c", SERVE, "60"], stdout=subprocess.PIPE)
+    assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
+    holders = {}
+    for key in ("c0", "c0", "c1"):
+        p = lab.popen(lab.hosts[key].ns, [sys.executable, "-c", HOLD, "192.0.2.1", "20"],
+                      stdout=subprocess.PIPE)
+        assert p.stdout is not None and p.stdout.readline().strip() == "open"
+        holders.setdefault(key, []).append(p)
+    fw.ban(BANNED, 600)
+    assert fw.close_connections([BANNED, "198.51.100.0/24"]) == {BANNED: 2}
+    for p in holders["c0"]:
+        assert p.stdout is not None and p.stdout.readline().strip() == "reset"   # at once, not at 20 s
+    assert fw.close_connections([BANNED]) == {}                                   # nothing left
+    c1 = holders["c1"][0]
+    assert c1.poll() is None                                                      # the other client's session lives
+    lab.stop(c1)
