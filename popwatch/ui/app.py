@@ -234,6 +234,9 @@ class PopwatchApp(App[None]):
             flags.append(("DRY-RUN", "bold yellow"))
         if self.read_only and self.mode != "read-only":
             flags.append(("READ-ONLY", "bold yellow"))
+        heal = getattr(getattr(self.monitor, "healer", None), "header", "")
+        if heal:  # another tool removed popwatch's rules (heal.py): what and when
+            flags.append((heal, "bold yellow"))
         auto = getattr(self.monitor, "auto_ban", None)
         if isinstance(auto, bool):
             flags.append(("auto-ban:on" if auto else "auto-ban:off", "bold red" if auto else "dim"))
