@@ -19,10 +19,13 @@ import asyncio
 import functools
 import json
 import os
+import socket
+import struct
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from .firewall.base import Firewall
@@ -42,6 +45,52 @@ def mark_uninstalled(state_dir: Path) -> None:
         pass
 
 
+class NftEvents:
+    """Change events of nf_tables (``nft monitor``'s source: netlink group NFNLGRP_NFTABLES) in
+    this network namespace: a thread calls ``on_change()`` when a table, chain or rule is
+    deleted or a rule added or replaced, so a removal is repaired at once rather than at the
+    next poll. iptables-nft changes are nf_tables changes too; the legacy tables have none."""
+
+    _GROUP = 7  # NFNLGRP_NFTABLES
+    _TYPES = {(10 << 8) | t for t in (2, 5, 6, 8)}  # DELTABLE, DELCHAIN, NEWRULE, DELRULE
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self.on_change = on_change
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+        self._sock.bind((0, 1 << (self._GROUP - 1)))
+        self._sock.settimeout(0.5)
+        self._thread = threading.Thread(target=self._run, name="popwatch-nft-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                buf = self._sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError:  # ENOBUFS after a burst: something changed, check anyway
+                buf = b""
+                if self._stop.is_set():
+                    return
+                self.on_change()
+                continue
+            off = 0
+            while off + 16 <= len(buf):
+                ln, typ = struct.unpack_from("=IH", buf, off)
+                if typ in self._TYPES:
+                    self.on_change()
+                    break
+                if ln < 16:
+                    break
+                off += (ln + 3) & ~3
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+
+
 class Healer:
     """The Monitor's watch over its own rules (one per Monitor)."""
 
@@ -53,6 +102,11 @@ class Healer:
         #: (epoch, short text) of the last repair or stand-down, for the header
         self.last: tuple[float, str] | None = None
         self.repairs = 0
+        self.events: NftEvents | None = None
+        self._events_tried = False
+        self._kicked = False
+        self._busy = False
+        self._again = False
 
     def arm(self) -> None:
         """popwatch's rules were just installed: watch them (clears an old uninstall marker)."""
@@ -73,12 +127,55 @@ class Healer:
             return ""
         return f"{self.last[1]} {time.strftime('%H:%M:%S', time.localtime(self.last[0]))}"
 
-    async def poll(self, loop: asyncio.AbstractEventLoop) -> None:
-        """After a counter poll: check, and repair what another tool removed."""
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Once: subscribe to nf_tables change events when the backend's rules live there."""
+        self._events_tried = True
+        if getattr(self.m.firewall, "flavour", None) != "nft":
+            return
+        try:
+            self.events = NftEvents(lambda: loop.call_soon_threadsafe(self._kick, loop))
+        except OSError:
+            self.events = None  # no netlink access: polling alone
+
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._kicked:  # a ruleset restore sends a burst: one check 50 ms after the first
+            self._kicked = True
+            loop.call_later(0.05, lambda: asyncio.ensure_future(self._on_event(loop)))
+
+    async def _on_event(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._kicked = False
+        if self._busy:  # a check is under way and may have read before the change: once more after it
+            self._again = True
+            return
+        try:
+            await self.poll(loop, fresh=True)
+        except Exception as e:  # noqa: BLE001 - the poll tries again within a second
+            self.m.store.note(f"checking popwatch's rules failed: {e}")
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+
+    async def poll(self, loop: asyncio.AbstractEventLoop, fresh: bool = False) -> None:
+        """After a counter poll (or, ``fresh``, on an nf_tables change event: the rules are read
+        again first): check, and repair what another tool removed."""
         m = self.m
         fw: Firewall = m.firewall
-        if not self.active or m.dry_run or not fw.can_write:
+        if not self.active or m.dry_run or not fw.can_write or self._busy:
             return
+        if not self._events_tried:
+            self._listen(loop)
+        self._busy = True
+        try:
+            await self._check(loop, m, fw, fresh)
+        finally:
+            self._busy = False
+        if self._again:
+            self._again = False
+            self._kick(loop)
+
+    async def _check(self, loop: asyncio.AbstractEventLoop, m: "Monitor", fw: "Firewall", fresh: bool) -> None:
         if self.uninstalled():
             self.active = False
             self.last = (m.clock(), "fw: uninstalled, staying out")
@@ -86,7 +183,8 @@ class Healer:
             m._audit("heal-stop", "firewall", origin="heal", reason=why)
             m.store.note(f"{why} (restart popwatch to install them again)")
             return
-        problems = await loop.run_in_executor(m._fw, fw.check_enforcement)
+        check = functools.partial(_fresh_check, fw) if fresh else fw.check_enforcement
+        problems = await loop.run_in_executor(m._fw, check)
         if not problems:
             return
         now = m.clock()
@@ -108,6 +206,11 @@ class Healer:
         m.store.note(f"{stamp} another tool removed popwatch's rules ({what}); put back with "
                      f"{len(bans)} active ban{'' if len(bans) == 1 else 's'}")
         self.last = (now, "fw: rules restored")
+
+
+def _fresh_check(fw: "Firewall") -> list[str]:
+    fw.counters()  # check_enforcement judges from the last counters() read: make it now
+    return fw.check_enforcement()
 
 
 def status_warnings(state_dir: Path, fw: "Firewall") -> list[str]:

@@ -158,6 +158,7 @@ class Monitor:
             self.flush()
 
     def close(self) -> None:
+        self.healer.close()
         self._fw.shutdown(wait=True, cancel_futures=False)
         self._io.shutdown(wait=True, cancel_futures=False)
         self.flush()

@@ -163,3 +163,24 @@ def test_ban_closes_the_open_connections(lab: Lab, backend: str, lock: str) -> N
     c1 = holders["c1"][0]
     assert c1.poll() is None                                                      # the other client's session lives
     lab.stop(c1)
+
+
+EVENTS = r"""
+import threading
+from popwatch.heal import NftEvents
+seen = threading.Event()
+ev = NftEvents(seen.set)
+print("ready", flush=True)
+print("changed" if seen.wait(10) else "nothing", flush=True)
+ev.close()
+"""
+
+
+def test_nf_tables_change_events_wake_the_healer(lab: Lab, lock: str) -> None:
+    """On nf_tables hosts a removal is seen the moment it happens (the poll is the fallback)."""
+    fw = make_fw(lab, "nft", lock)
+    fw.install([PortLimit(110)])
+    p = lab.popen(lab.server, [sys.executable, "-c", EVENTS], stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    lab.run(lab.server, ["iptables-nft", "-w", "5", "-F", "POPWATCH"])
+    assert p.stdout.readline().strip() == "changed"

@@ -110,6 +110,7 @@ def admin_rule_kept(lab: Lab) -> bool:
 
 def check_healed(lab: Lab, watch: Watch, t0: float, n_heals: int = 1) -> float:
     took = refused_again(lab, t0)
+    print(f"\nban enforced again {took:.2f}s after the tool ran (probe included)")
     assert lab.burst("c1", 110, 1).ok == 1                  # nobody else locked out
     wait_for(lambda: len(heal_records(watch)) >= n_heals, timeout=5, what="heal audit record")
     rec = heal_records(watch)[-1]
