@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -140,13 +142,33 @@ def test_watch_puts_rules_back(lab: Lab, watch: Watch, tmp_path: Path, tool: str
 
 def test_lost_sets_refilled_from_state(lab: Lab, watch: Watch) -> None:
     banned_and_watched(lab, watch)
-    t0 = time.monotonic()
-    lab.run(lab.server, ["iptables-nft-restore", "-w", "5"], input=SAVED)
-    lab.run(lab.server, ["ip6tables-nft-restore", "-w", "5"], input=SAVED6)
-    for s in ("popwatch4", "popwatch6", "popwatchx4", "popwatchx6"):
-        lab.run(lab.server, ["ipset", "destroy", s], check=False)  # may race with the repair
+    assert watch.proc is not None
+    # popwatch paused (SIGSTOP, by PID) while the admin restores a ruleset and then destroys
+    # the unreferenced sets: otherwise it would put its rules back before the sets could go
+    os.kill(watch.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        lab.run(lab.server, ["iptables-nft-restore", "-w", "5"], input=SAVED)
+        lab.run(lab.server, ["ip6tables-nft-restore", "-w", "5"], input=SAVED6)
+        for s in ("popwatch4", "popwatch6", "popwatchx4", "popwatchx6"):
+            lab.run(lab.server, ["ipset", "destroy", s])
+    finally:
+        os.kill(watch.proc.pid, signal.SIGCONT)
     check_healed(lab, watch, t0)
     assert ATTACKER in watch.members()
+    change = " ".join(map(str, heal_records(watch)[-1]["change"]))
+    assert "recreated set" in change and "restored 1 ban from popwatch's state" in change, change
+
+
+def test_status_warns_while_rules_are_missing(lab: Lab, watch: Watch) -> None:
+    """No popwatch running: ``status --json`` says what is missing."""
+    assert watch.cli("ban", ATTACKER).returncode == 0
+    st = json.loads(watch.cli("status", "--json").stdout)
+    assert not any("not all in place" in w for w in st["warnings"]), st["warnings"]
+    lab.run(lab.server, ["iptables-nft-restore", "-w", "5"], input=SAVED)
+    st = json.loads(watch.cli("status", "--json").stdout)
+    [w] = [w for w in st["warnings"] if "not all in place" in w]
+    assert "IPv4 chain POPWATCH gone" in w and "popwatch watch" in w
 
 
 def test_ufw_enable_and_reload(lab: Lab, watch: Watch, tmp_path: Path) -> None:
