@@ -130,10 +130,12 @@ class Healer:
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """Once: subscribe to nf_tables change events when the backend's rules live there."""
         self._events_tried = True
-        if getattr(self.m.firewall, "flavour", None) != "nft":
+        if not getattr(self.m.firewall, "nf_tables", False):
             return
         try:
-            self.events = NftEvents(lambda: loop.call_soon_threadsafe(self._kick, loop))
+            def wake() -> None:  # on the events thread
+                loop.call_soon_threadsafe(self._kick, loop)
+            self.events = NftEvents(wake)
         except OSError:
             self.events = None  # no netlink access: polling alone
 

@@ -190,6 +190,9 @@ class Firewall(ABC):
     name: str = "abstract"
     #: False for ``none`` and when popwatch lacks the rights to change anything
     can_write: bool = True
+    #: True when popwatch's rules live in nf_tables: its change events then wake the
+    #: enforcement check at once (heal.py), not only the next poll
+    nf_tables: bool = False
 
     @abstractmethod
     def install(self, limits: list[PortLimit]) -> None:

@@ -583,6 +583,7 @@ class IptablesFirewall(KernelFirewall):
             self.name = "legacy-binaries"
         super().__init__(**kw)  # type: ignore[arg-type]
         self._nft: NftCounters | None = NftCounters() if flavour == "nft" and kw.get("netlink", True) else None
+        self.nf_tables = flavour == "nft"
         self._layout: dict[int, tuple[tuple[int, ...], list[R.ParsedRule]]] = {}
 
     def _w(self) -> list[str]:

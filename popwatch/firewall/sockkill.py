@@ -99,7 +99,7 @@ def _dump(s: socket.socket, family: int, seq: int) -> list[tuple[bytes, tuple[in
     """(raw sockid incl. interface and cookie, (sport, dport, src, dst)) of each socket."""
     body = _REQ.pack(family, socket.IPPROTO_TCP, 0, _STATES) + b"\0" * 48
     s.send(_NL.pack(_NL.size + len(body), SOCK_DIAG_BY_FAMILY, _REQUEST | _DUMP, seq, 0) + body)
-    out = []
+    out: list[tuple[bytes, tuple[int, int, bytes, bytes]]] = []
     while True:
         buf = s.recv(1 << 17)
         off = 0
