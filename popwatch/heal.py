@@ -107,6 +107,7 @@ class Healer:
         self._kicked = False
         self._busy = False
         self._again = False
+        self._failed = ""
 
     def arm(self) -> None:
         """popwatch's rules were just installed: watch them (clears an old uninstall marker)."""
@@ -195,10 +196,14 @@ class Healer:
         what = "; ".join(problems)
         try:
             done = await loop.run_in_executor(m._fw, functools.partial(fw.repair, bans, stop=self.uninstalled))
-        except Exception as e:  # noqa: BLE001 - say so, try again next poll
-            m.store.note(f"popwatch's rules were removed ({what}) and could not be put back: {e}")
+        except Exception as e:  # noqa: BLE001 - say so (once per distinct error), try again next poll
+            text = f"popwatch's rules were removed ({what}) and could not be put back: {e}"
+            if text != self._failed:
+                self._failed = text
+                m.store.note(text)
             self.last = (now, "fw: REMOVED, repair failed")
             return
+        self._failed = ""
         if not done:  # an uninstall got the lock first: the next poll stands down
             return
         self.repairs += 1

@@ -9,10 +9,13 @@ removed them, in a lab namespace, with the real tools:
 * docker restarting its chains, simulated with docker's chain layout through iptables (docker's
   daemon cannot run inside these test namespaces: it needs its own cgroup and storage setup);
   docker only rewrites FORWARD/DOCKER* chains and the nat table, so popwatch must stay quiet;
-* firewalld is not run: it needs the system D-Bus and takes over the whole host configuration
-  (it cannot be confined to one network namespace); its reload with the nftables backend
-  deletes only its own tables, and with the iptables backend it flushes every table, which is
-  what the ``iptables -F`` / ``iptables-restore`` cases exercise.
+* firewalld is not run: it needs the system D-Bus (a bus per namespace would mean running a
+  second dbus-daemon and bind-mounting its socket over the host's) and it manages host-wide
+  state beyond one network namespace (sysctls, modules, NetworkManager zones). What its reload
+  does to other rules depends on version and backend: it deletes only its own tables (recent
+  nftables backend), flushes the whole ruleset (old nftables backend) or flushes every
+  iptables table (iptables backend); the ``nft flush ruleset``, ``iptables -F`` and
+  ``iptables-restore`` cases cover each of those effects on popwatch's rules.
 
 Every tool runs inside ``ip netns exec SRV unshare -m`` with a private overlay of /etc, so
 neither the host's /etc nor its firewall is touched. Each case asserts: the banned client's
