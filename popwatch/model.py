@@ -127,6 +127,8 @@ class Ban:
     expires: float | None = None
     reason: str = ""
     origin: str = "cli"  # key | auto | cli | restore
+    #: open TCP connections of the address closed when the ban was made
+    closed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {

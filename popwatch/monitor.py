@@ -24,7 +24,7 @@ import json
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO, Any, Awaitable, Callable, Iterable
 
 from .addr import parse_target
@@ -34,6 +34,7 @@ from .config import PolicyConfig
 from .conns import PortConns
 from .firewall.base import Firewall, FirewallError, PortLimit, Rate
 from .firewall.rules import MAX_TIMEOUT as MAX_BAN_TTL
+from .heal import Healer
 from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth
 from .persist import Persist, StateDirError
 from .policy import Protector, Refused
@@ -116,6 +117,7 @@ class Monitor:
         self.window = EventWindow(self.policy.whatif_window)
         self.autoban = AutoBan(self.policy, protected=self.protector.protected_ip,
                                is_banned=self._banned_or_pending, enabled=auto_ban)
+        self.healer = Healer(self)
         store.protected = self.protector.protected_ip
         if store.near_threshold is None:
             store.near_threshold = self.autoban.near
@@ -136,6 +138,7 @@ class Monitor:
         plan: list[str] = []
         if self.firewall.can_write and not self.dry_run:
             self.firewall.install(limits)
+            self.healer.arm()
         elif self.dry_run:
             describe = getattr(self.firewall, "describe_install", None)
             try:
@@ -172,6 +175,7 @@ class Monitor:
             self.flush()
 
     def close(self) -> None:
+        self.healer.close()
         self._fw.shutdown(wait=True, cancel_futures=False)
         self._io.shutdown(wait=True, cancel_futures=False)
         self.flush()
@@ -248,6 +252,7 @@ class Monitor:
                 counters = await loop.run_in_executor(self._fw, self.firewall.counters)
                 dropped = await loop.run_in_executor(self._fw, self.firewall.banned_dropped)
                 self.store.add_counters(CounterSample(self.mono(), counters, dropped))
+                await self.healer.poll(loop)  # popwatch's rules still in place? (heal.py)
             except Exception as e:  # noqa: BLE001 - keep polling; say so once
                 self.store.note(f"counter poll failed: {e}")
             if self.conns is not None:
@@ -437,9 +442,10 @@ class Monitor:
                 self.firewall.ban(b.ip, None if b.expires is None else b.expires - now)
 
     def _ban_fw(self, ip: str, ttl: float | None, reason: str, origin: str,
-                allow_net: bool = False, detail: dict[str, Any] | None = None) -> ActionResult:
-        """Policy check, audit record (written ahead), firewall change. Runs on the firewall
-        thread (or the CLI's)."""
+                allow_net: bool = False, detail: dict[str, Any] | None = None,
+                close: bool = True) -> ActionResult:
+        """Policy check, audit record (written ahead), firewall change, then (``close``) the
+        address's open connections are closed. Runs on the firewall thread (or the CLI's)."""
         ban, change, extra = self._ban_plan(ip, ttl, reason, origin, allow_net, detail)
         target, ttl = ban.ip, extra["ttl"]
         if self.dry_run:
@@ -447,6 +453,11 @@ class Monitor:
                                 + ("" if ttl is None else f" for {_human(ttl)}"), tuple(change))
         rec = self._audit("ban", target, origin=origin, reason=reason, change=change, **extra)
         self._ban_kernel(ban, rec)
+        closed = self._close_conns([target]).get(target, 0) if close else 0
+        if closed:
+            ban = replace(ban, closed=closed)
+            self._audit("close", target, origin=origin, reason="open connections closed at the ban",
+                        closed=closed)
         if self.persist is not None:
             if origin == "auto" and self._running:
                 self._io.submit(self._history_io, ban)
@@ -456,7 +467,30 @@ class Monitor:
                 except OSError:
                     pass  # recidive history only; the audit record and bans.json are what count
         left = "permanently" if ttl is None else f"for {_human(ttl)}"
-        return ActionResult(True, f"banned {target} {left}", tuple(change), ban)
+        return ActionResult(True, f"banned {target} {left}" + _closed_text(closed), tuple(change), ban)
+
+    def _close_conns(self, targets: list[str]) -> dict[str, int]:
+        """Firewall thread, right after bans: close the addresses' open connections (a session
+        opened before the ban would go on guessing). Best effort, never fails a ban."""
+        try:
+            return self.firewall.close_connections(targets) if targets else {}
+        except Exception:  # noqa: BLE001
+            return {}
+
+    def _closed_after(self, results: list[Any]) -> list[Any]:
+        """Mass bans: one close for all of them (one socket dump), counts onto the results."""
+        counts = self._close_conns([r.ban.ip for r in results if isinstance(r, ActionResult) and r.ban])
+        if not counts:
+            return results
+        out = []
+        for r in results:
+            n = counts.get(r.ban.ip, 0) if isinstance(r, ActionResult) and r.ban else 0
+            if n:
+                kw = {"origin": r.ban.origin, "reason": "open connections closed at the ban", "closed": n}
+                self._audit("close", r.ban.ip, **kw)
+                r = ActionResult(r.ok, r.message + _closed_text(n), r.change, replace(r.ban, closed=n))
+            out.append(r)
+        return out
 
     def _history_io(self, ban: Ban) -> None:
         try:
@@ -612,12 +646,12 @@ class Monitor:
         out: list[Any] = []
         for d in todo:
             try:
-                r = self._ban_fw(d.ip, d.bantime, d.reason, "auto", False, d.detail)
+                r = self._ban_fw(d.ip, d.bantime, d.reason, "auto", False, d.detail, close=False)
                 self.auto_latency.append((d.ip, d.event_ts, d.mono, time.monotonic()))
                 out.append(r)
             except (Refused, FirewallError, ValueError, OSError) as e:
                 out.append(e)
-        return out
+        return self._closed_after(out)
 
     def _auto_job_ahead(self, todo: list[Decision]) -> list[Any]:
         assert self.persist is not None
@@ -657,7 +691,7 @@ class Monitor:
             self.persist.write_audit(voids)
         except OSError as e:
             self.say_once(f"audit log: cannot note failed auto-bans: {e}")
-        return out
+        return self._closed_after(out)
 
     def _auto_done_future(self, todo: list[Decision], fut: Future[list[Any]]) -> None:
         try:
@@ -771,10 +805,10 @@ class Monitor:
             out: list[Any] = []
             for ip in ips:
                 try:
-                    out.append(self._ban_fw(ip, ttl, reason, origin, False))
+                    out.append(self._ban_fw(ip, ttl, reason, origin, False, close=False))
                 except (Refused, FirewallError, ValueError) as e:
                     out.append(e)
-            return out
+            return self._closed_after(out)
         done: list[ActionResult] = []
         refused: dict[str, str] = {}
         for ip, r in zip(ips, await loop.run_in_executor(self._fw, job)):
@@ -1117,6 +1151,10 @@ def _set_capacity() -> int:
         return int(MAXELEM)
     except (ImportError, AttributeError, ValueError):
         return 1 << 20
+
+
+def _closed_text(n: int) -> str:
+    return f"; closed {n} open connection{'' if n == 1 else 's'}" if n else ""
 
 
 def _human(secs: float) -> str:

@@ -31,7 +31,7 @@ APT_PACKAGES = [
     "iptables", "ipset", "nftables", "iproute2", "procps", "kmod",
     "dovecot-core", "dovecot-pop3d", "dovecot-imapd", "openssh-server", "openssh-client", "rsyslog",
     "hydra", "systemd-journal-remote", "tmux", "python3-venv",
-    "prometheus", "prometheus-node-exporter", "crowdsec", "crowdsec-firewall-bouncer",
+    "prometheus", "prometheus-node-exporter", "crowdsec", "crowdsec-firewall-bouncer", "ufw",
 ]
 
 

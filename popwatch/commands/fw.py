@@ -407,8 +407,11 @@ def status_dict(cfg: Config, fw: Firewall) -> dict[str, Any]:
         exempt = list(exempted()) if exempted is not None else []
     except FirewallError:
         exempt = []
+    from ..heal import status_warnings
+
     return {"backend": fw.name, "backend_why": getattr(fw, "why", ""), "ports": ports, "bans": len(fw.bans()),
-            "banned_dropped": fw.banned_dropped(), "warnings": fw.warnings(), "exempt": exempt}
+            "banned_dropped": fw.banned_dropped(), "warnings": fw.warnings() + status_warnings(cfg.state_dir, fw),
+            "exempt": exempt}
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -461,6 +464,9 @@ def _uninstall(args: argparse.Namespace) -> int:
         for line in (describe() if describe else ["uninstall"]):
             print(line)
         return EXIT_OK
+    from ..heal import mark_uninstalled
+
+    mark_uninstalled(cfg.state_dir)  # first: a running popwatch must not put the rules back
     fw.uninstall()
     for w in fw.warnings():
         print(f"warning: {w}", file=sys.stderr)

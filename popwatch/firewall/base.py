@@ -19,7 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 from ..model import Ban, PortCounters
 
@@ -194,6 +194,9 @@ class Firewall(ABC):
     can_write: bool = True
     #: why this backend is the one in use (set by ``detect.make_firewall``; ``status`` prints it)
     why: str = ""
+    #: True when popwatch's rules live in nf_tables: its change events then wake the
+    #: enforcement check at once (heal.py), not only the next poll
+    nf_tables: bool = False
 
     @abstractmethod
     def install(self, limits: list[PortLimit]) -> None:
@@ -235,6 +238,25 @@ class Firewall(ABC):
     def warnings(self) -> list[str]:
         """Things the admin should know (both kernel backends in use, no ip_set, ...)."""
         return []
+
+    def check_enforcement(self) -> list[str]:
+        """What of popwatch's rules (chain, jump, ban/exempt matches, watched ports, sets) is
+        missing or changed in the kernel, one short phrase each; [] when all is in place.
+        Called after every :meth:`counters` read, so it must stay cheap: judge from that read
+        plus what the kernel can answer without a full ruleset dump. Default (sim, none): []."""
+        return []
+
+    def repair(self, bans: dict[str, float | None], *, stop: Callable[[], bool] | None = None) -> list[str]:
+        """Put back what :meth:`check_enforcement` found missing, touching nothing else; when
+        the ban sets were lost too, refill them from ``bans`` (kernel entry -> seconds left,
+        None = permanent). ``stop()`` is asked once the firewall lock is held: True (a
+        ``popwatch uninstall`` is under way) means do nothing. Returns what was done."""
+        return []
+
+    def close_connections(self, ips: Iterable[str]) -> dict[str, int]:
+        """Close the open TCP connections from these addresses/networks (best effort: nothing
+        when the kernel or the backend cannot). Returns {address: connections closed}."""
+        return {}
 
     def describe_ban(self, ip: str, ttl: float | None = None) -> list[str]:
         """The exact commands/changes a ban makes, for the confirm modal and --dry-run."""

@@ -23,7 +23,7 @@ import socket
 import struct
 import subprocess
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..model import PortCounters
 from . import rules as R
@@ -73,6 +73,11 @@ class KernelFirewall(Firewall):
         self.ipset.dry_run = dry_run
         #: protected sources written to popwatchx4/x6 by install/ensure_base (None: leave as is)
         self.exempt: list[str] | None = None if exempt is None else R.exempt_entries(exempt)
+        #: the ports popwatch put in place (install/set_limit); None: not installed by this process
+        self._want: dict[int, PortLimit] | None = None
+        #: the last counters() read, for check_enforcement (consumed by it)
+        self._polled: dict[R.Family, list[R.ParsedRule]] | None = None
+        self._head_keys: dict[int, list[tuple[object, ...]]] = {}
 
     # ------------------------------------------------------------------ plumbing
     def _read(self, argv: Sequence[str], stdin: str | None = None) -> str:
@@ -182,6 +187,7 @@ class KernelFirewall(Firewall):
                 if work.ops:
                     self._apply(fam, work)
             self._remember_gens(gens)
+        self._want = {l.port: l for l in limits}
 
     def uninstall(self) -> None:
         self._check_first()
@@ -229,6 +235,8 @@ class KernelFirewall(Firewall):
                 if work.ops:
                     self._apply(fam, work)
             self._remember_gens(gens)
+        if self._want is not None:
+            self._want[limit.port] = limit
 
     def limits(self) -> dict[int, PortLimit]:
         st = self._state(4)
@@ -240,6 +248,7 @@ class KernelFirewall(Firewall):
 
     def counters(self) -> dict[int, PortCounters]:
         per = self._poll_rules()
+        self._polled = per
         total: dict[int, list[int]] = {}
         banned = 0
         for rules in per.values():
@@ -254,6 +263,79 @@ class KernelFirewall(Firewall):
 
     def banned_dropped(self) -> int:
         return self._banned_dropped
+
+    # -- enforcement checks (see Firewall.check_enforcement)
+    def _jump_count(self, family: R.Family) -> int:
+        """How many jumps INPUT has to popwatch's chain (backends override with a cheaper read)."""
+        return self._state(family, with_input=True).jumps
+
+    def check_enforcement(self) -> list[str]:
+        """Judged from the last :meth:`counters` read (which already lists the chain's rules)
+        plus one read of INPUT's jumps per family."""
+        if self._recording:
+            return []
+        polled, self._polled = self._polled, None
+        if polled is None:
+            polled = self._poll_rules()
+        problems: list[str] = []
+        for fam in self.families:
+            v = "IPv6" if fam == 6 else "IPv4"
+            rules = polled.get(fam) or []
+            if not rules:
+                problems.append(f"{v} chain {R.CHAIN} gone or emptied")
+            else:
+                head = self._head_keys.get(fam)
+                if head is None:
+                    head = self._head_keys[fam] = [R.sem_key(r.args) for r in R.head_rules(fam, self.ban_action)]
+                if [R.sem_key(r.args) for r in rules[:len(head)]] != head:
+                    problems.append(f"{v} ban match changed")
+                if self._want:
+                    have = {r.port for r in rules if r.port is not None}
+                    miss = sorted(set(self._want) - have)
+                    if miss:
+                        problems.append(f"{v} rules of port {', '.join(map(str, miss))} gone")
+            if self._jump_count(fam) == 0:
+                problems.append(f"{v} jump from INPUT gone")
+        return problems
+
+    def repair(self, bans: dict[str, float | None], *, stop: Callable[[], bool] | None = None) -> list[str]:
+        """Recreate lost sets (refilled with ``bans``), the chain, its ban match, the jump and
+        the ports popwatch installed; ports another popwatch retuned keep their live rule."""
+        self._check_first()
+        done: list[str] = []
+        with self._locked():
+            if stop is not None and stop():
+                return []
+            have = set(self.ipset.names())
+            lost = [n for n in (R.SET4, R.SET6, R.SETX4, R.SETX6) if n not in have]
+            if lost:
+                self.ipset.ensure()
+                self._fill_exempt()
+                done.append(f"recreated set {', '.join(lost)}")
+                if R.SET4 in lost or R.SET6 in lost:
+                    n = self.ban_many(bans.items(), net=None)
+                    done.append(f"restored {n} ban{'' if n == 1 else 's'} from popwatch's state")
+            states = {fam: self._state(fam, with_input=True) for fam in self.families}
+            gens = self._next_gens(states)
+            for fam, st in states.items():
+                work = R.plan_base(st, fam, self.ban_action)
+                if self._want:
+                    live = st.limits()
+                    R.plan_ports(work, [live.get(p, l) for p, l in self._want.items()], fam, gens=gens,
+                                 ipv6_prefix=self.ipv6_prefix)
+                if work.ops:
+                    self._apply(fam, work)
+                    what = "chain, ban match, ports" if not st.exists else "rules"
+                    done.append(f"{self.describe_binaries[fam]}: put back {what}"
+                                + ("" if st.jumps else " and the jump from INPUT"))
+            self._remember_gens(gens)
+        return done
+
+    def close_connections(self, ips: Iterable[str]) -> dict[str, int]:
+        if self._recording or self.dry_run:
+            return {}
+        from .sockkill import close_tcp
+        return close_tcp(ips)
 
     # -- bans
     def _entry(self, ip: str, net: bool | None) -> R.BanEntry:
@@ -406,7 +488,47 @@ class NftCounters:
             yield atype & 0x3FFF, buf[off + 4:off + ln]
             off += (ln + 3) & ~3
 
-    def rules(self, family: int, table: str = "filter", chain: str = R.CHAIN) -> list[tuple[int, int, int]]:
+    def jumps(self, family: int, target: str = R.CHAIN, chain: str = "INPUT") -> int:
+        """How many rules of ``chain`` jump to ``target`` (0 when the table or chain is gone)."""
+        try:
+            return sum(self.rules(family, chain=chain, parse=lambda b, o, e: self._jumps_to(b, o, e, target)))
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return 0
+            raise
+
+    def _jumps_to(self, buf: bytes, off: int, end: int, target: str) -> int:
+        want = target.encode() + b"\0"
+        for atype, val in self._attrs(buf, off, end):
+            if atype != 4:  # NFTA_RULE_EXPRESSIONS
+                continue
+            for _, elem in self._attrs(val, 0, len(val)):
+                name, data = b"", b""
+                for et, ev in self._attrs(elem, 0, len(elem)):
+                    if et == 1:
+                        name = ev.rstrip(b"\0")
+                    elif et == 2:
+                        data = ev
+                if name != b"immediate":
+                    continue
+                for it, iv in self._attrs(data, 0, len(data)):        # NFTA_IMMEDIATE_DATA
+                    if it != 2:
+                        continue
+                    for dt, dv in self._attrs(iv, 0, len(iv)):        # NFTA_DATA_VERDICT
+                        if dt != 2:
+                            continue
+                        code, chain = None, b""
+                        for vt, vv in self._attrs(dv, 0, len(dv)):
+                            if vt == 1:
+                                (code,) = struct.unpack(">i", vv)
+                            elif vt == 2:
+                                chain = vv
+                        if code == -3 and chain == want:              # NFT_JUMP
+                            return 1
+        return 0
+
+    def rules(self, family: int, table: str = "filter", chain: str = R.CHAIN,
+              parse: Callable[[bytes, int, int], Any] | None = None) -> list[Any]:
         if self._sock is None:
             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
             s.bind((0, 0))
@@ -418,7 +540,7 @@ class NftCounters:
                 + self._attr(1, table.encode() + b"\0") + self._attr(2, chain.encode() + b"\0"))
         self._sock.send(struct.pack("=IHHII", 16 + len(body), (self._SUBSYS << 8) | self._GETRULE,
                                     self._DUMP, seq, 0) + body)
-        out: list[tuple[int, int, int]] = []
+        out: list[Any] = []
         while True:
             buf = self._sock.recv(1 << 20)
             off = 0
@@ -434,11 +556,15 @@ class NftCounters:
                         if err:
                             raise OSError(-err, os.strerror(-err))
                     elif typ == (self._SUBSYS << 8) | self._NEWRULE:
-                        out.append(self._rule(buf, off + 20, off + ln))
+                        out.append((parse or self._rule)(buf, off + 20, off + ln))
                 off += (ln + 3) & ~3
 
-    def _rule(self, buf: bytes, off: int, end: int) -> tuple[int, int, int]:
+    def _rule(self, buf: bytes, off: int, end: int) -> tuple[object, int, int]:
+        """(key, packets, bytes): the key is the rule's handle and a hash of its expressions
+        without the counters, so a rule replaced in place (``iptables -R``: same handle) is
+        seen as changed."""
         handle = pkts = byts = 0
+        shape = 0
         for atype, val in self._attrs(buf, off, end):
             if atype == 3:  # NFTA_RULE_HANDLE
                 (handle,) = struct.unpack(">Q", val)
@@ -450,13 +576,15 @@ class NftCounters:
                             name = ev.rstrip(b"\0")
                         elif et == 2:
                             data = ev
-                    if name == b"counter":
+                    if name != b"counter":
+                        shape = hash((shape, elem))
+                    else:
                         for ct, cv in self._attrs(data, 0, len(data)):
                             if ct == 1:
                                 (byts,) = struct.unpack(">Q", cv)
                             elif ct == 2:
                                 (pkts,) = struct.unpack(">Q", cv)
-        return handle, pkts, byts
+        return (handle, shape), pkts, byts
 
 
 class IptablesFirewall(KernelFirewall):
@@ -478,6 +606,7 @@ class IptablesFirewall(KernelFirewall):
             self.name = "legacy-binaries"
         super().__init__(**kw)  # type: ignore[arg-type]
         self._nft: NftCounters | None = NftCounters() if flavour == "nft" and kw.get("netlink", True) else None
+        self.nf_tables = flavour == "nft"
         self._layout: dict[int, tuple[tuple[int, ...], list[R.ParsedRule]]] = {}
 
     def _w(self) -> list[str]:
@@ -544,6 +673,14 @@ class IptablesFirewall(KernelFirewall):
             self._layout[family] = cached
         return [R.ParsedRule(r.args, p, b, r.role, r.port, r.target, r.limit, r.hl_name)
                 for r, (_, p, b) in zip(cached[1], live)]
+
+    def _jump_count(self, family: R.Family) -> int:
+        if self._nft is not None:
+            try:
+                return self._nft.jumps(family)
+            except OSError:
+                pass
+        return R.count_jumps(self._read([self.bins[family][0], *self._w(), "-S", "INPUT"]))[0]
 
     def _poll_binaries(self) -> dict[R.Family, list[R.ParsedRule]]:
         procs = {}

@@ -336,5 +336,19 @@ class IptcFirewall(KernelFirewall):
             return out
         return _on_iptc_thread(poll)
 
+    def _jump_count(self, family: R.Family) -> int:
+        """Jumps to popwatch's chain in INPUT, from libiptc's raw entries (no Rule objects)."""
+        def read() -> int:
+            t = self._table(family)
+            self._refresh(t)
+            if not t.is_chain("INPUT"):
+                return 0
+            n, e = 0, t.first_rule("INPUT")
+            while e:
+                n += t.get_target(e) in (R.CHAIN, R.CHAIN.encode())
+                e = t.next_rule(e)
+            return n
+        return _on_iptc_thread(read)
+
     def close(self) -> None:
         super().close()

@@ -273,6 +273,9 @@ class PopwatchApp(App[None]):
         why = getattr(self.monitor.firewall, "short_reason", "")
         if why:  # why, in a few words (the full line: any acting key, ? and the event log)
             flags.append((f"({why})", "yellow"))
+        heal = getattr(getattr(self.monitor, "healer", None), "header", "")
+        if heal:  # another tool removed popwatch's rules (heal.py): what and when
+            flags.append((heal, "bold yellow"))
         auto = getattr(self.monitor, "auto_ban", None)
         if isinstance(auto, bool):
             flags.append(("auto-ban:on" if auto else "auto-ban:off", "bold red" if auto else "dim"))

@@ -74,6 +74,22 @@ class DetailScreen(ModalScreen[None]):
                 bins[minutes - 1 - age] += ev.attempts
         return bins
 
+    @staticmethod
+    def after_ban(ban: Ban, events: list[AuthEvent]) -> Text:
+        """Why lines still arrive from a banned address, and what the ban closed."""
+        t = Text()
+        at = _time.strftime("%H:%M:%S", _time.localtime(ban.created))
+        if ban.closed:
+            t.append(f"\nthe ban closed {ban.closed} open connection{'' if ban.closed == 1 else 's'} "
+                     f"of this address at {at}", style="magenta")
+        n = sum(1 for ev in events if ev.ts > ban.created)
+        if n:
+            t.append(f"\n{n} line{'' if n == 1 else 's'} arrived after the ban ({at}), marked 'after ban': "
+                     "connections opened before a ban stay open until closed (the ban drops new "
+                     "packets; the daemon still logs what it had already received, and its summary "
+                     "when the session ends)", style="magenta")
+        return t
+
     def body(self) -> Text:
         r = self.row
         t = Text()
@@ -84,6 +100,8 @@ class DetailScreen(ModalScreen[None]):
                      f"{left(r.ban_left)} left)")
         if self.why:
             t.append(f"  protected: {self.why}", style="green")
+        if self.ban is not None:
+            t.append(self.after_ban(self.ban, self.events))
         if r.fleet:
             t.append(f"\nbanned fleet-wide (CrowdSec): {safe(r.fleet, 80)}", style="bold red")
         t.append(f"\nfailures: {r.failures:,}   rate: {r.rate:.1f}/min   scanner probes: {r.probes}\n")
@@ -120,6 +138,8 @@ class DetailScreen(ModalScreen[None]):
         for ev in self.events[-200:]:
             stamp = _time.strftime("%H:%M:%S", _time.localtime(ev.ts))
             t.append(f"  {stamp} ", style="dim")
+            if self.ban is not None and ev.ts > self.ban.created:
+                t.append("after ban ", style="bold magenta")
             t.append(f"{ev.service:<5} ", style=SERVICE_STYLE.get(ev.service, ""))
             t.append(f"{ev.kind:<12} ", style="green" if ev.kind == "success" else "red")
             t.append(f"{'x' + str(ev.attempts) if ev.attempts > 1 else '':<4}", style="bold red")

@@ -442,11 +442,15 @@ class LiveLog(Widget):
             return out
         h = max(1, self.size.height)
         evs = snap.events[-h:]
+        ips = {ev.ip for ev in evs}
+        banned_at = {b.ip: b.created for b in snap.bans if b.ip in ips}
         for i, ev in enumerate(evs):
             t = _time.strftime("%H:%M:%S", _time.localtime(ev.ts))
             out.append(f"{t} ", style="dim")
             out.append(f"{ev.service:<5} ", style=SERVICE_STYLE.get(ev.service, ""))
             out.append(f"{(ev.ip or safe(ev.host, 40) or '?'):<16} ", style="bold")
+            if ev.ip in banned_at and ev.ts > banned_at[ev.ip]:
+                out.append("after ban ", style="bold magenta")  # an open connection: see the detail view
             if ev.kind == "success":
                 out.append("login ok ", style="green")
             else:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .mailab import HOSTS, USERS, MailLab, conn_first_seen, guesses
+from .mailab import HOSTS, USERS, MailLab, audit_bans, conn_first_seen, guesses
 
 pytestmark = [pytest.mark.daemons, pytest.mark.netns]
 
@@ -55,6 +55,14 @@ def test_one_key_ban_through_the_app_blocks_the_selected_attacker(maillab: MailL
     late = [g for g in truth if g.ip == target and not g.ok and g.ts > t_ban
             and first.get(g.conn or "", 1e18) > t_ban]
     assert not late, f"new connections of the banned attacker reached dovecot: {[g.line for g in late]}"
+    # issue 13.5: the ban closed the attacker's open connections (hydra keeps them open), so no
+    # guess at all, not even over a connection opened before the ban, reaches dovecot after it
+    closed = audit_bans(state)[target].get("closed", 0)
+    after = [g for g in truth if g.ip == target and not g.ok and g.ts > t_ban]
+    print(f"\nguesses from the banned address after the ban: {len(after)}; "
+          f"its open connections closed at the ban: {closed}")
+    assert closed >= 1, "hydra's open connections were not closed at the ban"
+    assert not after, f"guesses over the banned attacker's open connections: {[g.line for g in after]}"
     row = next(r for r in res["rows_after"] if r[0] == target)
     assert row[3] == "banned", res["rows_after"]
     assert any(g.ip == other and g.ts > t_ban for g in truth), (
