@@ -733,7 +733,8 @@ class NftablesFirewall(Firewall):
         with self._locked():
             rules = self._rules()
             cmds = [{"add": o} for o in base_objects()]
-            cmds += self._exempt_cmds(replace=False) + self._head_cmds(rules)
+            # exactly the protected set of this call (and of a running watch), as with iptables
+            cmds += self._exempt_cmds(replace=True) + self._head_cmds(rules)
             self._run(cmds)
 
     def install(self, limits: list[PortLimit]) -> None:
