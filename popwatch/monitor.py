@@ -29,9 +29,10 @@ from typing import IO, Any, Awaitable, Callable, Iterable
 
 from .addr import parse_target
 from .autoban import AutoBan, Decision, fmt_duration
+from .campaigns import CampaignConfig, CampaignTracker
 from .config import PolicyConfig
 from .firewall.base import Firewall, FirewallError, PortLimit, Rate
-from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth
+from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth, iso
 from .persist import Persist
 from .policy import Protector, Refused
 from .sources.base import Source
@@ -62,7 +63,7 @@ class Monitor:
                  persist: Persist | None = None, dry_run: bool = False, poll_interval: float = 1.0,
                  mono: Callable[[], float] = time.monotonic, events_out: IO[str] | None = None,
                  default_ttl: float | None = 3600.0, policy: PolicyConfig | None = None,
-                 auto_ban: bool | None = None) -> None:
+                 auto_ban: bool | None = None, campaign: CampaignConfig | None = None) -> None:
         self.store = store
         self.parser = parser
         self.sources = list(sources)
@@ -100,6 +101,10 @@ class Monitor:
         self.autoban = AutoBan(self.policy, protected=self.protector.protected_ip,
                                is_banned=self._banned_or_pending, enabled=auto_ban)
         store.protected = self.protector.protected_ip
+        #: campaigns (popwatch.campaigns): fed in ingest next to auto-ban; the screen reads rows()
+        self.campaigns = CampaignTracker(campaign, protected=self.protector.protected_ip,
+                                         is_banned=self._banned_or_pending)
+        self.on_campaign: list[Callable[[str, Any], None]] = []
         if store.near_threshold is None:
             store.near_threshold = self.autoban.near
         if persist is not None:
@@ -109,6 +114,12 @@ class Monitor:
             for ip, t in persist.load_successes().items():
                 self.autoban.note_success(ip, t)
             self.autoban.successes_changed = False
+            logins = persist.load_logins()
+            if logins is not None:
+                try:
+                    self.campaigns.logins.load(logins)
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    persist.problems.append(f"{persist.logins_path}: ignored ({e.__class__.__name__})")
             for p in persist.problems:
                 store.note(p)
 
@@ -170,6 +181,9 @@ class Monitor:
         if self.persist is not None and not self.dry_run and self.autoban.successes_changed:
             self.autoban.successes_changed = False
             self.persist.save_successes(dict(self.autoban.successes))
+        if self.persist is not None and not self.dry_run and self.campaigns.logins.changed:
+            self.campaigns.logins.changed = False
+            self.persist.save_logins(self.campaigns.logins.to_json())
 
     async def _consume(self, source: Source) -> None:
         try:
@@ -194,6 +208,7 @@ class Monitor:
         decisions go to the firewall thread from here, before anything else is done."""
         parse = self.parser.parse
         feed = self.autoban.feed
+        camp = self.campaigns.feed
         events: list[AuthEvent] = []
         # parse and count in small steps, so a crossing goes to the firewall thread before
         # the rest of a big batch is parsed
@@ -201,6 +216,7 @@ class Monitor:
             evs = [ev for ev in map(parse, batch[i:i + AUTOBAN_STEP]) if ev is not None]
             if evs:
                 decisions = feed(evs)
+                decisions += camp(evs)
                 if decisions:
                     self._fire(decisions)
                 events.extend(evs)
@@ -216,7 +232,26 @@ class Monitor:
                 r = cb(events)
                 if r is not None:
                     asyncio.ensure_future(r)
+        if self.campaigns.changes:
+            self._campaign_changes()
         return events
+
+    def _campaign_changes(self) -> None:
+        """Campaign start/update/end/alert: the events stream, notes and on_campaign hooks."""
+        for what, row in self.campaigns.drain():
+            if what in ("start", "end", "alert"):
+                self.store.note(f"campaign {what}: {row.score}"
+                                + (f" -- {row.alerts[-1][2]} ({row.alerts[-1][1]})" if what == "alert" else ""))
+            out = self.events_out
+            if out is not None:
+                out.write(json.dumps({"type": "campaign", "event": what, "kind": f"campaign_{what}",
+                                      "ts": iso(self.clock()), "ip": None, **row.to_json()}) + "\n")
+                out.flush()
+            for cb in self.on_campaign:
+                try:
+                    cb(what, row)
+                except Exception:  # noqa: BLE001 - an exporter must never break ingest
+                    pass
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
@@ -246,6 +281,10 @@ class Monitor:
                     self.store.note(f"reading the kernel's bans failed: {e}")
             if n % 60 == 0:
                 self.autoban.sweep(self.clock())
+            if n % 5 == 0:
+                self.campaigns.sweep(self.clock())
+                if self.campaigns.changes:
+                    self._campaign_changes()
             try:
                 self.flush()
             except OSError as e:
@@ -350,7 +389,7 @@ class Monitor:
         extra: dict[str, Any] = {"ttl": ttl, "expires": ban.expires}
         if detail:
             extra["detail"] = detail
-        if origin == "auto" and self.persist is not None and self._running:
+        if origin in ("auto", "campaign") and self.persist is not None and self._running:
             # while running: the disk after the kernel, off this thread
             kw = dict(origin=origin, reason=reason, change=change, **extra)
             self._notify("ban", target, kw)
@@ -422,7 +461,8 @@ class Monitor:
 
     def _fire(self, decisions: list[Decision]) -> None:
         """Hand crossings to the firewall thread now; the store follows on the loop."""
-        todo = [d for d in decisions if d.ip not in self._pending]
+        seen: set[str] = set()
+        todo = [d for d in decisions if d.ip not in self._pending and not (d.ip in seen or seen.add(d.ip))]
         if not todo:
             return
         for d in todo:
@@ -442,7 +482,7 @@ class Monitor:
         out: list[Any] = []
         for d in todo:
             try:
-                r = self._ban_fw(d.ip, d.bantime, d.reason, "auto", False, d.detail)
+                r = self._ban_fw(d.ip, d.bantime, d.reason, d.origin, "/" in d.ip, d.detail)
                 self.auto_latency.append((d.ip, d.event_ts, d.mono, time.monotonic()))
                 out.append(r)
             except (Refused, FirewallError, ValueError, OSError) as e:
@@ -552,7 +592,7 @@ class Monitor:
             current = self.store.limits.get(int(prop["port"]))
         return _what_if(events, self.policy, prop, protected=self.protector.protected_ip,
                         successes=self._recent_successes(), current_limit=current,
-                        ipv6_prefix=self.policy.ipv6_prefix)
+                        ipv6_prefix=self.policy.ipv6_prefix, campaign=self.campaigns.cfg)
 
     async def awhat_if(self, proposal: str | dict[str, Any], *, window: float | None = None) -> WhatIfReport:
         """:meth:`what_if` for the TUI (``w``): the events are copied on the loop, the replay
@@ -567,7 +607,7 @@ class Monitor:
         return await loop.run_in_executor(
             None, lambda: _what_if(events, self.policy, prop, protected=self.protector.protected_ip,
                                    successes=successes, current_limit=current,
-                                   ipv6_prefix=self.policy.ipv6_prefix))
+                                   ipv6_prefix=self.policy.ipv6_prefix, campaign=self.campaigns.cfg))
 
     def _recent_successes(self) -> dict[str, float]:
         now = self.clock()

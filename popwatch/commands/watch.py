@@ -222,7 +222,7 @@ def run_watch(args: argparse.Namespace) -> int:
     monitor = Monitor(store=store, parser=Parser(now=time.time), sources=_make_sources(cfg, args),
                       firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
                       dry_run=dry_run, events_out=events_out, policy=cfg.policy,
-                      default_ttl=cfg.policy.bantime)
+                      default_ttl=cfg.policy.bantime, campaign=cfg.campaign)
     if why_ro:
         store.note(f"read-only: {why_ro}")
     plan = monitor.start_firewall(cfg.port_limits())
