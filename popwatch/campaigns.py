@@ -40,8 +40,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .autoban import Decision, fmt_duration
 from .model import FAILURE_KINDS, AuthEvent, Kind
@@ -105,7 +106,7 @@ class CampaignConfig:
 
 def from_table(t: Any) -> CampaignConfig:
     """Validate ``[campaign]``. Raises ConfigError naming the key."""
-    from .config import ConfigError, _bool, _dur, _int_range, _val, _check_keys
+    from .config import ConfigError, _bool, _check_keys, _dur, _int_range, _val
 
     if not isinstance(t, dict):
         raise ConfigError("campaign: expected a table [campaign]")
@@ -217,7 +218,7 @@ class LoginHistory:
 class _Slow:
     """Failures of one address in a two-bucket sliding window of ``slow_window``."""
 
-    __slots__ = ("win", "cur", "prev", "first")
+    __slots__ = ("cur", "first", "prev", "win")
 
     def __init__(self, win: int, ts: float) -> None:
         self.win = win
@@ -251,9 +252,27 @@ class _Slow:
 class _Target:
     """One user name under watch: its recent sources and their networks."""
 
-    __slots__ = ("user", "first", "last", "failures", "services", "sources", "narrow", "wide",
-                 "spark", "spark_min", "state", "started", "ended", "banned", "alerts",
-                 "last_emit", "emitted_sources", "peak", "decided_nets")
+    __slots__ = (
+        "alerts",
+        "banned",
+        "decided_nets",
+        "emitted_sources",
+        "ended",
+        "failures",
+        "first",
+        "last",
+        "last_emit",
+        "narrow",
+        "peak",
+        "services",
+        "sources",
+        "spark",
+        "spark_min",
+        "started",
+        "state",
+        "user",
+        "wide",
+    )
 
     def __init__(self, user: str, ts: float) -> None:
         self.user = user
@@ -372,8 +391,7 @@ class CampaignTracker:
             ip = ev.ip
             if ip is None:
                 continue
-            if ev.ts > self.now:
-                self.now = ev.ts
+            self.now = max(self.now, ev.ts)
             kind = ev.kind
             if kind == _SUCCESS:
                 self._success(ev, ip)
@@ -427,8 +445,7 @@ class CampaignTracker:
             t = _Target(user, ts)
         self.targets[user] = t
         t.failures += n
-        if ts > t.last:
-            t.last = ts
+        t.last = max(t.last, ts)
         t.services[ev.service] = t.services.get(ev.service, 0) + n
         t.tick_spark(ts, n)
         old = t.sources.pop(ip, None)
@@ -440,8 +457,7 @@ class CampaignTracker:
         t.sources[ip] = max(ts, old or 0.0)
         self._expire_sources(t, ts)
         nsrc = len(t.sources)
-        if nsrc > t.peak:
-            t.peak = nsrc
+        t.peak = max(t.peak, nsrc)
         if t.state != "active" and nsrc >= cfg.user_sources:
             t.state = "active"
             t.started = ts
@@ -517,7 +533,7 @@ class CampaignTracker:
                                              "event_ts": ts}, ts, self.mono(), origin="campaign"))
 
     def _ban_net(self, t: _Target, narrow: str, ev: AuthEvent, out: list[Decision]) -> None:
-        cfg, ts = self.cfg, ev.ts
+        cfg = self.cfg
         if cfg.net_sources and t.narrow.get(narrow, 0) >= cfg.net_sources and narrow not in t.decided_nets:
             t.decided_nets.add(narrow)
             self._net_decision(t, narrow, t.narrow[narrow], ev, out)
@@ -592,7 +608,7 @@ class CampaignTracker:
                             ts, self.mono(), origin="campaign"))
 
     def _slow_fill(self, t: _Target, s: _Slow, ts: float) -> None:
-        t.failures = int(round(s.count(ts, self.cfg.slow_window)))
+        t.failures = round(s.count(ts, self.cfg.slow_window))
         t.last = max(t.last, ts)
         t.first = s.first
         t.sources = {t.user: ts}

@@ -8,7 +8,13 @@ import json
 
 import pytest
 
-from popwatch.campaigns import CampaignConfig, CampaignTracker, LoginHistory, from_table, nets_of
+from popwatch.campaigns import (
+    CampaignConfig,
+    CampaignTracker,
+    LoginHistory,
+    from_table,
+    nets_of,
+)
 from popwatch.config import ConfigError, load
 from popwatch.firewall.base import PortLimit
 from popwatch.firewall.sim import SimFirewall
@@ -69,7 +75,7 @@ def test_ipv6_sources_in_different_48s_are_banned_one_by_one_after_the_start():
 
 
 def test_network_holding_a_known_good_or_protected_address_is_never_banned():
-    prot = lambda ip: "allow-list" if ip.startswith("203.0.113.200") else None  # noqa: E731
+    prot = lambda ip: "allow-list" if ip.startswith("203.0.113.200") else None
     tr = tracker(user_sources=3, net_sources=3, protected=prot)
     tr.feed([ev("198.51.100.9", T0, "imap", kind="success", user="bob")])
     out = []
@@ -178,7 +184,7 @@ def test_campaign_config_section(tmp_path):
 
 def _ssh(t: float, ip: str, user: str, ok: bool = False) -> RawLine:
     import datetime as dt
-    ts = dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()
+    ts = dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
     msg = (f"Accepted password for {user} from {ip} port 4711 ssh2" if ok
            else f"Failed password for {user} from {ip} port 4711 ssh2")
     return RawLine(f"{ts} mail1 sshd[{int(t) % 30000}]: {msg}", "auth.log")
