@@ -367,6 +367,8 @@ class CampaignTracker:
         self.decided: dict[str, float] = {}        # ip or network -> ban until (campaign bans)
         #: (event, CampaignRow) for start | update | end | alert; the Monitor exports them
         self.changes: list[tuple[str, CampaignRow]] = []
+        #: drained changes by kind (Prometheus: popwatch_campaign_events)
+        self.counts: dict[str, int] = {}
         self.now = 0.0
 
     # -------------------------------------------------------------- reads used by decisions
@@ -633,6 +635,8 @@ class CampaignTracker:
 
     def drain(self) -> list[tuple[str, CampaignRow]]:
         ch, self.changes = self.changes, []
+        for what, _ in ch:
+            self.counts[what] = self.counts.get(what, 0) + 1
         return ch
 
     # -------------------------------------------------------------- rows

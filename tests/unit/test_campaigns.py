@@ -237,3 +237,33 @@ def test_what_if_replays_the_campaign_response():
     # the config's auto_ban turns it on without the proposal
     cfg_on = what_if(evs, pol, "maxretry=5", campaign=CampaignConfig(auto_ban=True))
     assert {b.ip for b in cfg_on.banned} == set(rules)
+
+
+def test_prometheus_and_crowdsec_see_campaigns():
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from popwatch.crowdsec import CrowdSecBridge, CrowdSecConfig
+    from popwatch.metrics import Metrics
+
+    clock = Clock(T0)
+    mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=SimFirewall(clock=clock),
+                  mono=clock, campaign=CampaignConfig(auto_ban=True, user_sources=3))
+    mon.start_firewall([PortLimit(22)])
+    bridge = CrowdSecBridge(CrowdSecConfig(machine_id="m", password="p"), mon, hostname="mail1")
+    mon.on_action.append(bridge.on_action)
+    m = Metrics(mon, process=False)
+    for i in range(6):
+        clock.t = T0 + i
+        mon.ingest([_ssh(clock.t, f"203.0.113.{i + 1}", "test")])
+    vals = {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(generate_latest(m.registry).decode()) for s in fam.samples}
+    assert vals[("popwatch_campaigns_active", (("kind", "user"),))] == 1
+    assert vals[("popwatch_campaign_events_total", (("event", "start"),))] == 1
+    assert vals[("popwatch_bans_total", (("origin", "campaign"),))] >= 2
+    queued = [q for q in bridge.outbox if q[0] == "ban"]
+    assert queued and {q[4] for q in queued} == {"campaign"}
+    net = [q for q in queued if q[1] == "203.0.113.0/24"]
+    alert = bridge.alert(net[0][1], net[0][2], net[0][3], net[0][4])
+    assert alert["scenario"] == "popwatch/campaign" and alert["decisions"][0]["scope"] == "Range"
+    assert alert["message"].startswith("popwatch on mail1: campaign: test@ssh: ")
