@@ -55,6 +55,8 @@ SPARK = 30
 UPDATE_EVERY = 60.0
 #: alerts (successful logins worth a look) kept per campaign
 ALERTS = 8
+#: a source is slow while its failures average at most this many per minute since it was first seen
+SLOW_RATE = 3.0
 
 
 # ----------------------------------------------------------------------------- config
@@ -70,13 +72,14 @@ CONFIG_DOC = """\
 #   wide_sources in one /16 (IPv6: /48) spread over wide_nets of its /24s (/64s) ban the /16
 #   (/48) (for net_bantime; 0 turns either off) -- never a network holding a protected address
 #   or one that ever logged in;
-# * an address with slow_maxretry failed attempts within slow_window (0 = off) is banned.
+# * an address with slow_maxretry failed attempts within slow_window (0 = off), at most 3 a
+#   minute on average (faster ones are [policy]'s business), is banned.
 # Addresses that ever logged in successfully (logins.json in the state directory) are never
 # banned by a campaign, only by their own [policy] threshold.
 [campaign]
 auto_ban = false
 window = "15m"
-user_sources = 5
+user_sources = 10
 net_sources = 4
 wide_sources = 32
 wide_nets = 4
@@ -94,7 +97,7 @@ _KEYS = {"auto_ban", "window", "user_sources", "net_sources", "wide_sources", "w
 class CampaignConfig:
     auto_ban: bool = False
     window: float = 900.0
-    user_sources: int = 5
+    user_sources: int = 10
     net_sources: int = 4
     wide_sources: int = 32
     wide_nets: int = 4
@@ -361,6 +364,7 @@ class CampaignTracker:
         self.mono = mono
         self.logins = logins or LoginHistory()
         self.targets: dict[str, _Target] = {}     # least recently failed first
+        self.camps: dict[str, _Target] = {}       # targets that are or were campaigns (rows())
         self.entries = 0
         self.slow: dict[str, _Slow] = {}          # least recently failed first
         self.slow_alerts: dict[str, _Target] = {}  # slow campaigns (a _Target keyed by the ip)
@@ -436,7 +440,9 @@ class CampaignTracker:
                 s = _Slow(int(ts // cfg.slow_window), ts)
             self.slow[ip] = s
             c = s.add(n, ts, cfg.slow_window)
-            if c >= cfg.slow_maxretry:
+            # slow: over the threshold, at a pace no per-address findtime sees (a fast brute
+            # forcer is the attackers table's and auto-ban's business, not a campaign)
+            if c >= cfg.slow_maxretry and c <= SLOW_RATE * max(1.0, (ts - s.first) / 60.0):
                 self._slow_campaign(ev, ip, s, c, out)
         # ---- per user
         user = ev.user or ""
@@ -463,6 +469,7 @@ class CampaignTracker:
         if t.state != "active" and nsrc >= cfg.user_sources:
             t.state = "active"
             t.started = ts
+            self.camps[user] = t
             t.banned = 0
             t.alerts = []
             t.decided_nets = set()
@@ -513,6 +520,7 @@ class CampaignTracker:
         for u in victims:
             t = self.targets.pop(u)
             self.entries -= len(t.sources)
+            self.camps.pop(u, None)
 
     # -------------------------------------------------------------- decisions
     def _reason(self, t: _Target, now: float) -> str:
@@ -626,6 +634,8 @@ class CampaignTracker:
             if t.state == "active" and now - t.last > w:
                 t.state, t.ended = "ended", now
                 self.changes.append(("end", self._row(t, now)))
+        for u in [u for u, t in self.camps.items() if t.state == "ended" and now - t.ended > 86400.0]:
+            del self.camps[u]
         for t in self.slow_alerts.values():
             if t.state == "active" and now - t.last > min(self.cfg.slow_window, max(w, 3600.0)):
                 t.state, t.ended = "ended", now
@@ -679,11 +689,11 @@ class CampaignTracker:
         """Campaigns (active first, then recently ended), newest activity first. O(targets
         that are or were campaigns): only those carry a state other than watching."""
         now = self.now if now is None else now
-        ts = [t for t in self.targets.values() if t.state != "watching"]
-        ts += list(self.slow_alerts.values())
+        ts = list(self.camps.values()) + list(self.slow_alerts.values())
         if not ended:
             ts = [t for t in ts if t.state == "active"]
-        ts.sort(key=lambda t: (t.state != "active", -t.last))
+        ts.sort(key=lambda t: (t.state != "active", -len(t.sources) if t.user not in self.slow_alerts else -1,
+                               -t.failures))
         return [self._row(t, now) for t in ts[:k]]
 
     def detail(self, key: str, now: float | None = None) -> CampaignRow | None:
@@ -708,7 +718,7 @@ class CampaignTracker:
         return [n for n, c in sorted(t.narrow.items(), key=lambda kv: -kv[1]) if c >= need]
 
     def active(self) -> int:
-        return sum(1 for t in self.targets.values() if t.state == "active") + \
+        return sum(1 for t in self.camps.values() if t.state == "active") + \
             sum(1 for t in self.slow_alerts.values() if t.state == "active")
 
 

@@ -544,7 +544,7 @@ class Monitor:
         return self._after_ban(r)
 
     async def aban_many(self, ips: Iterable[str], *, ttl: float | None = None, reason: str = "",
-                        origin: str = "key") -> tuple[list[ActionResult], dict[str, str]]:
+                        origin: str = "key", allow_net: bool = False) -> tuple[list[ActionResult], dict[str, str]]:
         loop = asyncio.get_running_loop()
         ips = list(ips)
 
@@ -552,7 +552,7 @@ class Monitor:
             out: list[Any] = []
             for ip in ips:
                 try:
-                    out.append(self._ban_fw(ip, ttl, reason, origin, False))
+                    out.append(self._ban_fw(ip, ttl, reason, origin, allow_net))
                 except (Refused, FirewallError, ValueError) as e:
                     out.append(e)
             return out

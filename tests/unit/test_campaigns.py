@@ -228,14 +228,14 @@ def test_what_if_replays_the_campaign_response():
         for i in range(60):
             evs.append(ev(f"203.0.113.{i + 1}", T0 + 10 + rnd * 60 + i, "pop3", user="test"))
     pol = PolicyConfig()
-    off = what_if(evs, pol, "maxretry=5", campaign=CampaignConfig())
+    off = what_if(evs, pol, "maxretry=5", campaign=CampaignConfig(user_sources=5))
     assert not any(b.rule.startswith("campaign") for b in off.banned)
-    on = what_if(evs, pol, "maxretry=5,campaign=on", campaign=CampaignConfig())
+    on = what_if(evs, pol, "maxretry=5,campaign=on", campaign=CampaignConfig(user_sources=5))
     rules = {b.ip: b.rule for b in on.banned}
     assert rules.get("203.0.113.0/24") == "campaign_net" and "198.51.100.7" not in rules
     assert "campaign=on" in on.proposal and "116 failed attempts would not have reached" in on.note
     # the config's auto_ban turns it on without the proposal
-    cfg_on = what_if(evs, pol, "maxretry=5", campaign=CampaignConfig(auto_ban=True))
+    cfg_on = what_if(evs, pol, "maxretry=5", campaign=CampaignConfig(auto_ban=True, user_sources=5))
     assert {b.ip for b in cfg_on.banned} == set(rules)
 
 
