@@ -50,15 +50,19 @@ class CampaignsPanel(Widget, can_focus=True):
         self.now = 0.0
         self.cursor = 0
         self._key: tuple[object, ...] = ()
+        self._lines = -1
 
     def set_rows(self, rows: list[CampaignRow], now: float) -> None:
         key = tuple((r.key, r.sources, r.failures, r.state, r.banned, len(r.alerts)) for r in rows)
         if key == self._key and now - self.now < 2.0:
             return
         self._key = key
+        lines = len(rows) + sum(min(2, len(r.alerts)) for r in rows)
+        relayout = lines != self._lines
+        self._lines = lines
         self.rows, self.now = rows, now
         self.cursor = min(self.cursor, max(0, len(rows) - 1))
-        self.refresh(layout=True)
+        self.refresh(layout=relayout)  # the height changes only with the number of lines
 
     @property
     def selected(self) -> CampaignRow | None:
