@@ -55,8 +55,6 @@ SPARK = 30
 UPDATE_EVERY = 60.0
 #: alerts (successful logins worth a look) kept per campaign
 ALERTS = 8
-#: a source is slow while its failures average at most this many per minute since it was first seen
-SLOW_RATE = 3.0
 
 
 # ----------------------------------------------------------------------------- config
@@ -72,8 +70,9 @@ CONFIG_DOC = """\
 #   wide_sources in one /16 (IPv6: /48) spread over wide_nets of its /24s (/64s) ban the /16
 #   (/48) (for net_bantime; 0 turns either off) -- never a network holding a protected address
 #   or one that ever logged in;
-# * an address with slow_maxretry failed attempts within slow_window (0 = off), at most 3 a
-#   minute on average (faster ones are [policy]'s business), is banned.
+# * an address with slow_maxretry failed attempts within slow_window (0 = off), averaging at
+#   most slow_rate a minute since it was first seen (faster ones are [policy]'s business),
+#   is banned.
 # Addresses that ever logged in successfully (logins.json in the state directory) are never
 # banned by a campaign, only by their own [policy] threshold.
 [campaign]
@@ -85,12 +84,13 @@ wide_sources = 32
 wide_nets = 4
 slow_window = "1d"
 slow_maxretry = 30
+slow_rate = 3
 bantime = "1d"
 net_bantime = "1d"
 """
 
 _KEYS = {"auto_ban", "window", "user_sources", "net_sources", "wide_sources", "wide_nets",
-         "slow_window", "slow_maxretry", "bantime", "net_bantime"}
+         "slow_window", "slow_maxretry", "slow_rate", "bantime", "net_bantime"}
 
 
 @dataclass
@@ -103,6 +103,7 @@ class CampaignConfig:
     wide_nets: int = 4
     slow_window: float = 86400.0
     slow_maxretry: int = 30
+    slow_rate: float = 3.0
     bantime: float = 86400.0
     net_bantime: float = 86400.0
 
@@ -125,6 +126,9 @@ def from_table(t: Any) -> CampaignConfig:
                       ("wide_nets", 1, 65536), ("slow_maxretry", 0, 1_000_000)):
         if k in t:
             setattr(c, k, _val(f"campaign.{k}", _int_range(lo, hi), t[k]))
+    if "slow_rate" in t:
+        from .config import _float_range
+        c.slow_rate = _val("campaign.slow_rate", _float_range(0.01, 10000), t["slow_rate"])
     if c.net_sources == 1:
         raise ConfigError("campaign.net_sources: 1 is not allowed: expected 0 (off) or 2-65536")
     return c
@@ -300,6 +304,8 @@ class _Target:
 
     def label(self) -> str:
         svcs = sorted(self.services, key=lambda s: -self.services[s])
+        if len(svcs) > 1 and "other" in svcs:  # dovecot's auth lines, before the session's service is known
+            svcs.remove("other")
         return f"{self.user or '(none)'}@{','.join(svcs[:3])}" if svcs else (self.user or "(none)")
 
     def tick_spark(self, ts: float, n: int) -> None:
@@ -442,7 +448,7 @@ class CampaignTracker:
             c = s.add(n, ts, cfg.slow_window)
             # slow: over the threshold, at a pace no per-address findtime sees (a fast brute
             # forcer is the attackers table's and auto-ban's business, not a campaign)
-            if c >= cfg.slow_maxretry and c <= SLOW_RATE * max(1.0, (ts - s.first) / 60.0):
+            if c >= cfg.slow_maxretry and c <= cfg.slow_rate * max(1.0, (ts - s.first) / 60.0):
                 self._slow_campaign(ev, ip, s, c, out)
         # ---- per user
         user = ev.user or ""
