@@ -28,10 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from popwatch.autoban import AutoBan  # noqa: E402
-from popwatch.campaigns import CampaignConfig, CampaignTracker  # noqa: E402
-from popwatch.config import PolicyConfig  # noqa: E402
-from popwatch.model import AuthEvent  # noqa: E402
+from popwatch.autoban import AutoBan
+from popwatch.campaigns import CampaignConfig, CampaignTracker
+from popwatch.config import PolicyConfig
+from popwatch.model import AuthEvent
 
 T0 = 1_795_000_000.0
 
@@ -40,11 +40,11 @@ def ip_of(i: int) -> str:
     return f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
 
 
-def events(n: int, users) -> list[AuthEvent]:  # noqa: ANN001
+def events(n: int, users) -> list[AuthEvent]:
     return [AuthEvent(T0 + i * 0.005, "pop3", "auth_failed", ip_of(i), users(i)) for i in range(n)]
 
 
-def measure(make, evs: list[AuthEvent]) -> tuple[float, float, object]:  # noqa: ANN001
+def measure(make, evs: list[AuthEvent]) -> tuple[float, float, object]:
     """(MB held after feeding, under tracemalloc; us per event, in a second run without it)."""
     gc.collect()
     obj = make()

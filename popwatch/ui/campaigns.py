@@ -139,7 +139,6 @@ class CampaignScreen(ModalScreen[None]):
         if r is None:
             out.append("this campaign is no longer tracked\n", style="dim")
             return out
-        now = store.clock()
         out.append(f"campaign on {safe(r.target, 80)}", style="bold")
         out.append(f"  [{r.state}]\n", style="bold red" if r.state == "active" else "dim")
         out.append(safe(r.score, 200) + "\n")
