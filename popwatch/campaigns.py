@@ -482,15 +482,15 @@ class CampaignTracker:
             t.last_emit = ts
             t.emitted_sources = nsrc
             self.changes.append(("start", self._row(t, ts)))
-            if self.enabled:  # every current source at once
-                for sip in list(t.sources):
-                    self._ban_source(t, sip, ev, out)
+            if self.enabled:  # every current source at once (networks first: fewer entries)
                 for net in list(t.narrow):
                     self._ban_net(t, net, ev, out)
+                for sip in list(t.sources):
+                    self._ban_source(t, sip, ev, out)
         elif t.state == "active":
             if self.enabled:
-                self._ban_source(t, ip, ev, out)
                 self._ban_net(t, nets_of(ip)[0], ev, out)
+                self._ban_source(t, ip, ev, out)
             if ts - t.last_emit >= UPDATE_EVERY and nsrc != t.emitted_sources:
                 t.last_emit = ts
                 t.emitted_sources = nsrc

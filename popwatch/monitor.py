@@ -507,8 +507,9 @@ class Monitor:
                     for cb in self.on_dry_run:
                         cb(r)
             else:
-                self.autoban.cancel(d.ip)
-                self.store.note(f"auto-ban of {d.ip} failed: {r}")
+                if d.origin == "auto":
+                    self.autoban.cancel(d.ip)
+                self.store.note(f"{d.origin}-ban of {d.ip} failed: {r}")
 
     # ------------------------------------------------------------------ actions: sync (CLI)
     def ban(self, ip: str, *, ttl: float | None = None, reason: str = "", origin: str = "cli",
