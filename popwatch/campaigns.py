@@ -166,6 +166,8 @@ class LoginHistory:
         self.per_user = per_user
         self.by_user: dict[str, dict[str, float]] = {}
         self.good: dict[str, int] = {}     # ip -> number of (user, ip) entries
+        #: /24 and /16 (IPv6: /64 and /48) -> known-good addresses in it (network bans check it)
+        self.good_nets: dict[str, int] = {}
         self.changed = False
 
     def add(self, user: str | None, ip: str, ts: float) -> bool:
@@ -183,7 +185,11 @@ class LoginHistory:
         if ip in d:
             ts = max(ts, d.pop(ip))
         else:
-            self.good[ip] = self.good.get(ip, 0) + 1
+            n = self.good.get(ip, 0)
+            self.good[ip] = n + 1
+            if n == 0:
+                for k in nets_of(ip):
+                    self.good_nets[k] = self.good_nets.get(k, 0) + 1
             if len(d) >= self.per_user:
                 oip = next(iter(d))
                 del d[oip]
@@ -195,7 +201,13 @@ class LoginHistory:
     def _drop_good(self, ip: str) -> None:
         n = self.good.get(ip, 0) - 1
         if n <= 0:
-            self.good.pop(ip, None)
+            if self.good.pop(ip, None) is not None:
+                for k in nets_of(ip):
+                    v = self.good_nets.get(k, 0) - 1
+                    if v <= 0:
+                        self.good_nets.pop(k, None)
+                    else:
+                        self.good_nets[k] = v
         else:
             self.good[ip] = n
 
@@ -470,6 +482,10 @@ class CampaignTracker:
             self.entries += 1
         t.sources[ip] = max(ts, old or 0.0)
         self._expire_sources(t, ts)
+        if len(t.sources) > self.max_entries // 4:  # one huge campaign keeps its newest sources
+            oldest = next(iter(t.sources))
+            del t.sources[oldest]
+            self._forget(t, oldest)
         nsrc = len(t.sources)
         t.peak = max(t.peak, nsrc)
         if t.state != "active" and nsrc >= cfg.user_sources:
@@ -522,7 +538,8 @@ class CampaignTracker:
         """Drop ``k`` least recently failed targets, non-campaigns first."""
         victims = [u for u, t in self.targets.items() if t.state != "active"][:k]
         if len(victims) < k:
-            victims += [u for u in self.targets if u not in set(victims)][: k - len(victims)]
+            chosen = set(victims)
+            victims += [u for u in self.targets if u not in chosen][: k - len(victims)]
         for u in victims:
             t = self.targets.pop(u)
             self.entries -= len(t.sources)
@@ -586,6 +603,12 @@ class CampaignTracker:
         why = self.protected(net)
         if why:
             return why
+        good = self.logins.good_nets
+        if net in good:
+            return f"{good[net]} address(es) in it logged in successfully"
+        if not good:
+            return None
+        # a network of another size (the UI's X on any network): the slow way, rare
         n = ipaddress.ip_network(net, strict=False)
         for ip in self.logins.good:
             try:

@@ -154,13 +154,13 @@ def run_mode(lab: MailLab, tmp: Path, *, campaign: bool, known: Path | None = No
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    out = [(f"{'campaign response':<18}{'attack':<8}{'guesses reaching dovecot':>26}{'no answer':>10}"
+    out = [(f"{'campaign response':<18}{'attack':<8}{'guesses reaching dovecot':>26}{'no answer':>11}"
             f"{'time to stop':>14}{'bans':>6}  networks banned")]
     for r in rows:
         for name in ("v4", "v6", "slow"):
             a = r[name]
             stop = f"{a['stop']:.1f} s" if a["reached"] else "-"
-            out.append(f"{r['mode']:<18}{name:<8}{a['reached']:>18} of {a['of']:<4}{a['blocked']:>10}{stop:>14}"
+            out.append(f"{r['mode']:<18}{name:<8}{a['reached']:>18} of {a['of']:<4}{a['blocked']:>11}{stop:>14}"
                        f"{a['bans']:>6}  {', '.join(a['nets']) or '-'}")
         o = r["owner"]
         out.append(f"{r['mode']:<18}{'owner':<8}{o['ok']:>18} of {o['total']:<4} logins ok; banned: {o['banned']}")

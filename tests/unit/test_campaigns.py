@@ -81,7 +81,7 @@ def test_network_holding_a_known_good_or_protected_address_is_never_banned():
         out += tr.feed([ev(f"198.51.100.{i + 20}", T0 + 1 + i, "imap", user="test")])
     assert "198.51.100.0/24" not in [d.ip for d in out]
     row = tr.detail("user:test")
-    assert row is not None and any("198.51.100.9 in it logged in" in a[2] for a in row.alerts)
+    assert row is not None and any("logged in successfully" in a[2] for a in row.alerts)
     assert len(out) == 10  # each source banned on its own instead
     tr2 = CampaignTracker(CampaignConfig(user_sources=3, net_sources=3),
                           protected=lambda ip: "protected" if ip == "203.0.113.0/24" else None, enabled=True)
@@ -286,3 +286,24 @@ def test_scan_what_if_replays_a_log_under_the_campaign_policy(tmp_path):
     off = subprocess.run([sys.executable, "-m", "popwatch", "--config", str(cfg), "scan", "--what-if",
                           "maxretry=5", str(log)], capture_output=True, text=True, timeout=60)
     assert "campaign" not in off.stdout and "0 of 12 addresses would have been banned" in off.stdout
+
+
+def test_one_huge_campaign_keeps_its_newest_sources_within_the_entry_cap():
+    tr = CampaignTracker(CampaignConfig(user_sources=5, window=86400.0), enabled=False, max_entries=4000)
+    for i in range(10_000):
+        tr.feed([ev(f"10.9.{i >> 8 & 255}.{i & 255}", T0 + i, "pop3", user="test")])
+    t = tr.targets["test"]
+    assert t.state == "active" and len(t.sources) == 1000 and tr.entries == 1000
+    assert sum(t.narrow.values()) == 1000 and "10.9.39.0/24" in t.narrow and "10.9.0.0/24" not in t.narrow
+
+
+def test_login_history_indexes_the_networks_of_known_good_addresses():
+    h = LoginHistory(max_users=2, per_user=1)
+    h.add("a", "203.0.113.5", T0)
+    h.add("b", "2001:db8:1:2::3", T0)
+    assert h.good_nets == {"203.0.113.0/24": 1, "203.0.0.0/16": 1, "2001:db8:1:2::/64": 1, "2001:db8:1::/48": 1}
+    h.add("a", "203.0.113.6", T0 + 1)  # per_user 1: .5 is forgotten, .6 takes its place
+    h.add("c", "198.51.100.1", T0 + 2)  # max_users 2: the oldest user goes
+    assert sum(h.good_nets.get(k, 0) for k in ("203.0.113.0/24",)) == 1
+    assert set(h.good) == set().union(*[set(d) for d in h.by_user.values()])
+    assert all(v > 0 for v in h.good_nets.values())
