@@ -62,6 +62,7 @@ class Decision:
     detail: dict[str, Any] = field(default_factory=dict)
     event_ts: float = 0.0       # timestamp of the failure that crossed the threshold
     mono: float = 0.0           # time.monotonic() when the crossing was seen (benchmarks)
+    origin: str = "auto"        # auto | campaign (popwatch.campaigns)
 
 
 class _Win:

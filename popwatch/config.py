@@ -149,6 +149,8 @@ class Config:
     source_path: Path | None = None
     #: ``[crowdsec]`` (popwatch.crowdsec.CrowdSecConfig), None when absent
     crowdsec: Any = None
+    #: ``[campaign]`` (popwatch.campaigns.CampaignConfig)
+    campaign: Any = field(default_factory=lambda: _campaign_default())
 
     def limit_for(self, port: int) -> PortLimit:
         return self.limits.get(port) or PortLimit(port)
@@ -159,7 +161,13 @@ class Config:
 
 _TOP_KEYS = {"ports", "logs", "journal", "backend", "state_dir", "policy", "limits"}
 #: tables validated by their own modules ([crowdsec]: popwatch/crowdsec.py)
-_TABLE_KEYS = {"crowdsec"}
+_TABLE_KEYS = {"crowdsec", "campaign"}
+
+
+def _campaign_default() -> Any:
+    from .campaigns import CampaignConfig
+
+    return CampaignConfig()
 _POLICY_KEYS = {"auto_ban", "maxretry", "findtime", "bantime", "allow", "ipv6_prefix", "ban_action",
                 "recidive_factor", "recidive_max", "recidive_window", "success_grace",
                 "success_maxretry", "user_ips", "user_maxretry", "whatif_window", "history_max",
@@ -336,6 +344,10 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         from .crowdsec import from_table
 
         cfg.crowdsec = from_table(data["crowdsec"])
+    if "campaign" in data:
+        from .campaigns import from_table as campaign_table
+
+        cfg.campaign = campaign_table(data["campaign"])
     return cfg
 
 

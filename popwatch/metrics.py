@@ -176,8 +176,30 @@ class PopwatchCollector(Collector):
             yield c
         yield from self._ports()
         yield from self._sources()
+        yield from self._campaigns(now)
         for fn in list(self.extra):
             yield from fn()
+
+    def _campaigns(self, now: float) -> Iterator[Metric]:
+        """Campaigns (popwatch.campaigns): active ones by kind, and start/update/end/alert events."""
+        camp = getattr(self.monitor, "campaigns", None)
+        if camp is None:
+            return
+        g = GaugeMetricFamily("popwatch_campaigns_active", "Campaigns under way, by kind (user: one user name "
+                              "from many addresses; slow: one address over a long window)", labels=["kind"])
+        by: dict[str, int] = {"user": 0, "slow": 0}
+        for r in camp.rows(now, k=100000, ended=False):
+            by[r.kind] = by.get(r.kind, 0) + 1
+        for k, n in sorted(by.items()):
+            g.add_metric([k], n)
+        yield g
+        c = CounterMetricFamily("popwatch_campaign_events", "Campaign starts, updates, ends and alerts "
+                                "(a successful login from a source, or from a new address for a target)",
+                                labels=["event"])
+        counts = dict(camp.counts)
+        for e in ("start", "update", "end", "alert"):
+            c.add_metric([e], counts.get(e, 0))
+        yield c
 
     def _ports(self) -> Iterator[Metric]:
         st = self.store

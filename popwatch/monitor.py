@@ -29,13 +29,14 @@ from typing import IO, Any, Awaitable, Callable, Iterable
 
 from .addr import parse_target
 from .autoban import AutoBan, Decision, fmt_duration
+from .campaigns import CampaignConfig, CampaignTracker
 from .faults import point
 from .config import PolicyConfig
 from .conns import PortConns
 from .firewall.base import Firewall, FirewallError, PortLimit, Rate
 from .firewall.rules import MAX_TIMEOUT as MAX_BAN_TTL
 from .heal import Healer
-from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth
+from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth, iso
 from .persist import Persist, StateDirError
 from .policy import Protector, Refused
 from .sources.base import Source
@@ -72,7 +73,8 @@ class Monitor:
                  mono: Callable[[], float] = time.monotonic, events_out: IO[str] | None = None,
                  default_ttl: float | None = 3600.0, policy: PolicyConfig | None = None,
                  auto_ban: bool | None = None,
-                 conns: Callable[[Iterable[int]], dict[int, PortConns]] | None = None) -> None:
+                 conns: Callable[[Iterable[int]], dict[int, PortConns]] | None = None,
+                 campaign: CampaignConfig | None = None) -> None:
         self.store = store
         #: established connections per port, read every poll off the loop (popwatch/conns.py)
         self.conns = conns
@@ -119,6 +121,10 @@ class Monitor:
                                is_banned=self._banned_or_pending, enabled=auto_ban)
         self.healer = Healer(self)
         store.protected = self.protector.protected_ip
+        #: campaigns (popwatch.campaigns): fed in ingest next to auto-ban; the screen reads rows()
+        self.campaigns = CampaignTracker(campaign, protected=self.protector.protected_ip,
+                                         is_banned=self._banned_or_pending)
+        self.on_campaign: list[Callable[[str, Any], None]] = []
         if store.near_threshold is None:
             store.near_threshold = self.autoban.near
         if persist is not None:
@@ -128,6 +134,12 @@ class Monitor:
             for ip, t in persist.load_successes().items():
                 self.autoban.note_success(ip, t)
             self.autoban.successes_changed = False
+            logins = persist.load_logins()
+            if logins is not None:
+                try:
+                    self.campaigns.logins.load(logins)
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    persist.problems.append(f"{persist.logins_path}: ignored ({e.__class__.__name__})")
             for p in persist.problems:
                 store.note(p)
 
@@ -195,6 +207,9 @@ class Monitor:
         if self.persist is not None and not self.dry_run and self.autoban.successes_changed:
             self.autoban.successes_changed = False
             self.persist.save_successes(dict(self.autoban.successes))
+        if self.persist is not None and not self.dry_run and self.campaigns.logins.changed:
+            self.campaigns.logins.changed = False
+            self.persist.save_logins(self.campaigns.logins.to_json())
 
     async def _consume(self, source: Source) -> None:
         try:
@@ -220,6 +235,7 @@ class Monitor:
         decisions go to the firewall thread from here, before anything else is done."""
         parse = self.parser.parse
         feed = self.autoban.feed
+        camp = self.campaigns.feed
         events: list[AuthEvent] = []
         # parse and count in small steps, so a crossing goes to the firewall thread before
         # the rest of a big batch is parsed
@@ -227,6 +243,7 @@ class Monitor:
             evs = [ev for ev in map(parse, batch[i:i + AUTOBAN_STEP]) if ev is not None]
             if evs:
                 decisions = feed(evs)
+                decisions += camp(evs)
                 if decisions:
                     self._fire(decisions)
                 events.extend(evs)
@@ -242,7 +259,26 @@ class Monitor:
                 r = cb(events)
                 if r is not None:
                     asyncio.ensure_future(r)
+        if self.campaigns.changes:
+            self._campaign_changes()
         return events
+
+    def _campaign_changes(self) -> None:
+        """Campaign start/update/end/alert: the events stream, notes and on_campaign hooks."""
+        for what, row in self.campaigns.drain():
+            if what in ("start", "end", "alert"):
+                self.store.note(f"campaign {what}: {row.score}"
+                                + (f" -- {row.alerts[-1][2]} ({row.alerts[-1][1]})" if what == "alert" else ""))
+            out = self.events_out
+            if out is not None:
+                out.write(json.dumps({"type": "campaign", "event": what, "kind": f"campaign_{what}",
+                                      "ts": iso(self.clock()), "ip": None, **row.to_json()}) + "\n")
+                out.flush()
+            for cb in self.on_campaign:
+                try:
+                    cb(what, row)
+                except Exception:  # noqa: BLE001 - an exporter must never break ingest
+                    pass
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
@@ -281,6 +317,10 @@ class Monitor:
                     self.store.note(f"reading the kernel's bans failed: {e}")
             if n % 60 == 0:
                 self.autoban.sweep(self.clock())
+            if n % 5 == 0:
+                self.campaigns.sweep(self.clock())
+                if self.campaigns.changes:
+                    self._campaign_changes()
             try:
                 self.flush()
             except OSError as e:
@@ -459,7 +499,7 @@ class Monitor:
             self._audit("close", target, origin=origin, reason="open connections closed at the ban",
                         closed=closed)
         if self.persist is not None:
-            if origin == "auto" and self._running:
+            if origin in ("auto", "campaign") and self._running:
                 self._io.submit(self._history_io, ban)
             else:
                 try:
@@ -618,9 +658,10 @@ class Monitor:
         for d in decisions:  # one ban per kernel entry: two addresses of one /64 are one incident
             if d.ip in self._pending:
                 continue
-            e = self._entry(d.ip, False) if ":" in d.ip else d.ip
+            e = self._entry(d.ip, "/" in d.ip) if ":" in d.ip else d.ip
             if e in entries:
-                self.autoban.cancel(d.ip)
+                if d.origin == "auto":
+                    self.autoban.cancel(d.ip)
                 continue
             entries.add(e)
             todo.append(d)
@@ -646,7 +687,7 @@ class Monitor:
         out: list[Any] = []
         for d in todo:
             try:
-                r = self._ban_fw(d.ip, d.bantime, d.reason, "auto", False, d.detail, close=False)
+                r = self._ban_fw(d.ip, d.bantime, d.reason, d.origin, "/" in d.ip, d.detail, close=False)
                 self.auto_latency.append((d.ip, d.event_ts, d.mono, time.monotonic()))
                 out.append(r)
             except (Refused, FirewallError, ValueError, OSError) as e:
@@ -659,10 +700,10 @@ class Monitor:
         plans = []
         for i, d in enumerate(todo):
             try:
-                plans.append((i, d, *self._ban_plan(d.ip, d.bantime, d.reason, "auto", False, d.detail)))
+                plans.append((i, d, *self._ban_plan(d.ip, d.bantime, d.reason, d.origin, "/" in d.ip, d.detail)))
             except (Refused, FirewallError, ValueError, OSError) as e:
                 out[i] = e
-        recs = [self.persist.record("ban", ban.ip, origin="auto", reason=d.reason, change=change, **extra)
+        recs = [self.persist.record("ban", ban.ip, origin=d.origin, reason=d.reason, change=change, **extra)
                 for _, d, ban, change, extra in plans]
         try:
             self.persist.write_audit(recs)
@@ -678,11 +719,11 @@ class Monitor:
                 point("kernel ban")
                 self.firewall.ban(ban.ip, ttl)
             except (FirewallError, ValueError, OSError) as e:
-                voids.append(self.persist.record("void", ban.ip, origin="auto", reason=f"the firewall refused: {e}",
+                voids.append(self.persist.record("void", ban.ip, origin=d.origin, reason=f"the firewall refused: {e}",
                                                  voids=rec["id"]))
                 out[i] = e
                 continue
-            self._notify("ban", ban.ip, dict(origin="auto", reason=d.reason, change=change, **extra))
+            self._notify("ban", ban.ip, dict(origin=d.origin, reason=d.reason, change=change, **extra))
             self.auto_latency.append((d.ip, d.event_ts, d.mono, time.monotonic()))
             self._io.submit(self._history_io, ban)
             left = "permanently" if ttl is None else f"for {_human(ttl)}"
@@ -711,8 +752,9 @@ class Monitor:
                     for cb in self.on_dry_run:
                         cb(r)
             else:
-                self.autoban.cancel(d.ip)
-                self.store.note(f"auto-ban of {d.ip} failed: {r}")
+                if d.origin == "auto":
+                    self.autoban.cancel(d.ip)
+                self.store.note(f"{d.origin}-ban of {d.ip} failed: {r}")
 
     # ------------------------------------------------------------------ actions: sync (CLI)
     def ban(self, ip: str, *, ttl: float | None = None, reason: str = "", origin: str = "cli",
@@ -797,7 +839,7 @@ class Monitor:
         return self._after_ban(r)
 
     async def aban_many(self, ips: Iterable[str], *, ttl: float | None = None, reason: str = "",
-                        origin: str = "key") -> tuple[list[ActionResult], dict[str, str]]:
+                        origin: str = "key", allow_net: bool = False) -> tuple[list[ActionResult], dict[str, str]]:
         loop = asyncio.get_running_loop()
         ips = list(ips)
 
@@ -805,7 +847,7 @@ class Monitor:
             out: list[Any] = []
             for ip in ips:
                 try:
-                    out.append(self._ban_fw(ip, ttl, reason, origin, False, close=False))
+                    out.append(self._ban_fw(ip, ttl, reason, origin, allow_net, close=False))
                 except (Refused, FirewallError, ValueError) as e:
                     out.append(e)
             return self._closed_after(out)
@@ -845,7 +887,7 @@ class Monitor:
             current = self.store.limits.get(int(prop["port"]))
         return _what_if(events, self.policy, prop, protected=self.protector.protected_ip,
                         successes=self._recent_successes(), current_limit=current,
-                        ipv6_prefix=self.policy.ipv6_prefix)
+                        ipv6_prefix=self.policy.ipv6_prefix, campaign=self.campaigns.cfg)
 
     async def awhat_if(self, proposal: str | dict[str, Any], *, window: float | None = None) -> WhatIfReport:
         """:meth:`what_if` for the TUI (``w``): the events are copied on the loop, the replay
@@ -860,7 +902,7 @@ class Monitor:
         return await loop.run_in_executor(
             None, lambda: _what_if(events, self.policy, prop, protected=self.protector.protected_ip,
                                    successes=successes, current_limit=current,
-                                   ipv6_prefix=self.policy.ipv6_prefix))
+                                   ipv6_prefix=self.policy.ipv6_prefix, campaign=self.campaigns.cfg))
 
     def _recent_successes(self) -> dict[str, float]:
         now = self.clock()

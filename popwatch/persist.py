@@ -6,6 +6,7 @@ Files (all 0600 in a 0700 directory):
 * ``bans.json``       active bans with expiry (atomic rewrite on every change)
 * ``history.jsonl``   one line per ban ever made (recidive; trimmed to ``history_max`` lines)
 * ``successes.json``  last successful login per address (the auto-ban's success grace; bounded)
+* ``logins.json``     successful logins per user, per address (campaigns' known-good; bounded)
 * ``audit.jsonl``     append-only: time, who (user, SSH client), origin, action, target, reason,
                       the exact firewall change, and what undo needs
 * ``popwatch.lock``   flock held by the running ``popwatch watch`` (its pid inside)
@@ -101,6 +102,7 @@ class Persist:
         self.audit_path = self.dir / "audit.jsonl"
         self.history_path = self.dir / "history.jsonl"
         self.successes_path = self.dir / "successes.json"
+        self.logins_path = self.dir / "logins.json"
         self.lock_path = self.dir / "popwatch.lock"
         self.history_max = history_max
         self.problems: list[str] = []
@@ -405,6 +407,24 @@ def watch_exempt(state_dir: Path) -> list[str]:
         return []
     finally:
         os.close(fd)
+
+    def load_logins(self) -> Any:
+        """``logins.json`` as parsed JSON (None when absent; a corrupt file is set aside)."""
+        try:
+            raw = self.logins_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.problems.append(f"{self.logins_path}: {e.strerror}")
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            self._set_aside(self.logins_path, e)
+            return None
+
+    def save_logins(self, data: Any) -> None:
+        atomic_write(self.logins_path, json.dumps(data).encode())
 
 
 def _append(path: Path, rec: dict[str, Any]) -> None:

@@ -123,7 +123,7 @@ class WhatIfReport:
 
 
 _KEYS = {"maxretry", "findtime", "bantime", "user_ips", "user_maxretry", "success_maxretry",
-         "port", "mode", "rate", "burst"}
+         "port", "mode", "rate", "burst", "campaign"}
 
 
 def parse_proposal(text: str) -> dict[str, Any]:
@@ -151,6 +151,10 @@ def parse_proposal(text: str) -> dict[str, Any]:
             out[k] = Rate.parse(v)
         elif k == "burst":
             out[k] = parse_burst(v)
+        elif k == "campaign":
+            if v not in ("on", "off"):
+                raise ValueError(f"bad what-if campaign {v!r}: expected on or off")
+            out[k] = v == "on"
         else:
             if v not in ("global", "per-source"):
                 raise ValueError(f"bad what-if mode {v!r}: expected global or per-source")
@@ -173,8 +177,11 @@ def _successes(events: list[AuthEvent], known: dict[str, float] | None) -> set[s
 def what_if_policy(events: Iterable[AuthEvent], policy: PolicyConfig, *, maxretry: int | None = None,
                    findtime: float | None = None, bantime: float | None = None,
                    protected: Any = None, successes: dict[str, float] | None = None,
-                   **extra: Any) -> WhatIfReport:
-    """Replay ``events`` (any order) through a fresh auto-ban with the proposed values."""
+                   campaign: Any = None, **extra: Any) -> WhatIfReport:
+    """Replay ``events`` (any order) through a fresh auto-ban with the proposed values, and
+    through the campaign response (:mod:`popwatch.campaigns`) when ``campaign`` (a
+    CampaignConfig) is given and on (its auto_ban, or the proposal's ``campaign=on``)."""
+    from .campaigns import CampaignTracker, nets_of
     evs = sorted(events, key=lambda e: e.ts)
     kw: dict[str, Any] = {k: v for k, v in (("maxretry", maxretry), ("findtime", findtime),
                                             ("bantime", bantime)) if v is not None}
@@ -187,29 +194,58 @@ def what_if_policy(events: Iterable[AuthEvent], policy: PolicyConfig, *, maxretr
         for ip, t in successes.items():
             eng.note_success(ip, t)
     now = [0.0]
+    on = extra.get("campaign_on")
+    use_camp = campaign is not None and bool(getattr(campaign, "auto_ban", False) if on is None else on)
+    camp = None
+    if use_camp:
+        camp = CampaignTracker(campaign, protected=protected or (lambda ip: None), enabled=True,
+                               is_banned=lambda k: banned_until.get(k, 0.0) > now[0], mono=lambda: 0.0)
     totals: dict[str, int] = {}
     first: dict[str, WouldBan] = {}
+    blocked = 0
     for ev in evs:
         now[0] = ev.ts
         if ev.ip is None:
             continue
         if ev.kind in _FAILS and ev.attempts > 0:
             totals[ev.ip] = totals.get(ev.ip, 0) + ev.attempts
-            if banned_until.get(ev.ip, 0.0) > ev.ts:
+            keys = (ev.ip, *nets_of(ev.ip)) if camp is not None else (ev.ip,)
+            if any(banned_until.get(k, 0.0) > ev.ts for k in keys):
+                blocked += ev.attempts
                 continue  # already banned: the attempt would not have reached the daemon
-        for d in eng.feed([ev]):
+        ds = eng.feed([ev])
+        if camp is not None:
+            ds += camp.feed([ev])
+        for d in ds:
             banned_until[d.ip] = ev.ts + d.bantime
             if d.ip not in first:
-                first[d.ip] = WouldBan(d.ip, ev.ts, int(d.detail["count"]), 0, False,
+                first[d.ip] = WouldBan(d.ip, ev.ts, int(d.detail.get("count", totals.get(d.ip, 0))), 0, False,
                                        str(d.detail["rule"]), d.bantime)
     succ = _successes(evs, successes)
-    banned = [replace(b, total=totals.get(b.ip, 0), logged_in=b.ip in succ) for b in first.values()]
+    banned = [replace(b, total=_total(b.ip, totals), logged_in=b.ip in succ) for b in first.values()]
     parts = [f"maxretry={pol.maxretry}", f"findtime={fmt_duration(pol.findtime)}"]
+    if camp is not None:
+        parts.append("campaign=on")
     if bantime is not None:
         parts.append(f"bantime={fmt_duration(pol.bantime)}")
     span = (evs[0].ts, evs[-1].ts) if evs else None
-    return WhatIfReport(",".join(parts), len(evs), span, banned, len(totals), len(succ),
-                        sorted(b.ip for b in banned if b.logged_in))
+    r = WhatIfReport(",".join(parts), len(evs), span, banned, len(totals), len(succ),
+                     sorted(b.ip for b in banned if b.logged_in))
+    if camp is not None:
+        n = sum(1 for b in banned if b.rule.startswith("campaign"))
+        r.note = (f"campaign response: {n} bans, {blocked} failed attempts would not have reached the "
+                  f"daemon; campaigns: " + ("; ".join(c.score for c in camp.rows(k=5)) or "none"))
+    return r
+
+
+def _total(target: str, totals: dict[str, int]) -> int:
+    if "/" not in target:
+        return totals.get(target, 0)
+    import ipaddress
+
+    net = ipaddress.ip_network(target, strict=False)
+    return sum(n for ip, n in totals.items() if (":" in ip) == (net.version == 6)
+               and ipaddress.ip_address(ip) in net)
 
 
 def what_if_limit(events: Iterable[AuthEvent], limit: PortLimit, *, ipv6_prefix: int = 64) -> WhatIfReport:
@@ -254,7 +290,7 @@ def what_if_limit(events: Iterable[AuthEvent], limit: PortLimit, *, ipv6_prefix:
 
 def what_if(events: Iterable[AuthEvent], policy: PolicyConfig, proposal: str | dict[str, Any], *,
             protected: Any = None, successes: dict[str, float] | None = None,
-            current_limit: PortLimit | None = None, ipv6_prefix: int = 64) -> WhatIfReport:
+            current_limit: PortLimit | None = None, ipv6_prefix: int = 64, campaign: Any = None) -> WhatIfReport:
     """Dispatch a textual or parsed proposal to the policy or the limit replay."""
     prop = parse_proposal(proposal) if isinstance(proposal, str) else dict(proposal)
     if "port" in prop:
@@ -263,7 +299,12 @@ def what_if(events: Iterable[AuthEvent], policy: PolicyConfig, proposal: str | d
         mode = prop.get("mode", base.mode if base.mode != "count" else "global")
         lim = PortLimit(prop["port"], mode, prop.get("rate", base.rate), prop.get("burst", base.burst))
         return what_if_limit(events, lim, ipv6_prefix=ipv6_prefix)
-    return what_if_policy(events, policy, protected=protected, successes=successes, **prop)
+    if "campaign" in prop:
+        prop["campaign_on"] = prop.pop("campaign")
+        if campaign is None:
+            from .campaigns import CampaignConfig
+            campaign = CampaignConfig()
+    return what_if_policy(events, policy, protected=protected, successes=successes, campaign=campaign, **prop)
 
 
 class ScanWhatIf:
@@ -284,12 +325,12 @@ class ScanWhatIf:
             return
         self.events.append(ev)
 
-    def report(self, policy: PolicyConfig, allow: Iterable[str] = ()) -> WhatIfReport:
+    def report(self, policy: PolicyConfig, allow: Iterable[str] = (), campaign: Any = None) -> WhatIfReport:
         from .policy import Protector
 
         prot = Protector(allow=list(allow))
         r = what_if(self.events, policy, self.proposal, protected=prot.protected_ip,
-                    ipv6_prefix=policy.ipv6_prefix)
+                    ipv6_prefix=policy.ipv6_prefix, campaign=campaign)
         if self.dropped:
             r.note = (r.note + "; " if r.note else "") + \
                 f"only the first {self.max_events} events were replayed ({self.dropped} more not)"

@@ -104,7 +104,7 @@ def _module_sections() -> str:
     """Tables validated by their own modules (``[crowdsec]``): each module documents itself
     with a ``CONFIG_DOC`` string (commented TOML); otherwise its keys are listed."""
     out = []
-    for name in ("crowdsec",):
+    for name in ("crowdsec", "campaigns"):
         try:
             mod = __import__(f"popwatch.{name}", fromlist=["_"])
         except ImportError:

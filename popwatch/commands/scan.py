@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = getattr(args, "cfg", None)
         from ..config import PolicyConfig
         pol = cfg.policy if cfg is not None else PolicyConfig()
-        rep = wif.report(pol, pol.allow)
+        rep = wif.report(pol, pol.allow, getattr(cfg, "campaign", None))
         out.write(json.dumps(rep.to_json()) + "\n" if args.json else "\n".join(rep.lines(limit=50)) + "\n")
     elif not as_json:
         summary.render(out)

@@ -243,7 +243,8 @@ def run_watch(args: argparse.Namespace) -> int:
                       sources=_make_sources(cfg, args),
                       firewall=firewall, protector=Protector.from_env(cfg.policy.allow), persist=persist,
                       dry_run=dry_run, events_out=events_out, policy=cfg.policy,
-                      default_ttl=cfg.policy.bantime, conns=None if args.no_tui else established)
+                      default_ttl=cfg.policy.bantime, conns=None if args.no_tui else established,
+                      campaign=cfg.campaign)
     if args.no_tui:  # what watch cannot do, once, on stderr and in the events stream
         monitor.on_problem.append(lambda text: _say_problem(text, events_out))
     try:

@@ -22,6 +22,7 @@ from ..firewall.base import MODES, PortLimit, Rate
 from ..monitor import Monitor
 from ..policy import Refused
 from ..store import SORT_KEYS, AttackerRow, PortRow, Snapshot
+from .campaigns import CampaignScreen, CampaignsPanel
 from .screens import ConfirmScreen, DetailScreen, HelpScreen, LimitScreen, WhatIfScreen
 from .widgets import AttackerTable, HeaderBar, LiveLog, PortsPanel, UsersPanel, left
 
@@ -33,7 +34,7 @@ ACTING = frozenset({"ban", "ban_all", "unban", "rate", "burst", "mode", "edit", 
 #: policy actions and the Monitor methods they need (bound only when it has one of them)
 POLICY_ACTIONS = {"auto_ban": ("set_auto_ban",), "what_if": ("what_if",), "undo": ("aundo", "undo")}
 #: the main screen's own actions (see check_action)
-MAIN_ACTIONS = ACTING | {"filter", "sort", "rollup", "users", "detail", "help", "quit", "what_if"}
+MAIN_ACTIONS = ACTING | {"filter", "sort", "rollup", "users", "detail", "help", "quit", "what_if", "campaigns"}
 #: rows drawn in the attacker table (the rest are counted as hidden)
 TOP_K = 200
 
@@ -76,6 +77,7 @@ class PopwatchApp(App[None]):
     .panel { border-top: solid $primary-darken-2; border-title-color: $text-muted; }
     .panel:focus-within, .panel:focus { border-top: solid $accent; border-title-color: $accent; }
     #users { display: none; border-left: solid $primary-darken-2; padding-left: 1; }
+    #campaigns { display: none; }
     #ports { margin-bottom: 0; }
     #filter { dock: bottom; display: none; height: 1; border: none; padding: 0 1; }
     #filter.-show { display: block; }
@@ -105,6 +107,8 @@ class PopwatchApp(App[None]):
                 id="rollup", priority=True),
         Binding("v", "users", "Users", show=False, tooltip="show or hide the users-under-attack panel",
                 id="users", priority=True),
+        Binding("c", "campaigns", "Campaigns", show=False, id="campaigns", priority=True,
+                tooltip="show or hide the campaigns panel (Enter opens one, x/X ban its sources/networks)"),
         Binding("enter", "detail", "Detail", show=False, id="detail", priority=True,
                 tooltip="everything about the selected address (on a network: list its addresses)"),
         Binding("a", "auto_ban", "Auto-ban", show=False, tooltip="switch automatic banning on or off",
@@ -139,6 +143,7 @@ class PopwatchApp(App[None]):
         self.filter = ""
         self.rollup = False
         self.users_shown: bool | None = None  # None: automatic (shown when wide)
+        self.campaigns_shown: bool | None = None  # None: automatic (shown when wide and tall)
         self.snapshot: Snapshot | None = None
         self._version = -1
         self._ticks = 0
@@ -156,6 +161,9 @@ class PopwatchApp(App[None]):
                 t = AttackerTable(id="attackers", classes="panel")
                 t.border_title = "attackers"
                 yield t
+                c = CampaignsPanel(id="campaigns", classes="panel")
+                c.border_title = "campaigns: one user from many addresses, or one slow address"
+                yield c
                 p = PortsPanel(id="ports", classes="panel")
                 p.border_title = "ports: new connections/s, last 2 min; open: established now, top source"
                 yield p
@@ -193,6 +201,11 @@ class PopwatchApp(App[None]):
         users.display = wide if self.users_shown is None else self.users_shown
         if users.display and self.snapshot is not None:
             users.set_snapshot(self.snapshot)
+        camp = self.query_one(CampaignsPanel)
+        big = self.size.width >= 140 and self.size.height >= 40
+        camp.display = big if self.campaigns_shown is None else self.campaigns_shown
+        if camp.display and self.snapshot is not None:
+            camp.set_rows(self.monitor.campaigns.rows(self.snapshot.now, k=20), self.snapshot.now)
 
     # ------------------------------------------------------------------ state
     @property
@@ -242,6 +255,9 @@ class PopwatchApp(App[None]):
             self._log.set_snapshot(snap)
             if self._users.display:
                 self._users.set_snapshot(snap)
+            camp = self.query_one(CampaignsPanel)
+            if camp.display:
+                camp.set_rows(self.monitor.campaigns.rows(snap.now, k=20), snap.now)
             self._header.flags = self._flags()
             self._header.set_snapshot(snap)
 
@@ -567,7 +583,16 @@ class PopwatchApp(App[None]):
             self.query_one(AttackerTable).focus()
             self.refresh_view(force=True)
 
+    def action_campaigns(self) -> None:
+        self.campaigns_shown = not self.query_one(CampaignsPanel).display
+        self._layout_users()
+
     def action_detail(self) -> None:
+        if isinstance(self.focused, CampaignsPanel):
+            sel = self.focused.selected
+            if sel is not None:
+                self.push_screen(CampaignScreen(sel.key))
+            return
         row = self._selected_row()
         if row is None:
             return

@@ -293,7 +293,7 @@ class WhatIfScreen(ModalScreen[None]):
             example = "maxretry=5,findtime=10m,bantime=1h"
         with Vertical():
             yield Static(Text("What if? Replay the recent events under another rule; nothing is changed."))
-            yield Input(example, placeholder="maxretry=5,findtime=10m  or  port=110,rate=2/second,burst=5",
+            yield Input(example, placeholder="maxretry=5,findtime=10m[,campaign=on]  or  port=110,rate=2/second,burst=5",
                         id="proposal")
             with VerticalScroll(id="answer"):
                 yield Static(Text("Enter runs the replay.", style="dim"), id="report")
