@@ -373,6 +373,27 @@ class Persist:
         except OSError as e:
             raise state_error(self.dir, e, "write successes.json") from None
 
+    def load_logins(self) -> Any:
+        """``logins.json`` as parsed JSON (None when absent; a corrupt file is set aside)."""
+        try:
+            raw = self.logins_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.problems.append(f"{self.logins_path}: {e.strerror}")
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            self._set_aside(self.logins_path, e)
+            return None
+
+    def save_logins(self, data: Any) -> None:
+        try:
+            atomic_write(self.logins_path, json.dumps(data).encode())
+        except OSError as e:
+            raise state_error(self.dir, e, "write logins.json") from None
+
 
 def _plain_address(text: str) -> bool:
     """A strict numeric address (``inet_pton`` accepts nothing else: no hostnames, no octal)."""
@@ -407,24 +428,6 @@ def watch_exempt(state_dir: Path) -> list[str]:
         return []
     finally:
         os.close(fd)
-
-    def load_logins(self) -> Any:
-        """``logins.json`` as parsed JSON (None when absent; a corrupt file is set aside)."""
-        try:
-            raw = self.logins_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            self.problems.append(f"{self.logins_path}: {e.strerror}")
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError as e:
-            self._set_aside(self.logins_path, e)
-            return None
-
-    def save_logins(self, data: Any) -> None:
-        atomic_write(self.logins_path, json.dumps(data).encode())
 
 
 def _append(path: Path, rec: dict[str, Any]) -> None:
