@@ -72,7 +72,7 @@ def dove_fail(ip: str, n: int) -> str:
 def inner(log: str, lock: str, seconds: float) -> None:
     """The popwatch side: Monitor + nft backend + tail source; prints a JSON result."""
     from popwatch.config import PolicyConfig
-    from popwatch.firewall.base import PortLimit
+    from popwatch.model import PortLimit
     from popwatch.firewall.iptables import IptablesFirewall
     from popwatch.monitor import Monitor
     from popwatch.parse import Parser

@@ -87,7 +87,7 @@ def run(argv: list[str], stdin: str | None = None) -> None:
 # ----------------------------------------------------------------------------- inside the netns
 
 def inner_nftables(samples: int) -> dict[str, Any]:
-    from popwatch.firewall.base import PortLimit, Rate
+    from popwatch.model import PortLimit, Rate
     from popwatch.firewall.nftables import NftablesFirewall
 
     lock = f"/tmp/pwfwbench-{os.getpid()}.lock"
@@ -159,7 +159,7 @@ def inner_nftables(samples: int) -> dict[str, Any]:
 
 
 def inner(backend: str, samples: int) -> dict[str, Any]:
-    from popwatch.firewall.base import PortLimit, Rate
+    from popwatch.model import PortLimit, Rate
 
     if backend == "nftables":
         return inner_nftables(samples)

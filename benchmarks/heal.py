@@ -55,7 +55,7 @@ def run(argv: list[str]) -> None:
 
 
 def inner(backend: str, samples: int) -> dict[str, Any]:
-    from popwatch.firewall.base import PortLimit, Rate
+    from popwatch.model import PortLimit, Rate
 
     lock = f"/tmp/pwhealbench-{os.getpid()}.lock"
     if backend == "nft":

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def child(n: int, sample: int) -> None:
     sys.path.insert(0, str(REPO))
-    from popwatch.firewall.base import PortLimit, Rate
+    from popwatch.model import PortLimit, Rate
     from popwatch.firewall.iptables import IptablesFirewall
     from popwatch.model import Ban
     from popwatch.monitor import Monitor

@@ -48,7 +48,7 @@ class OneByOne:
 
 
 def inner(backend: str, n: int) -> dict[str, Any]:
-    from popwatch.firewall.base import PortLimit
+    from popwatch.model import PortLimit
     from popwatch.firewall.detect import make_firewall
     from popwatch.model import Ban
     from popwatch.monitor import Monitor

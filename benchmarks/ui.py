@@ -35,7 +35,7 @@ from typing import AsyncIterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from popwatch.firewall.base import PortLimit, Rate  # noqa: E402
+from popwatch.model import PortLimit, Rate  # noqa: E402
 from popwatch.firewall.sim import SimFirewall  # noqa: E402
 from popwatch.model import AuthEvent, RawLine, SourceHealth  # noqa: E402
 from popwatch.monitor import Monitor  # noqa: E402

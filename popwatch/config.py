@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .firewall.base import MODES, PortLimit, Rate, parse_burst
+from .model import MODES, PortLimit, Rate, parse_burst
 
 DEFAULT_CONFIG = Path("/etc/popwatch/popwatch.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/popwatch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import IO
 
-from .firewall.base import PortLimit, Rate
+from .model import PortLimit, Rate
 from .firewall.sim import SimFirewall
 from .model import CounterSample, RawLine
 from .monitor import Monitor

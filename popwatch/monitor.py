@@ -33,7 +33,8 @@ from .campaigns import CampaignConfig, CampaignTracker
 from .faults import point
 from .config import PolicyConfig
 from .conns import PortConns
-from .firewall.base import Firewall, FirewallError, PortLimit, Rate
+from .firewall.base import Firewall, FirewallError
+from .model import PortLimit, Rate
 from .firewall.rules import MAX_TIMEOUT as MAX_BAN_TTL
 from .heal import Healer
 from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth, iso

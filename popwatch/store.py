@@ -20,9 +20,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .firewall.base import PortLimit
 from .conns import PortConns
-from .model import FAILURE_KINDS, AuthEvent, Ban, CounterSample, Kind, PortCounters, SourceHealth, Service
+from .model import (FAILURE_KINDS, AuthEvent, Ban, CounterSample, Kind, PortCounters, PortLimit, RowState,
+                    Service, SourceHealth)
 
 _SERVICES = [s.value for s in Service]
 _SVC_BIT = {s: 1 << i for i, s in enumerate(_SERVICES)}
@@ -133,7 +133,7 @@ class AttackerRow:
     services: tuple[str, ...]
     first: float
     last: float
-    state: str                   # watching | near | banned | protected
+    state: str                   # a RowState value
     ban_left: float | None       # seconds, None = permanent (only when banned)
     successes: int
     probes: int
@@ -662,17 +662,17 @@ class StateStore:
     def state_of(self, a: Attacker, now: float) -> tuple[str, float | None]:
         b = self.bans.get(a.ip)
         if b is not None and (b.expires is None or b.expires > now):
-            return "banned", (None if b.expires is None else b.expires - now)
+            return RowState.BANNED, (None if b.expires is None else b.expires - now)
         why = self._protected_cache.get(a.ip, "")
         if why == "":
             why = self._protected_cache[a.ip] = self.protected(a.ip)
             if len(self._protected_cache) > 4 * self.max_ips:
                 self._protected_cache.clear()
         if why:
-            return "protected", None
+            return RowState.PROTECTED, None
         if self.near_threshold is not None and self.near_threshold(a, now):
-            return "near", None
-        return "watching", None
+            return RowState.NEAR, None
+        return RowState.WATCHING, None
 
     def row(self, a: Attacker, now: float) -> AttackerRow:
         if isinstance(a, Net):
@@ -694,10 +694,10 @@ class StateStore:
                 banned += 1
         b = self.bans.get(n.ip)
         if b is not None and (b.expires is None or b.expires > now):
-            state, left = "banned", (None if b.expires is None else b.expires - now)
+            state, left = RowState.BANNED, (None if b.expires is None else b.expires - now)
         else:
             why = self.protected(n.ip)
-            state, left = ("protected" if why else "watching"), None
+            state, left = (RowState.PROTECTED if why else RowState.WATCHING), None
         return AttackerRow(n.ip, n.failures, n.rate(now), tuple(n.users), n.nusers, svcs, n.first, n.last,
                            state, left, n.successes, n.probes, nips=n.nips, banned_ips=banned)
 

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 
 from .autoban import AutoBan, fmt_duration
 from .config import PolicyConfig, parse_duration
-from .firewall.base import PortLimit, Rate, parse_burst
+from .model import PortLimit, Rate, parse_burst
 from .model import FAILURE_KINDS, AuthEvent, Kind
 from .firewall.sim import TokenBucket
 

@@ -21,7 +21,8 @@ from ..config import Config, parse_duration
 from ..exitcodes import BUSY as EXIT_BUSY
 from ..exitcodes import CONFLICT as EXIT_CONFLICT
 from ..exitcodes import STATE as EXIT_STATE
-from ..firewall.base import MODES, Firewall, FirewallError, NeedsRoot, PortLimit, Rate, parse_burst
+from ..firewall.base import Firewall, FirewallError, NeedsRoot
+from ..model import MODES, PortLimit, Rate, parse_burst
 from ..firewall.rules import MAX_TIMEOUT
 from ..model import Ban, iso
 

@@ -1,4 +1,4 @@
-"""The firewall backend interface and its value types.
+"""The firewall backend interface (the complete contract every backend implements).
 
 Backends (``sim``, ``legacy`` = python-iptables, ``nft`` = iptables-nft binaries, ``none``)
 all implement :class:`Firewall`. Methods are synchronous and may block: the Monitor calls them
@@ -12,32 +12,14 @@ ACCEPTs: packets are DROPped (banned, over limit) or RETURN to the admin's own r
 
 from __future__ import annotations
 
-import re
 import fcntl
 import os
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator
 
-from ..model import Ban, PortCounters
-
-Mode = Literal["count", "global", "per-source"]
-MODES: tuple[Mode, ...] = ("count", "global", "per-source")
-
-_UNITS = {
-    "s": 1, "sec": 1, "second": 1, "seconds": 1,
-    "m": 60, "min": 60, "minute": 60, "minutes": 60,
-    "h": 3600, "hour": 3600, "hours": 3600,
-    "d": 86400, "day": 86400, "days": 86400,
-}
-_CANON = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
-_RATE_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([a-z]+)\s*$", re.ASCII)
-#: iptables' own bounds: limit/hashlimit reject rates above 10000/s, bursts above 10000
-MAX_PER_SECOND = 10000
-MAX_BURST = 10000
-
+from ..model import Ban, PortCounters, PortLimit
 
 class FirewallError(RuntimeError):
     """A firewall operation failed; the message is for the admin."""
@@ -65,124 +47,6 @@ def flock_wait(path: str, wait: float, busy: str, poll: float = 0.005) -> Iterat
 
 class NeedsRoot(FirewallError):
     """The operation needs root / CAP_NET_ADMIN (CLI exit 3)."""
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Rate:
-    """A token-bucket refill rate in the iptables form ``N/unit``."""
-
-    per_second: float
-    count: int
-    unit: int  # seconds per unit: 1, 60, 3600, 86400
-
-    @classmethod
-    def parse(cls, text: str) -> "Rate":
-        """``1/second``, ``10/minute``, ``5/s``, ``3/hour``, ``2/day``. Raises ValueError."""
-        m = _RATE_RE.match(str(text).lower())
-        if not m:
-            raise ValueError(f"bad rate {text!r}: expected N/second, N/minute, N/hour or N/day (e.g. 5/second)")
-        n, u = int(m.group(1)), m.group(2)
-        if u not in _UNITS:
-            raise ValueError(f"bad rate {text!r}: unit must be second, minute, hour or day")
-        if n < 1:
-            raise ValueError(f"bad rate {text!r}: must be at least 1/{_CANON[_UNITS[u]]}")
-        unit = _UNITS[u]
-        r = cls(n / unit, n, unit)
-        if r.per_second > MAX_PER_SECOND:
-            raise ValueError(f"bad rate {text!r}: iptables allows at most {MAX_PER_SECOND}/second")
-        return r
-
-    @classmethod
-    def of(cls, count: int, unit: int) -> "Rate":
-        return cls(count / unit, count, unit)
-
-    def __str__(self) -> str:
-        return f"{self.count}/{_CANON[self.unit]}"
-
-    def short(self) -> str:
-        """Compact form for narrow screens: ``1/s``, ``5/min``, ``3/h``, ``2/d``."""
-        return f"{self.count}/{ {1: 's', 60: 'min', 3600: 'h', 86400: 'd'}[self.unit]}"
-
-    @property
-    def per_day(self) -> float:
-        return self.per_second * 86400
-
-    def step(self, up: bool) -> "Rate":
-        """The next rate up or down on a 1-2-5 ladder, moving across units as needed."""
-        ladder = _LADDER
-        ps = self.per_second
-        if up:
-            for r in ladder:
-                if r.per_second > ps * 1.0001:
-                    return r
-            return self
-        for r in reversed(ladder):
-            if r.per_second < ps * 0.9999:
-                return r
-        return self
-
-
-_LADDER = [Rate.of(n, u) for u, ns in ((3600, (1, 2, 5, 10, 20, 30)), (60, (1, 2, 5, 10, 20, 30)),
-                                       (1, (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)))
-           for n in ns]
-_LADDER.sort()
-
-
-def parse_burst(value: object) -> int:
-    """A burst value from the CLI/config/UI. Raises ValueError with a clear message."""
-    try:
-        if not str(value).strip().isascii():
-            raise ValueError
-        b = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"bad burst {value!r}: expected a whole number from 1 to {MAX_BURST}") from None
-    if not 1 <= b <= MAX_BURST:
-        raise ValueError(f"bad burst {value!r}: expected a whole number from 1 to {MAX_BURST}")
-    return b
-
-
-@dataclass(frozen=True, slots=True)
-class PortLimit:
-    """The rule popwatch keeps for one watched TCP port.
-
-    ``count``: no limit, only counts new connections (the default for a newly watched port).
-    ``global``: ``-m limit`` (one bucket shared by every source: the 2009 rule).
-    ``per-source``: ``-m hashlimit --hashlimit-mode srcip`` (one bucket per source; /64 for v6).
-    """
-
-    port: int
-    mode: Mode = "count"
-    rate: Rate = Rate.of(1, 1)
-    burst: int = 5
-
-    def __post_init__(self) -> None:
-        if not 1 <= int(self.port) <= 65535:
-            raise ValueError(f"bad port {self.port!r}: expected 1-65535")
-        if self.mode not in MODES:
-            raise ValueError(f"bad mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if not 1 <= self.burst <= MAX_BURST:
-            raise ValueError(f"bad burst {self.burst!r}: expected 1-{MAX_BURST}")
-
-    def with_(self, **kw: object) -> "PortLimit":
-        return replace(self, **kw)  # type: ignore[arg-type]
-
-    def describe(self) -> str:
-        """Short form for the ports panel: ``global 1/second burst 1``."""
-        if self.mode == "count":
-            return "count only"
-        return f"{self.mode} {self.rate.short()} burst {self.burst}"
-
-    def meaning(self) -> str:
-        """One plain-language line saying what the rule does."""
-        per_day = self.rate.per_day
-        if self.mode == "count":
-            return "counting only: every new connection passes; press m to pick a limit"
-        if self.mode == "global":
-            return f"global: at most {per_day:,.0f} new connections a day for everyone together"
-        return f"per-source: at most {per_day:,.0f} new connections a day from each address"
-
-    def to_json(self) -> dict[str, object]:
-        return {"port": self.port, "mode": self.mode, "rate": str(self.rate), "burst": self.burst}
 
 
 class Firewall(ABC):

@@ -20,7 +20,9 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
-from .base import Firewall, FirewallError, NeedsRoot, NoFirewall, PortLimit
+from .base import Firewall, FirewallError, NeedsRoot, NoFirewall
+
+from ..model import PortLimit
 from .iptables import DEFAULT_LOCK
 from .rules import CHAIN
 

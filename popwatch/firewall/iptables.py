@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..model import PortCounters
 from . import rules as R
-from .base import Firewall, FirewallError, NeedsRoot, PortLimit, flock_wait
+from .base import Firewall, FirewallError, NeedsRoot, flock_wait
+from ..model import PortLimit
 from .ipset import Ipset, run_binary
 
 DEFAULT_LOCK = "/run/popwatch.lock"

@@ -70,7 +70,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..model import PortCounters
 from . import rules as R
-from .base import Firewall, FirewallError, NeedsRoot, PortLimit, Rate, flock_wait
+from .base import Firewall, FirewallError, NeedsRoot, flock_wait
+from ..model import PortLimit, Rate
 from .iptables import DEFAULT_LOCK, NftCounters
 
 TABLE = "popwatch"

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from ..addr import IPAddress, IPNetwork, parse_target
-from .base import FirewallError, PortLimit, Rate
+from .base import FirewallError
+from ..model import PortLimit, Rate
 
 CHAIN = "POPWATCH"
 SET4 = "popwatch4"

@@ -22,7 +22,8 @@ from typing import Callable
 
 from ..addr import parse_target
 from ..model import PortCounters
-from .base import Firewall, PortLimit
+from .base import Firewall
+from ..model import PortLimit
 
 _MAX_SOURCES = 100_000
 

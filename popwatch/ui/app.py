@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input
 
-from ..firewall.base import MODES, PortLimit, Rate
+from ..model import MODES, PortLimit, Rate
 from ..monitor import Monitor
 from ..policy import Refused
 from ..store import SORT_KEYS, AttackerRow, PortRow, Snapshot

@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Footer, Input, Select, Static
 
-from ..firewall.base import PortLimit, Rate, parse_burst
+from ..model import PortLimit, Rate, parse_burst
 from ..model import AuthEvent, Ban
 from ..store import AttackerRow, BanLogEntry
 from .widgets import SERVICE_STYLE, ago, left, safe, sparkline

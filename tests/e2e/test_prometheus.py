@@ -26,7 +26,7 @@ from typing import Any, Callable
 import pytest
 
 from popwatch.config import PolicyConfig
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 from popwatch.firewall.sim import SimFirewall
 from popwatch.metrics import Metrics
 from popwatch.model import CounterSample, RawLine, SourceHealth

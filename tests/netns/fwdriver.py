@@ -16,7 +16,7 @@ import subprocess
 import sys
 from typing import Any
 
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 from tests.deadline import readline_within
 
 CALL_SECONDS = 120  # one backend call (a full kernel sync included); a hung driver fails the test

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from popwatch.firewall import rules as R
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 
 from .conftest import KERNEL_BACKENDS, ipt_cmd, make_fw, save_cmd
 from .fwdriver import RemoteError

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 
 from .conftest import KERNEL_BACKENDS, ipt_cmd, make_fw, save_cmd
 from .nslab import Lab

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 
 from .conftest import make_fw
 from .fwdriver import RemoteError

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 
 from .conftest import ALL_KERNEL_BACKENDS, make_fw
 from .nslab import Lab

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from popwatch.conns import PortConns
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 from popwatch.firewall.sim import SimFirewall
 from popwatch.model import CounterSample
 from popwatch.monitor import Monitor

@@ -16,7 +16,7 @@ from popwatch.campaigns import (
     nets_of,
 )
 from popwatch.config import ConfigError, load
-from popwatch.firewall.base import PortLimit
+from popwatch.model import PortLimit
 from popwatch.firewall.sim import SimFirewall
 from popwatch.model import RawLine
 from popwatch.monitor import Monitor

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from popwatch.config import ConfigError, from_dict, load, parse_duration
-from popwatch.firewall.base import Rate, parse_burst
+from popwatch.model import Rate, parse_burst
 
 
 def run(*args: str, **kw):

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from popwatch.conns import PortConns, _proc_pairs, summarize
-from popwatch.firewall.base import PortLimit
+from popwatch.model import PortLimit
 from popwatch.firewall.sim import SimFirewall
 from popwatch.monitor import Monitor
 from popwatch.parse import Parser

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from popwatch.demo import DEMO_LIMITS
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 from popwatch.firewall.sim import SimFirewall
 from popwatch.parse import Parser
 from popwatch.model import RawLine

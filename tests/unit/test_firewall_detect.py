@@ -8,7 +8,8 @@ import pytest
 
 from popwatch import cli
 from popwatch.firewall import detect
-from popwatch.firewall.base import FirewallError, NeedsRoot, NoFirewall, PortLimit
+from popwatch.firewall.base import FirewallError, NeedsRoot, NoFirewall
+from popwatch.model import PortLimit
 
 
 def test_legacy_tables_reads_proc_without_creating(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from popwatch.firewall import rules as R
-from popwatch.firewall.base import FirewallError, PortLimit, Rate
+from popwatch.firewall.base import FirewallError
+from popwatch.model import PortLimit, Rate
 
 LIMITS = [PortLimit(110), PortLimit(143, "global", Rate.parse("5/second"), 10),
           PortLimit(22, "per-source", Rate.parse("1/minute"), 3)]

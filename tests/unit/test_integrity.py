@@ -13,7 +13,7 @@ import pytest
 from popwatch.addr import AddressError, parse_target
 from popwatch.autoban import AutoBan
 from popwatch.config import ConfigError, PolicyConfig, from_dict, parse_duration
-from popwatch.firewall.base import Rate, parse_burst
+from popwatch.model import Rate, parse_burst
 from popwatch.firewall.rules import ban_entry
 from popwatch.model import Ban
 from popwatch.persist import Persist, StateDirError, atomic_write

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 from popwatch.firewall.sim import SimFirewall
 from popwatch.metrics import Metrics, MetricsError, parse_listen
 from popwatch.model import CounterSample, RawLine, SourceHealth

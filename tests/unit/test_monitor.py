@@ -10,7 +10,7 @@ from importlib import resources
 
 import pytest
 
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 from popwatch.firewall.sim import SimFirewall
 from popwatch.monitor import Monitor
 from popwatch.parse import Parser

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from popwatch.firewall import nftables as N
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 
 
 @pytest.mark.parametrize("lim", [PortLimit(110), PortLimit(143, "global", Rate.parse("5/second"), 10),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 from popwatch.firewall.sim import SimFirewall
 from tests.helpers import Clock
 

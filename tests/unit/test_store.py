@@ -6,7 +6,7 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from popwatch.firewall.base import PortLimit
+from popwatch.model import PortLimit
 from popwatch.model import Ban, CounterSample, PortCounters
 from popwatch.store import USERS_PER_IP, StateStore
 from tests.helpers import Clock, ev

@@ -7,7 +7,7 @@ from importlib import resources
 import pytest
 
 from popwatch.config import PolicyConfig
-from popwatch.firewall.base import PortLimit, Rate
+from popwatch.model import PortLimit, Rate
 from popwatch.model import AuthEvent, RawLine
 from popwatch.parse import Parser
 from popwatch.whatif import EventWindow, parse_proposal, what_if, what_if_limit, what_if_policy
