@@ -131,7 +131,7 @@ class Healer:
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """Once: subscribe to nf_tables change events when the backend's rules live there."""
         self._events_tried = True
-        if not getattr(self.m.firewall, "nf_tables", False):
+        if not self.m.firewall.nf_tables:
             return
         try:
             def wake() -> None:  # on the events thread

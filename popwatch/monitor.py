@@ -153,9 +153,8 @@ class Monitor:
             self.firewall.install(limits)
             self.healer.arm()
         elif self.dry_run:
-            describe = getattr(self.firewall, "describe_install", None)
             try:
-                plan = list(describe(limits)) if describe is not None else []
+                plan = list(self.firewall.describe_install(limits))
             except Exception as e:  # noqa: BLE001 - e.g. no rights to read the current rules
                 plan = [f"(cannot describe the install: {e})"]
             for line in plan:
@@ -411,14 +410,11 @@ class Monitor:
 
     def _entry(self, target: str, allow_net: bool) -> str:
         """The kernel entry a ban of ``target`` becomes (IPv6: its /64). Memoised."""
-        key = getattr(self.firewall, "ban_key", None)
-        if key is None:
-            return target
         hit = self._entries.get(target)
         if hit is not None:
             return hit
         try:
-            e = str(key(target, net=True if allow_net else None))
+            e = str(self.firewall.ban_key(target, net=True if allow_net else None))
         except (FirewallError, ValueError, TypeError):
             e = target
         if len(self._entries) > 100_000:
@@ -542,8 +538,7 @@ class Monitor:
 
     def _unban_fw(self, ip: str, origin: str, reason: str = "", **extra: Any) -> ActionResult:
         target = str(parse_target(ip, allow_net=True))
-        describe = getattr(self.firewall, "describe_unban", None)
-        change = list(describe(target)) if describe is not None else [f"unban {target}"]
+        change = list(self.firewall.describe_unban(target))
         inside = self._net_ban_of(target)
         if inside is not None:
             raise Conflict(f"{target} is inside the network ban {inside}: lift the network with "
@@ -598,9 +593,8 @@ class Monitor:
         return [ip for ip in self.store.bans if ip == target or self._entry(ip, "/" in ip) == entry]
 
     def _limit_fw(self, limit: PortLimit, origin: str, reason: str = "", **extra: Any) -> ActionResult:
-        describe = getattr(self.firewall, "describe_limit", None)
         if self.dry_run:
-            change = tuple(describe(limit)) if describe is not None else (limit.describe(),)
+            change = tuple(self.firewall.describe_limit(limit))
             return ActionResult(True, f"dry run: would set port {limit.port} to {limit.describe()}", change)
         prev = self.store.limits.get(limit.port) or self.firewall.limits().get(limit.port)
         if prev is not None:
@@ -1089,16 +1083,14 @@ class Monitor:
         else:  # a bulk restore: one record naming the count (bans.json lists them)
             rec = self._audit("restore", f"{len(todo)} bans", origin="reconcile", reason="restored on start",
                               targets=targets[:1000], count=len(targets))
-        many = getattr(self.firewall, "ban_many", None)
         done: list[Ban] = []
-        if many is not None:
-            try:
-                point("kernel restore")
-                many(items)
-                point("kernel restore done")
-                done = todo
-            except (FirewallError, ValueError) as e:
-                msgs.append(f"bulk restore failed ({e}); restoring one by one")
+        try:
+            point("kernel restore")
+            self.firewall.ban_many(items)
+            point("kernel restore done")
+            done = todo
+        except (FirewallError, ValueError) as e:
+            msgs.append(f"bulk restore failed ({e}); restoring one by one")
         if not done:
             for b, (ip, ttl) in zip(todo, items):
                 try:

@@ -169,14 +169,11 @@ def _ensure_base(fw: Firewall, dry_run: bool) -> list[str]:
                                 "(use --backend auto, nft or legacy)")
     if not fw.can_write and not dry_run:
         raise FirewallError(next(iter(fw.warnings()), f"backend {fw.name} cannot change the firewall"))
-    ensure = getattr(fw, "ensure_base", None)
-    if ensure is None:
-        return []
     if dry_run:
-        with fw.recording() as plan:  # type: ignore[attr-defined]
-            ensure()
+        with fw.recording() as plan:
+            fw.ensure_base()
         return plan
-    ensure()
+    fw.ensure_base()
     return []
 
 
@@ -209,9 +206,8 @@ def _ban(args: argparse.Namespace) -> int:
 
     # refuse before anything is installed (the Monitor checks the same again on its path)
     why = mon.protector.why_protected(target)
-    key = getattr(fw, "ban_key", None)
     try:
-        entry = key(target, net=args.net or None) if key is not None else target
+        entry = fw.ban_key(target, net=args.net or None)
     except FirewallError as e:  # e.g. a network too large for the set: a bad value
         raise ValueError(str(e)) from None
     if why is None and entry != target:  # an IPv6 ban covers its /64
@@ -266,8 +262,7 @@ def _unban(args: argparse.Namespace) -> int:
         raise FirewallError(next(iter(fw.warnings()), f"backend {fw.name} cannot change the firewall"))
     mon = _monitor(cfg, fw, dry)
     if dry:
-        describe = getattr(fw, "describe_unban", None)
-        for line in (describe(target) if describe else [f"unban {target}"]):
+        for line in fw.describe_unban(target):
             print(line)
     r = mon.unban(target, origin="cli")
     print(r.message, file=sys.stderr if dry else sys.stdout)
@@ -279,11 +274,10 @@ def _unban(args: argparse.Namespace) -> int:
 def active_bans(fw: Firewall, records: list[Ban], now: float) -> list[dict[str, Any]]:
     """Kernel entries joined with the state dir's records (reason, origin)."""
     kernel = fw.bans()
-    key = getattr(fw, "ban_key", None)
     by_entry: dict[str, Ban] = {}
     for b in records:
         try:
-            entry = key(b.ip) if key is not None else b.ip
+            entry = fw.ban_key(b.ip)
         except (FirewallError, ValueError):
             continue
         by_entry.setdefault(entry, b)
@@ -378,9 +372,7 @@ def _limit(args: argparse.Namespace) -> int:
     plan = _ensure_base(fw, dry)
     mon = _monitor(cfg, fw, dry)
     if dry:
-        describe = getattr(fw, "describe_limit", None)
-        if describe is not None:
-            plan += describe(new) if fw.limits() else []
+        plan += fw.describe_limit(new) if fw.limits() else []
     r = mon.set_limit(new, origin="cli")
     for line in plan:
         print(line)
@@ -403,14 +395,13 @@ def status_dict(cfg: Config, fw: Firewall) -> dict[str, Any]:
         ports.append({"port": port, "mode": lim.mode, "rate": str(lim.rate), "burst": lim.burst,
                       "passed": c.passed if c else 0, "dropped": c.dropped if c else 0,
                       "installed": port in limits})
-    exempted = getattr(fw, "exempted", None)
     try:
-        exempt = list(exempted()) if exempted is not None else []
+        exempt = list(fw.exempted())
     except FirewallError:
         exempt = []
     from ..heal import status_warnings
 
-    return {"backend": fw.name, "backend_why": getattr(fw, "why", ""), "ports": ports, "bans": len(fw.bans()),
+    return {"backend": fw.name, "backend_why": fw.why, "ports": ports, "bans": len(fw.bans()),
             "banned_dropped": fw.banned_dropped(), "warnings": fw.warnings() + status_warnings(cfg.state_dir, fw),
             "exempt": exempt}
 
@@ -461,8 +452,7 @@ def _uninstall(args: argparse.Namespace) -> int:
             pass  # an unwritable state dir does not stop an uninstall
     fw = _firewall(cfg, dry)
     if dry:
-        describe = getattr(fw, "describe_uninstall", None)
-        for line in (describe() if describe else ["uninstall"]):
+        for line in fw.describe_uninstall():
             print(line)
         return EXIT_OK
     from ..heal import mark_uninstalled

@@ -61,6 +61,11 @@ class Firewall(ABC):
     #: True when popwatch's rules live in nf_tables: its change events then wake the
     #: enforcement check at once (heal.py), not only the next poll
     nf_tables: bool = False
+    #: why popwatch only monitors ("" unless it fell back to ``none``), a few words of it for the
+    #: header, and whether a kernel backend is being stood in for for lack of root (NoFirewall)
+    reason: str = ""
+    short_reason: str = ""
+    needs_root: bool = False
 
     @abstractmethod
     def install(self, limits: list[PortLimit]) -> None:
@@ -72,11 +77,12 @@ class Firewall(ABC):
         """Remove exactly what popwatch added."""
 
     @abstractmethod
-    def ban(self, ip: str, ttl: float | None = None) -> None:
-        """Ban a validated, normalised address (or network string) for ``ttl`` seconds."""
+    def ban(self, ip: str, ttl: float | None = None, *, net: bool | None = None) -> None:
+        """Ban a validated, normalised address (or network string) for ``ttl`` seconds.
+        ``net``: True bans the network itself; None lets the backend decide (IPv6: its /64)."""
 
     @abstractmethod
-    def unban(self, ip: str) -> None:
+    def unban(self, ip: str, *, net: bool | None = None) -> None:
         """Lift a ban; no error if it was not banned."""
 
     @abstractmethod
@@ -122,9 +128,57 @@ class Firewall(ABC):
         when the kernel or the backend cannot). Returns {address: connections closed}."""
         return {}
 
-    def describe_ban(self, ip: str, ttl: float | None = None) -> list[str]:
+    # -- optional abilities: defaults fit a backend without kernel state (sim, none) --------
+    def ban_many(self, items: Iterable[tuple[str, float | None]], *, net: bool | None = None) -> int:
+        """Ban many (address, seconds or None) at once (start-up restore); returns how many.
+        Kernel backends do it in one batch; the default bans one by one."""
+        n = 0
+        for ip, ttl in items:
+            self.ban(ip, ttl, net=net)
+            n += 1
+        return n
+
+    def ban_key(self, ip: str, *, net: bool | None = None) -> str:
+        """The kernel entry a ban of ``ip`` becomes (IPv6 addresses: their /64 on the kernel
+        backends); two targets with one key are one entry. Default: the address itself."""
+        return ip
+
+    def ensure_base(self) -> None:
+        """Sets, chain, ban rule and jump, never the ports' rules (``popwatch ban``/``limit``
+        outside a running watch). Default: nothing to set up."""
+
+    @contextmanager
+    def recording(self) -> Iterator[list[str]]:
+        """Dry run: within the block, changes are described into the yielded list instead of
+        being made. Default: nothing is ever made outside :meth:`install`."""
+        yield []
+
+    def exempted(self) -> list[str]:
+        """The protected addresses/networks the kernel exempts from popwatch's rules."""
+        return []
+
+    def set_exempt(self, targets: Iterable[str]) -> None:
+        """Exempt exactly these addresses/networks from popwatch's rules. Default: nothing."""
+
+    def describe_ban(self, ip: str, ttl: float | None = None, *, net: bool | None = None) -> list[str]:
         """The exact commands/changes a ban makes, for the confirm modal and --dry-run."""
         return [f"ban {ip}" + (f" for {int(ttl)}s" if ttl else "")]
+
+    def describe_unban(self, ip: str, *, net: bool | None = None) -> list[str]:
+        """The exact commands/changes an unban makes."""
+        return [f"unban {ip}"]
+
+    def describe_limit(self, limit: PortLimit) -> list[str]:
+        """The exact commands/changes a port's new limit makes."""
+        return [limit.describe()]
+
+    def describe_install(self, limits: list[PortLimit]) -> list[str]:
+        """The exact commands/changes :meth:`install` would make. Default: none known."""
+        return []
+
+    def describe_uninstall(self) -> list[str]:
+        """The exact commands/changes :meth:`uninstall` would make."""
+        return ["uninstall"]
 
     def close(self) -> None:
         """Release resources (not the rules)."""
@@ -164,10 +218,10 @@ class NoFirewall(Firewall):
     def uninstall(self) -> None:
         pass
 
-    def ban(self, ip: str, ttl: float | None = None) -> None:
+    def ban(self, ip: str, ttl: float | None = None, *, net: bool | None = None) -> None:
         self._refuse()
 
-    def unban(self, ip: str) -> None:
+    def unban(self, ip: str, *, net: bool | None = None) -> None:
         self._refuse()
 
     def bans(self) -> dict[str, float | None]:

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from .base import Firewall, FirewallError, NeedsRoot, NoFirewall
 
 from ..model import PortLimit
-from .iptables import DEFAULT_LOCK
+from .kernel import DEFAULT_LOCK
 from .rules import CHAIN
 
 BACKENDS = ("auto", "legacy", "nft", "nftables", "sim", "none")

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from . import rules as R
 from .base import FirewallError, flock_wait
-from .iptables import KernelFirewall, _maybe_root
+from .kernel import KernelFirewall, maybe_root
 
 T = TypeVar("T")
 
@@ -125,7 +125,7 @@ class IptcFirewall(KernelFirewall):
                 return
             except Exception as e:  # iptc.IPTCError
                 if not _retryable(e) or attempt == self.retries - 1:
-                    raise _maybe_root(FirewallError(f"python-iptables: {e}")) from None
+                    raise maybe_root(FirewallError(f"python-iptables: {e}")) from None
                 time.sleep(0.005 * (attempt + 1))
 
     def _args(self, rule: Any) -> tuple[str, ...]:
@@ -252,7 +252,7 @@ class IptcFirewall(KernelFirewall):
                 if _retryable(e) and attempt < self.retries - 1:
                     time.sleep(0.01 * (attempt + 1))
                     continue
-                raise _maybe_root(FirewallError(f"python-iptables commit failed: {e}")) from None
+                raise maybe_root(FirewallError(f"python-iptables commit failed: {e}")) from None
             if want and [R.sem_key(r.args) for r in after.rules] != want:
                 raise FirewallError("python-iptables: the chain read back after commit differs "
                                     "from what was written")

@@ -72,7 +72,7 @@ from ..model import PortCounters
 from . import rules as R
 from .base import Firewall, FirewallError, NeedsRoot, flock_wait
 from ..model import PortLimit, Rate
-from .iptables import DEFAULT_LOCK, NftCounters
+from .kernel import DEFAULT_LOCK, NftCounters
 
 TABLE = "popwatch"
 FAMILY = "inet"

@@ -86,7 +86,7 @@ class SimFirewall(Firewall):
     def _key(self, ip: str) -> str:
         return str(parse_target(ip, allow_net=True))
 
-    def ban(self, ip: str, ttl: float | None = None) -> None:
+    def ban(self, ip: str, ttl: float | None = None, *, net: bool | None = None) -> None:
         self._delay()
         key = self._key(ip)
         self._bans[key] = None if ttl is None else self.clock() + ttl
@@ -94,7 +94,7 @@ class SimFirewall(Firewall):
             self._ban_nets[key] = ipaddress.ip_network(key)
         self.log.append(f"ban {key}" + (f" timeout {int(ttl)}" if ttl else ""))
 
-    def unban(self, ip: str) -> None:
+    def unban(self, ip: str, *, net: bool | None = None) -> None:
         self._delay()
         key = self._key(ip)
         self._bans.pop(key, None)
@@ -119,7 +119,7 @@ class SimFirewall(Firewall):
     def banned_dropped(self) -> int:
         return self._banned_dropped
 
-    def describe_ban(self, ip: str, ttl: float | None = None) -> list[str]:
+    def describe_ban(self, ip: str, ttl: float | None = None, *, net: bool | None = None) -> list[str]:
         key = self._key(ip)
         fam = "popwatch6" if ":" in key else "popwatch4"
         return [f"ipset add {fam} {key}" + (f" timeout {int(ttl)}" if ttl else "") + " -exist  (simulated)"]
