@@ -677,11 +677,9 @@ class CrowdSecBridge:
 
     async def _verify_and_apply(self) -> None:
         mon = self.monitor
-        loop = asyncio.get_running_loop()
-        fw_exec = getattr(mon, "_fw", None)  # the firewall's own thread (python-iptables)
         if self.cfg.apply:
             await self._apply()
-        kernel = await loop.run_in_executor(fw_exec, mon.firewall.bans) if mon.firewall.can_write else {}
+        kernel = await mon.fw_thread.run(mon.firewall.bans) if mon.firewall.can_write else {}
         entry = getattr(mon, "_entry", None)
         out: dict[str, bool] = {}
         for v, fd in self.decisions.items():

@@ -187,7 +187,7 @@ class Healer:
             m.store.note(f"{why} (restart popwatch to install them again)")
             return
         check = functools.partial(_fresh_check, fw) if fresh else fw.check_enforcement
-        problems = await loop.run_in_executor(m._fw, check)
+        problems = await m.fw_thread.run(check)
         if not problems:
             return
         now = m.clock()
@@ -195,7 +195,7 @@ class Healer:
                 for b in list(m.store.bans.values()) if b.expires is None or b.expires > now + 1}
         what = "; ".join(problems)
         try:
-            done = await loop.run_in_executor(m._fw, functools.partial(fw.repair, bans, stop=self.uninstalled))
+            done = await m.fw_thread.run(functools.partial(fw.repair, bans, stop=self.uninstalled))
         except Exception as e:  # noqa: BLE001 - say so (once per distinct error), try again next poll
             text = f"popwatch's rules were removed ({what}) and could not be put back: {e}"
             if text != self._failed:

@@ -33,6 +33,7 @@ from .campaigns import CampaignConfig, CampaignTracker
 from .faults import point
 from .config import PolicyConfig
 from .conns import PortConns
+from .firewall.thread import FW_THREAD
 from .firewall.base import Firewall, FirewallError
 from .model import PortLimit, Rate
 from .firewall.rules import MAX_TIMEOUT as MAX_BAN_TTL
@@ -91,7 +92,8 @@ class Monitor:
         self.default_ttl = default_ttl
         self.clock = store.clock
         self.policy = policy or PolicyConfig()
-        self._fw = ThreadPoolExecutor(max_workers=1, thread_name_prefix="popwatch-fw")
+        #: the process's one firewall thread (python-iptables must run on one thread)
+        self.fw_thread = FW_THREAD
         # audit/history writes of auto-bans (fsync) off the firewall thread: the next ban waits for no disk
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="popwatch-io")
         self._tasks: list[asyncio.Task[None]] = []
@@ -188,7 +190,7 @@ class Monitor:
 
     def close(self) -> None:
         self.healer.close()
-        self._fw.shutdown(wait=True, cancel_futures=False)
+        self.fw_thread.drain()
         self._io.shutdown(wait=True, cancel_futures=False)
         self.flush()
         self.firewall.close()
@@ -285,8 +287,8 @@ class Monitor:
         n = 0
         while True:
             try:
-                counters = await loop.run_in_executor(self._fw, self.firewall.counters)
-                dropped = await loop.run_in_executor(self._fw, self.firewall.banned_dropped)
+                counters = await self.fw_thread.run(self.firewall.counters)
+                dropped = await self.fw_thread.run(self.firewall.banned_dropped)
                 self.store.add_counters(CounterSample(self.mono(), counters, dropped))
                 await self.healer.poll(loop)  # popwatch's rules still in place? (heal.py)
             except Exception as e:  # noqa: BLE001 - keep polling; say so once
@@ -311,7 +313,7 @@ class Monitor:
             if n % SYNC_EVERY == 0 and self.firewall.can_write and not self.dry_run:
                 try:
                     t0 = self.clock()
-                    kernel = await loop.run_in_executor(self._fw, self.firewall.bans)
+                    kernel = await self.fw_thread.run(self.firewall.bans)
                     self._sync_from_kernel(kernel, t0)
                 except Exception as e:  # noqa: BLE001
                     self.store.note(f"reading the kernel's bans failed: {e}")
@@ -671,7 +673,7 @@ class Monitor:
         if loop is None:  # sync callers (tests, one-shot tools): do it in line
             self._auto_done(todo, self._auto_job(todo))
             return
-        fut: Future[list[Any]] = self._fw.submit(self._auto_job, todo)
+        fut: Future[list[Any]] = self.fw_thread.submit(self._auto_job, todo)
         fut.add_done_callback(lambda f: loop.call_soon_threadsafe(self._auto_done_future, todo, f))
 
     def _auto_job(self, todo: list[Decision]) -> list[Any]:
@@ -829,13 +831,11 @@ class Monitor:
     # ------------------------------------------------------------------ actions: async (TUI)
     async def aban(self, ip: str, *, ttl: float | None = None, reason: str = "",
                    origin: str = "key") -> ActionResult:
-        loop = asyncio.get_running_loop()
-        r = await loop.run_in_executor(self._fw, self._ban_fw, ip, ttl, reason, origin, False)
+        r = await self.fw_thread.run(self._ban_fw, ip, ttl, reason, origin, False)
         return self._after_ban(r)
 
     async def aban_many(self, ips: Iterable[str], *, ttl: float | None = None, reason: str = "",
                         origin: str = "key", allow_net: bool = False) -> tuple[list[ActionResult], dict[str, str]]:
-        loop = asyncio.get_running_loop()
         ips = list(ips)
 
         def job() -> list[Any]:
@@ -848,7 +848,7 @@ class Monitor:
             return self._closed_after(out)
         done: list[ActionResult] = []
         refused: dict[str, str] = {}
-        for ip, r in zip(ips, await loop.run_in_executor(self._fw, job)):
+        for ip, r in zip(ips, await self.fw_thread.run(job)):
             if isinstance(r, ActionResult):
                 done.append(self._after_ban(r))
             else:
@@ -856,12 +856,10 @@ class Monitor:
         return done, refused
 
     async def aunban(self, ip: str, *, origin: str = "key") -> ActionResult:
-        loop = asyncio.get_running_loop()
-        return self._after_unban(ip, await loop.run_in_executor(self._fw, self._unban_fw, ip, origin))
+        return self._after_unban(ip, await self.fw_thread.run(self._unban_fw, ip, origin))
 
     async def aset_limit(self, limit: PortLimit, *, origin: str = "key") -> ActionResult:
-        loop = asyncio.get_running_loop()
-        r = await loop.run_in_executor(self._fw, self._limit_fw, limit, origin)
+        r = await self.fw_thread.run(self._limit_fw, limit, origin)
         if not self.dry_run:
             self.store.set_limit(limit)
         return r
@@ -975,8 +973,7 @@ class Monitor:
         rec = self._undo_target(include_auto)
         if rec is None:
             raise Conflict("nothing to undo")
-        loop = asyncio.get_running_loop()
-        kind, r = await loop.run_in_executor(self._fw, self._undo_fw, rec)
+        kind, r = await self.fw_thread.run(self._undo_fw, rec)
         return self._after_undo(kind, r, str(rec["target"]), rec)
 
     # ------------------------------------------------------------------ reconcile

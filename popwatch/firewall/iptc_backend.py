@@ -5,7 +5,7 @@ legacy tables whose rules are enforced but invisible to ``iptables``/``nft`` (``
 never picks this backend there). It is also not thread-safe (``Table`` is a process-wide
 singleton), ignores the xtables lock, and with autocommit swallows commit errors. So here:
 
-* every iptc call runs on one dedicated thread (:func:`_on_iptc_thread`), whoever calls;
+* every iptc call runs on the process's one firewall thread (:data:`.thread.FW_THREAD`), whoever calls;
 * autocommit is off; a change is refresh -> edit -> commit under ``flock(xtables_lock)``
   (``/run/xtables.lock``, the lock ``iptables -w`` takes), so a concurrent fail2ban/docker
   change is neither lost nor overwritten; EAGAIN is retried; the chain is read back after
@@ -24,43 +24,20 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 
 from . import rules as R
 from .base import FirewallError, flock_wait
 from .kernel import KernelFirewall, maybe_root
+from .thread import FW_THREAD
 
 T = TypeVar("T")
 
 DEFAULT_XTABLES_LOCK = "/run/xtables.lock"
 _LIBDIRS = ("/usr/lib/x86_64-linux-gnu/xtables", "/usr/lib/aarch64-linux-gnu/xtables",
             "/usr/lib64/xtables", "/usr/lib/xtables", "/usr/libexec/xtables")
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-_thread_ident: int | None = None
-
-
-def _on_iptc_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn`` on the single thread that owns python-iptables in this process."""
-    global _executor
-    if threading.get_ident() == _thread_ident:
-        return fn(*args)
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="popwatch-iptc",
-                                           initializer=_mark_thread)
-    return _executor.submit(fn, *args).result()
-
-
-def _mark_thread() -> None:
-    global _thread_ident
-    _thread_ident = threading.get_ident()
-
 
 def load_iptc() -> Any:
     """Import python-iptables, pointing it at the legacy extension directory if needed."""
@@ -214,7 +191,7 @@ class IptcFirewall(KernelFirewall):
             if with_input:
                 st.jumps, st.jump_first = self._read_jumps(t)
             return st
-        return _on_iptc_thread(read)
+        return FW_THREAD.call(read)
 
     def _apply(self, family: R.Family, work: R._Work) -> None:
         if self._recording:
@@ -225,7 +202,7 @@ class IptcFirewall(KernelFirewall):
                 self.planned.append(shlex.join(op.command(b)))
             return
         self._check_writable()
-        _on_iptc_thread(self._apply_now, family, work)
+        FW_THREAD.call(self._apply_now, family, work)
 
     def _apply_now(self, family: R.Family, work: R._Work) -> None:
         want = R.expected_keys(work)
@@ -334,7 +311,7 @@ class IptcFirewall(KernelFirewall):
                 out[fam] = [R.ParsedRule(r.args, p, b, r.role, r.port, r.target, r.limit, r.hl_name)
                             for r, (_, p, b) in zip(cached[1], live)]
             return out
-        return _on_iptc_thread(poll)
+        return FW_THREAD.call(poll)
 
     def _jump_count(self, family: R.Family) -> int:
         """Jumps to popwatch's chain in INPUT, from libiptc's raw entries (no Rule objects)."""
@@ -348,7 +325,7 @@ class IptcFirewall(KernelFirewall):
                 n += t.get_target(e) in (R.CHAIN, R.CHAIN.encode())
                 e = t.next_rule(e)
             return n
-        return _on_iptc_thread(read)
+        return FW_THREAD.call(read)
 
     def close(self) -> None:
         super().close()
