@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .autoban import Decision, fmt_duration
+from .config import CAMPAIGN_DOC, CampaignConfig, campaign_table
 from .model import FAILURE_KINDS, AuthEvent, Kind
 
 _FAILS = frozenset(str(k) for k in FAILURE_KINDS)
@@ -59,79 +60,9 @@ ALERTS = 8
 
 # ----------------------------------------------------------------------------- config
 
-CONFIG_DOC = """\
-# Campaigns: distributed attacks (one mailbox tried from many addresses, each guessing once or
-# twice) and low-and-slow ones (one address guessing every few minutes), which no per-address
-# threshold sees. Detection is always on (the campaigns panel, `c`); auto_ban responds:
-# * a user name tried from user_sources or more addresses within window is under a campaign;
-#   from then on, every address failing on it that never logged in successfully as that user
-#   is banned at once (for bantime);
-# * net_sources of a campaign's addresses in one /24 (IPv6: /64) ban that network, and
-#   wide_sources in one /16 (IPv6: /48) spread over wide_nets of its /24s (/64s) ban the /16
-#   (/48) (for net_bantime; 0 turns either off) -- never a network holding a protected address
-#   or one that ever logged in;
-# * an address with slow_maxretry failed attempts within slow_window (0 = off), averaging at
-#   most slow_rate a minute since it was first seen (faster ones are [policy]'s business),
-#   is banned.
-# Addresses that ever logged in successfully (logins.json in the state directory) are never
-# banned by a campaign, only by their own [policy] threshold.
-[campaign]
-auto_ban = false
-window = "15m"
-user_sources = 10
-net_sources = 4
-wide_sources = 32
-wide_nets = 4
-slow_window = "1d"
-slow_maxretry = 30
-slow_rate = 3
-bantime = "1d"
-net_bantime = "1d"
-"""
-
-_KEYS = {"auto_ban", "window", "user_sources", "net_sources", "wide_sources", "wide_nets",
-         "slow_window", "slow_maxretry", "slow_rate", "bantime", "net_bantime"}
-
-
-@dataclass
-class CampaignConfig:
-    auto_ban: bool = False
-    window: float = 900.0
-    user_sources: int = 10
-    net_sources: int = 4
-    wide_sources: int = 32
-    wide_nets: int = 4
-    slow_window: float = 86400.0
-    slow_maxretry: int = 30
-    slow_rate: float = 3.0
-    bantime: float = 86400.0
-    net_bantime: float = 86400.0
-
-
-def from_table(t: Any) -> CampaignConfig:
-    """Validate ``[campaign]``. Raises ConfigError naming the key."""
-    from .config import ConfigError, _bool, _check_keys, _dur, _int_range, _val
-
-    if not isinstance(t, dict):
-        raise ConfigError("campaign: expected a table [campaign]")
-    _check_keys(t, _KEYS, "campaign.")
-    c = CampaignConfig()
-    if "auto_ban" in t:
-        c.auto_ban = _val("campaign.auto_ban", _bool, t["auto_ban"])
-    for k, lo, hi in (("window", 60, 7 * 86400), ("slow_window", 60, 30 * 86400),
-                      ("bantime", 1, 365 * 86400), ("net_bantime", 1, 365 * 86400)):
-        if k in t:
-            setattr(c, k, _val(f"campaign.{k}", _dur(k, lo, hi), t[k]))
-    for k, lo, hi in (("user_sources", 2, 100000), ("net_sources", 0, 65536), ("wide_sources", 0, 1 << 20),
-                      ("wide_nets", 1, 65536), ("slow_maxretry", 0, 1_000_000)):
-        if k in t:
-            setattr(c, k, _val(f"campaign.{k}", _int_range(lo, hi), t[k]))
-    if "slow_rate" in t:
-        from .config import _float_range
-        c.slow_rate = _val("campaign.slow_rate", _float_range(0.01, 10000), t["slow_rate"])
-    if c.net_sources == 1:
-        raise ConfigError("campaign.net_sources: 1 is not allowed: expected 0 (off) or 2-65536")
-    return c
+# the [campaign] section (CampaignConfig, its keys and documentation) is read in config.py
+CONFIG_DOC = CAMPAIGN_DOC
+from_table = campaign_table
 
 
 # ----------------------------------------------------------------------------- networks

@@ -10,6 +10,7 @@ import ipaddress
 import math
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,10 +148,10 @@ class Config:
     limits: dict[int, PortLimit] = field(default_factory=dict)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source_path: Path | None = None
-    #: ``[crowdsec]`` (popwatch.crowdsec.CrowdSecConfig), None when absent
-    crowdsec: Any = None
-    #: ``[campaign]`` (popwatch.campaigns.CampaignConfig)
-    campaign: Any = field(default_factory=lambda: _campaign_default())
+    #: ``[crowdsec]``, None when absent
+    crowdsec: CrowdSecConfig | None = None
+    #: ``[campaign]``
+    campaign: CampaignConfig = field(default_factory=lambda: CampaignConfig())
 
     def limit_for(self, port: int) -> PortLimit:
         return self.limits.get(port) or PortLimit(port)
@@ -160,14 +161,10 @@ class Config:
 
 
 _TOP_KEYS = {"ports", "logs", "journal", "backend", "state_dir", "policy", "limits"}
-#: tables validated by their own modules ([crowdsec]: popwatch/crowdsec.py)
+#: tables with their own validators below (crowdsec_table, campaign_table)
 _TABLE_KEYS = {"crowdsec", "campaign"}
 
 
-def _campaign_default() -> Any:
-    from .campaigns import CampaignConfig
-
-    return CampaignConfig()
 _POLICY_KEYS = {"auto_ban", "maxretry", "findtime", "bantime", "allow", "ipv6_prefix", "ban_action",
                 "recidive_factor", "recidive_max", "recidive_window", "success_grace",
                 "success_maxretry", "user_ips", "user_maxretry", "whatif_window", "history_max",
@@ -341,12 +338,8 @@ def from_dict(data: dict[str, Any], source: Path | None = None) -> Config:
         if port not in cfg.ports:
             cfg.ports.append(port)
     if "crowdsec" in data:
-        from .crowdsec import from_table
-
-        cfg.crowdsec = from_table(data["crowdsec"])
+        cfg.crowdsec = crowdsec_table(data["crowdsec"])
     if "campaign" in data:
-        from .campaigns import from_table as campaign_table
-
         cfg.campaign = campaign_table(data["campaign"])
     return cfg
 
@@ -370,3 +363,214 @@ def load(path: Path | None, *, required: bool = False) -> Config:
         return from_dict(data, p)
     except ConfigError as e:
         raise ConfigError(f"config file {p}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- [crowdsec]
+
+CROWDSEC_KEYS = {"url", "machine_id", "password", "password_file", "register", "bouncer_key", "bouncer_key_file",
+         "pull_interval", "timeout", "apply", "apply_origins", "push_unbans"}
+#: decision origins ``apply`` bans locally by default: this LAPI's agents and admins (and other
+#: popwatch hosts), not the Central API's community lists (tens of thousands: the bouncer's job)
+CROWDSEC_APPLY_ORIGINS = ("crowdsec", "cscli")
+
+
+
+#: the ``[crowdsec]`` part of ``popwatch config --print-default`` (commented TOML; the example
+#: lines must load when uncommented)
+CROWDSEC_DOC = """\
+# CrowdSec bridge (optional): share bans with a fleet through a CrowdSec Local API (LAPI).
+# Push: with machine_id and password, every ban made here (key, auto, CLI) is sent as an alert
+# with one ban decision (scenario popwatch/<origin>), so every host's bouncer enforces it; a
+# person's unban here deletes it again (push_unbans). Create the machine on the LAPI host with
+# `cscli machines add NAME --password PW`, or let popwatch register itself (register) and then
+# run `cscli machines validate NAME`.
+# Pull: with a bouncer key (`cscli bouncers add NAME`), the LAPI's ban decisions show on the
+# rows as "banned fleet-wide (origin)", checked against this host's kernel set. With apply,
+# popwatch also bans the fleet's single addresses in its own set, for decisions whose origin
+# is in apply_origins (not the Central API's community lists: those are the bouncer's job).
+# Secrets can live in files instead (first line): password_file, bouncer_key_file.
+# The LAPI being down, slow or refusing never blocks a local ban: bans wait in a queue and are
+# retried with backoff; the header shows the sources "crowdsec push" and "crowdsec pull".
+# [crowdsec]
+# url = "http://127.0.0.1:8080/"
+# machine_id = "mail1-popwatch"
+# password = "change-me"
+# register = false
+# bouncer_key = "0123456789abcdef"
+# pull_interval = "10s"
+# timeout = "5s"
+# apply = false
+# apply_origins = ["crowdsec", "cscli"]
+# push_unbans = true
+"""
+
+@dataclass
+class CrowdSecConfig:
+    """``[crowdsec]``: push needs machine_id + password, pull needs bouncer_key."""
+
+    url: str = "http://127.0.0.1:8080/"
+    machine_id: str | None = None
+    password: str | None = None
+    register: bool = False
+    bouncer_key: str | None = None
+    pull_interval: float = 10.0
+    timeout: float = 5.0
+    apply: bool = False
+    push_unbans: bool = True
+    apply_origins: tuple[str, ...] = CROWDSEC_APPLY_ORIGINS
+
+    @property
+    def push(self) -> bool:
+        return bool(self.machine_id and self.password)
+
+    @property
+    def pull(self) -> bool:
+        return bool(self.bouncer_key)
+
+
+def _secret(d: dict[str, Any], key: str, where: str) -> str | None:
+    """``key`` or ``key_file`` (first line of the file)."""
+    if key in d and f"{key}_file" in d:
+        raise ConfigError(f"{where}{key}: give {key} or {key}_file, not both")
+    if key in d:
+        v = d[key]
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{where}{key}: expected a non-empty string")
+        return v.strip()
+    if f"{key}_file" in d:
+        p = Path(str(d[f"{key}_file"]))
+        try:
+            lines = p.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as e:
+            raise ConfigError(f"{where}{key}_file: {p}: {e.strerror}") from None
+        v = lines[0].strip() if lines else ""
+        if not v:
+            raise ConfigError(f"{where}{key}_file: {p} is empty")
+        return v
+    return None
+
+
+def crowdsec_table(d: object, where: str = "crowdsec.") -> CrowdSecConfig:
+    """Validate a ``[crowdsec]`` table. Raises ConfigError naming the key."""
+    if not isinstance(d, dict):
+        raise ConfigError("crowdsec: expected a table [crowdsec]")
+    for k in d:
+        if k not in CROWDSEC_KEYS:
+            raise ConfigError(f"unknown key {where}{k!r} (allowed: {', '.join(sorted(CROWDSEC_KEYS))})")
+    c = CrowdSecConfig()
+    if "url" in d:
+        u = urllib.parse.urlsplit(str(d["url"]))
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ConfigError(f"{where}url: {d['url']!r} is not an http(s):// URL of the Local API")
+        c.url = str(d["url"])
+    if not c.url.endswith("/"):
+        c.url += "/"
+    if "machine_id" in d:
+        m = d["machine_id"]
+        if not isinstance(m, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", m):
+            raise ConfigError(f"{where}machine_id: {m!r}: expected 1-64 letters, digits, . _ -")
+        c.machine_id = m
+    c.password = _secret(d, "password", where)
+    c.bouncer_key = _secret(d, "bouncer_key", where)
+    if bool(c.machine_id) != bool(c.password):
+        raise ConfigError(f"{where}machine_id and password go together (push needs both)")
+    for key in ("register", "apply", "push_unbans"):
+        if key in d:
+            if not isinstance(d[key], bool):
+                raise ConfigError(f"{where}{key}: expected true or false, got {d[key]!r}")
+            setattr(c, key, d[key])
+    if "apply_origins" in d:
+        o = d["apply_origins"]
+        if not isinstance(o, list) or not all(isinstance(x, str) and x for x in o):
+            raise ConfigError(f"{where}apply_origins: expected a list of decision origins like "
+                              f"[\"crowdsec\", \"cscli\", \"CAPI\", \"lists\"]")
+        c.apply_origins = tuple(o)
+    for key, lo, hi in (("pull_interval", 1.0, 3600.0), ("timeout", 0.1, 120.0)):
+        if key in d:
+            try:
+                v = parse_duration(d[key], key)
+            except ValueError as e:
+                raise ConfigError(f"{where}{key}: {e}") from None
+            if not lo <= v <= hi:
+                raise ConfigError(f"{where}{key}: {d[key]!r}: expected from {lo:g}s to {hi:g}s")
+            setattr(c, key, v)
+    if not c.push and not c.pull:
+        raise ConfigError(f"{where[:-1]}: nothing to do: set machine_id + password (push) and/or "
+                          f"bouncer_key (pull)")
+    if c.apply and not c.pull:
+        raise ConfigError(f"{where}apply needs bouncer_key (decisions are pulled to be applied)")
+    return c
+
+
+# ----------------------------------------------------------------------------- [campaign]
+
+CAMPAIGN_DOC = """\
+# Campaigns: distributed attacks (one mailbox tried from many addresses, each guessing once or
+# twice) and low-and-slow ones (one address guessing every few minutes), which no per-address
+# threshold sees. Detection is always on (the campaigns panel, `c`); auto_ban responds:
+# * a user name tried from user_sources or more addresses within window is under a campaign;
+#   from then on, every address failing on it that never logged in successfully as that user
+#   is banned at once (for bantime);
+# * net_sources of a campaign's addresses in one /24 (IPv6: /64) ban that network, and
+#   wide_sources in one /16 (IPv6: /48) spread over wide_nets of its /24s (/64s) ban the /16
+#   (/48) (for net_bantime; 0 turns either off) -- never a network holding a protected address
+#   or one that ever logged in;
+# * an address with slow_maxretry failed attempts within slow_window (0 = off), averaging at
+#   most slow_rate a minute since it was first seen (faster ones are [policy]'s business),
+#   is banned.
+# Addresses that ever logged in successfully (logins.json in the state directory) are never
+# banned by a campaign, only by their own [policy] threshold.
+[campaign]
+auto_ban = false
+window = "15m"
+user_sources = 10
+net_sources = 4
+wide_sources = 32
+wide_nets = 4
+slow_window = "1d"
+slow_maxretry = 30
+slow_rate = 3
+bantime = "1d"
+net_bantime = "1d"
+"""
+
+CAMPAIGN_KEYS = {"auto_ban", "window", "user_sources", "net_sources", "wide_sources", "wide_nets",
+         "slow_window", "slow_maxretry", "slow_rate", "bantime", "net_bantime"}
+
+
+@dataclass
+class CampaignConfig:
+    auto_ban: bool = False
+    window: float = 900.0
+    user_sources: int = 10
+    net_sources: int = 4
+    wide_sources: int = 32
+    wide_nets: int = 4
+    slow_window: float = 86400.0
+    slow_maxretry: int = 30
+    slow_rate: float = 3.0
+    bantime: float = 86400.0
+    net_bantime: float = 86400.0
+
+
+def campaign_table(t: Any) -> CampaignConfig:
+    """Validate ``[campaign]``. Raises ConfigError naming the key."""
+    if not isinstance(t, dict):
+        raise ConfigError("campaign: expected a table [campaign]")
+    _check_keys(t, CAMPAIGN_KEYS, "campaign.")
+    c = CampaignConfig()
+    if "auto_ban" in t:
+        c.auto_ban = _val("campaign.auto_ban", _bool, t["auto_ban"])
+    for k, lo, hi in (("window", 60, 7 * 86400), ("slow_window", 60, 30 * 86400),
+                      ("bantime", 1, 365 * 86400), ("net_bantime", 1, 365 * 86400)):
+        if k in t:
+            setattr(c, k, _val(f"campaign.{k}", _dur(k, lo, hi), t[k]))
+    for k, lo, hi in (("user_sources", 2, 100000), ("net_sources", 0, 65536), ("wide_sources", 0, 1 << 20),
+                      ("wide_nets", 1, 65536), ("slow_maxretry", 0, 1_000_000)):
+        if k in t:
+            setattr(c, k, _val(f"campaign.{k}", _int_range(lo, hi), t[k]))
+    if "slow_rate" in t:
+        c.slow_rate = _val("campaign.slow_rate", _float_range(0.01, 10000), t["slow_rate"])
+    if c.net_sources == 1:
+        raise ConfigError("campaign.net_sources: 1 is not allowed: expected 0 (off) or 2-65536")
+    return c

@@ -404,13 +404,13 @@ class Monitor:
             return True
         b = self.store.bans.get(ip)
         if b is None and ":" in ip and self._ban_entries:  # another address of a banned /64
-            owner = self._ban_entries.get(self._entry(ip, False))
+            owner = self._ban_entries.get(self.ban_entry(ip, False))
             if owner is not None:
                 b = self.store.bans.get(owner)
         # a ban the kernel has timed out but the poll has not expired yet does not count
         return b is not None and (b.expires is None or b.expires > self.clock() + 0.5)
 
-    def _entry(self, target: str, allow_net: bool) -> str:
+    def ban_entry(self, target: str, allow_net: bool) -> str:
         """The kernel entry a ban of ``target`` becomes (IPv6: its /64). Memoised."""
         hit = self._entries.get(target)
         if hit is not None:
@@ -429,7 +429,7 @@ class Monitor:
         becomes (IPv6: the /64) contains a protected address. None: it may be."""
         why = self.protector.why_protected(target) if "/" in target else self.protector.protected_ip(target)
         if why is None:
-            entry = self._entry(target, allow_net)
+            entry = self.ban_entry(target, allow_net)
             if entry != target:
                 why2 = self.protector.protected_net(entry)
                 why = f"banning {target} bans all of {entry}: {why2}" if why2 else None
@@ -561,7 +561,7 @@ class Monitor:
             self._void(rec, f"the firewall refused: {e}")
             raise
         also = sorted(ip for ip in self._same_entry(target) if ip != target)
-        note = f" (its {self._entry(target, '/' in target)} also covered {', '.join(also)})" if also else ""
+        note = f" (its {self.ban_entry(target, '/' in target)} also covered {', '.join(also)})" if also else ""
         return ActionResult(True, f"unbanned {target}{note}", tuple(change))
 
     def _keep_members(self, net_text: str) -> None:
@@ -591,8 +591,8 @@ class Monitor:
 
     def _same_entry(self, target: str) -> list[str]:
         """Recorded bans that are the same kernel entry as ``target`` (two addresses of one /64)."""
-        entry = self._entry(target, "/" in target)
-        return [ip for ip in self.store.bans if ip == target or self._entry(ip, "/" in ip) == entry]
+        entry = self.ban_entry(target, "/" in target)
+        return [ip for ip in self.store.bans if ip == target or self.ban_entry(ip, "/" in ip) == entry]
 
     def _limit_fw(self, limit: PortLimit, origin: str, reason: str = "", **extra: Any) -> ActionResult:
         if self.dry_run:
@@ -618,7 +618,7 @@ class Monitor:
             if ":" in r.ban.ip:
                 if len(self._ban_entries) > 200_000:
                     self._ban_entries.clear()
-                self._ban_entries[self._entry(r.ban.ip, "/" in r.ban.ip)] = r.ban.ip
+                self._ban_entries[self.ban_entry(r.ban.ip, "/" in r.ban.ip)] = r.ban.ip
             if r.ban.origin != "auto":
                 self.autoban.note_ban(r.ban.ip, r.ban.created)
             self._save_bans()
@@ -655,7 +655,7 @@ class Monitor:
         for d in decisions:  # one ban per kernel entry: two addresses of one /64 are one incident
             if d.ip in self._pending:
                 continue
-            e = self._entry(d.ip, "/" in d.ip) if ":" in d.ip else d.ip
+            e = self.ban_entry(d.ip, "/" in d.ip) if ":" in d.ip else d.ip
             if e in entries:
                 if d.origin == "auto":
                     self.autoban.cancel(d.ip)
@@ -1003,7 +1003,7 @@ class Monitor:
                 expired += 1
                 self._audit("expire", b.ip, origin="reconcile", reason="expired while popwatch was not running")
                 continue
-            entry = self._entry(b.ip, "/" in b.ip)
+            entry = self.ban_entry(b.ip, "/" in b.ip)
             why = self._why_refused(b.ip, "/" in b.ip)
             if why:
                 refused += 1
@@ -1120,14 +1120,14 @@ class Monitor:
                 continue
             if act == "ban" and r.get("ok", True) and r.get("id") not in voided:
                 try:
-                    e = self._entry(target, "/" in target)
+                    e = self.ban_entry(target, "/" in target)
                 except (ValueError, TypeError):
                     continue
                 if e in entries:
                     out[e] = r
             elif act in ("unban", "expire"):
                 try:
-                    out.pop(self._entry(target, "/" in target), None)
+                    out.pop(self.ban_entry(target, "/" in target), None)
                 except (ValueError, TypeError):
                     continue
         return out
@@ -1150,7 +1150,7 @@ class Monitor:
     def _sync_from_kernel(self, kernel: dict[str, float | None], read_at: float) -> None:
         """While running: drop store bans the kernel no longer has (a CLI unban, expiry), adopt
         kernel bans the store does not know (a CLI ban)."""
-        entries = {self._entry(ip, "/" in ip): ip for ip in self.store.bans}
+        entries = {self.ban_entry(ip, "/" in ip): ip for ip in self.store.bans}
         changed = False
         for entry, ip in entries.items():
             b = self.store.bans.get(ip)
@@ -1162,7 +1162,7 @@ class Monitor:
         if new:
             saved: dict[str, Ban] = {}
             if self.persist is not None:  # a CLI ban made while we run: its record says why
-                saved = {self._entry(b.ip, "/" in b.ip): b for b in self.persist.load_bans()}
+                saved = {self.ban_entry(b.ip, "/" in b.ip): b for b in self.persist.load_bans()}
             for entry in new:
                 left = kernel[entry]
                 rec = saved.get(entry)

@@ -101,22 +101,10 @@ history_max = {p.history_max}
 
 
 def _module_sections() -> str:
-    """Tables validated by their own modules (``[crowdsec]``): each module documents itself
-    with a ``CONFIG_DOC`` string (commented TOML); otherwise its keys are listed."""
-    out = []
-    for name in ("crowdsec", "campaigns"):
-        try:
-            mod = __import__(f"popwatch.{name}", fromlist=["_"])
-        except ImportError:
-            continue
-        doc = getattr(mod, "CONFIG_DOC", None)
-        if doc:
-            out.append("\n" + doc.rstrip("\n") + "\n")
-            continue
-        keys = sorted(getattr(mod, "_KEYS", ()))
-        if keys:
-            out.append(f"\n# [{name}] (optional, see the README): keys {', '.join(keys)}\n")
-    return "".join(out)
+    """The optional tables (``[crowdsec]``, ``[campaign]``), each as its commented TOML."""
+    from ..config import CAMPAIGN_DOC, CROWDSEC_DOC
+
+    return "".join("\n" + doc.rstrip("\n") + "\n" for doc in (CROWDSEC_DOC, CAMPAIGN_DOC))
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -187,7 +187,7 @@ async def until(what: str, fn: Callable[[], Any], timeout: float = 15.0, every: 
 
 @pytest.mark.daemons
 async def test_real_lapi_push_pull_apply_and_outage(lapi: LapiServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cs, "BACKOFF_MAX", 1.0)
+    monkeypatch.setattr(cs.bridge, "BACKOFF_MAX", 1.0)
     key = lapi.cscli("bouncers", "add", "popwatch-mx1-pull", "-o", "raw").strip()
     assert key
     cfg = CrowdSecConfig(url=lapi.url, machine_id="popwatch-mx1", password=secrets.token_hex(12),

@@ -167,8 +167,8 @@ def lapi() -> Any:
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cs, "BACKOFF_MIN", 0.05)
-    monkeypatch.setattr(cs, "BACKOFF_MAX", 0.2)
+    monkeypatch.setattr(cs.bridge, "BACKOFF_MIN", 0.05)
+    monkeypatch.setattr(cs.bridge, "BACKOFF_MAX", 0.2)
 
 
 def make(cfg: CrowdSecConfig, allow: list[str] | None = None) -> tuple[Monitor, SimFirewall, CrowdSecBridge]:
@@ -381,7 +381,7 @@ async def test_slow_lapi_never_delays_a_local_ban(lapi: FakeLapi) -> None:
 
 
 def test_outbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cs, "OUTBOX_MAX", 3)
+    monkeypatch.setattr(cs.bridge, "OUTBOX_MAX", 3)
     _, _, b = make(CrowdSecConfig(machine_id="m", password="p"))
     for i in range(5):
         b.on_action("ban", f"203.0.113.{i}", {"origin": "auto", "ttl": 60})
@@ -591,5 +591,5 @@ def test_config_doc_loads_when_uncommented_and_names_every_key() -> None:
     unc = "\n".join(l[2:] if re.match(r"^# (\[[a-z0-9.]+\]$|[a-z_]+ = )", l) else l for l in lines)
     c = from_dict(tomllib.loads(unc)).crowdsec
     assert c.push and c.pull and c.apply_origins == cs.APPLY_ORIGINS
-    for k in cs._KEYS:
+    for k in cs.KEYS:
         assert f"# {k} = " in cs.CONFIG_DOC or k in cs.CONFIG_DOC, k

@@ -1,48 +1,25 @@
-"""CrowdSec bridge: share popwatch's bans with a fleet through a CrowdSec Local API (LAPI).
-
-* Push (``machine_id`` + ``password``): popwatch logs in as a CrowdSec *machine*
-  (``POST /v1/watchers/login`` -> JWT; with ``register = true`` it first registers itself,
-  ``POST /v1/watchers``, and waits for ``cscli machines validate``) and sends every ban made on
-  this host (key, auto, CLI, undo) as an alert carrying one ``ban`` decision: scenario
-  ``popwatch/<origin>``, the ban's duration, the reason in the alert message. Every host's
-  bouncer then enforces it. A person's unban deletes the decision again (``push_unbans``).
-* Pull (``bouncer_key``): popwatch follows ``GET /v1/decisions/stream`` like a bouncer and
-  publishes the active ban decisions to ``StateStore.fleet_bans`` ("banned fleet-wide
-  (origin)"), checking each against this host's kernel set (``Firewall.bans()``). With
-  ``apply = true`` it also bans single addresses in its own set (origin ``crowdsec``; protected
-  addresses are refused as always) and lifts them when the decision goes away.
-
-The LAPI never blocks a local ban: bans are queued (bounded) and sent by a task that talks HTTP
-on a worker thread (urllib, standard library only), with timeouts and exponential backoff. Its
-state shows in the header as two sources, ``crowdsec push`` and ``crowdsec pull``, and in the
-store's notes when it changes.
-"""
+"""The CrowdSec bridge: push popwatch's bans to the LAPI, pull the fleet's decisions into the
+store (and, with ``apply``, into this host's ban set); its Prometheus metric families."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
 import ipaddress
-import json
-import re
 import socket
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from . import __version__
-from .config import ConfigError, parse_duration
-from .model import SourceHealth
-from .policy import Refused
+from .. import __version__
+from ..config import CrowdSecConfig
+from ..model import SourceHealth
+from ..policy import Refused
+from .client import Lapi, LapiError, go_duration, lapi_time, parse_go_duration, scope_of
 
 if TYPE_CHECKING:
-    from .monitor import Monitor
+    from ..monitor import Monitor
 
 #: ban origins never pushed: they came from the fleet, or were pushed when first made
 NO_PUSH = frozenset({"crowdsec", "kernel", "reconcile", "restore"})
@@ -55,267 +32,6 @@ OUTBOX_MAX = 10_000
 FLUSH_TIMEOUT = 3.0
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 PUSH_NAME, PULL_NAME = "crowdsec push", "crowdsec pull"
-_KEYS = {"url", "machine_id", "password", "password_file", "register", "bouncer_key", "bouncer_key_file",
-         "pull_interval", "timeout", "apply", "apply_origins", "push_unbans"}
-#: decision origins ``apply`` bans locally by default: this LAPI's agents and admins (and other
-#: popwatch hosts), not the Central API's community lists (tens of thousands: the bouncer's job)
-APPLY_ORIGINS = ("crowdsec", "cscli")
-
-
-# ----------------------------------------------------------------------------- config
-
-#: the ``[crowdsec]`` part of ``popwatch config --print-default`` (commented TOML; the example
-#: lines must load when uncommented)
-CONFIG_DOC = """\
-# CrowdSec bridge (optional): share bans with a fleet through a CrowdSec Local API (LAPI).
-# Push: with machine_id and password, every ban made here (key, auto, CLI) is sent as an alert
-# with one ban decision (scenario popwatch/<origin>), so every host's bouncer enforces it; a
-# person's unban here deletes it again (push_unbans). Create the machine on the LAPI host with
-# `cscli machines add NAME --password PW`, or let popwatch register itself (register) and then
-# run `cscli machines validate NAME`.
-# Pull: with a bouncer key (`cscli bouncers add NAME`), the LAPI's ban decisions show on the
-# rows as "banned fleet-wide (origin)", checked against this host's kernel set. With apply,
-# popwatch also bans the fleet's single addresses in its own set, for decisions whose origin
-# is in apply_origins (not the Central API's community lists: those are the bouncer's job).
-# Secrets can live in files instead (first line): password_file, bouncer_key_file.
-# The LAPI being down, slow or refusing never blocks a local ban: bans wait in a queue and are
-# retried with backoff; the header shows the sources "crowdsec push" and "crowdsec pull".
-# [crowdsec]
-# url = "http://127.0.0.1:8080/"
-# machine_id = "mail1-popwatch"
-# password = "change-me"
-# register = false
-# bouncer_key = "0123456789abcdef"
-# pull_interval = "10s"
-# timeout = "5s"
-# apply = false
-# apply_origins = ["crowdsec", "cscli"]
-# push_unbans = true
-"""
-
-@dataclass
-class CrowdSecConfig:
-    """``[crowdsec]``: push needs machine_id + password, pull needs bouncer_key."""
-
-    url: str = "http://127.0.0.1:8080/"
-    machine_id: str | None = None
-    password: str | None = None
-    register: bool = False
-    bouncer_key: str | None = None
-    pull_interval: float = 10.0
-    timeout: float = 5.0
-    apply: bool = False
-    push_unbans: bool = True
-    apply_origins: tuple[str, ...] = APPLY_ORIGINS
-
-    @property
-    def push(self) -> bool:
-        return bool(self.machine_id and self.password)
-
-    @property
-    def pull(self) -> bool:
-        return bool(self.bouncer_key)
-
-
-def _secret(d: dict[str, Any], key: str, where: str) -> str | None:
-    """``key`` or ``key_file`` (first line of the file)."""
-    if key in d and f"{key}_file" in d:
-        raise ConfigError(f"{where}{key}: give {key} or {key}_file, not both")
-    if key in d:
-        v = d[key]
-        if not isinstance(v, str) or not v.strip():
-            raise ConfigError(f"{where}{key}: expected a non-empty string")
-        return v.strip()
-    if f"{key}_file" in d:
-        p = Path(str(d[f"{key}_file"]))
-        try:
-            lines = p.read_text(encoding="utf-8").strip().splitlines()
-        except OSError as e:
-            raise ConfigError(f"{where}{key}_file: {p}: {e.strerror}") from None
-        v = lines[0].strip() if lines else ""
-        if not v:
-            raise ConfigError(f"{where}{key}_file: {p} is empty")
-        return v
-    return None
-
-
-def from_table(d: object, where: str = "crowdsec.") -> CrowdSecConfig:
-    """Validate a ``[crowdsec]`` table. Raises ConfigError naming the key."""
-    if not isinstance(d, dict):
-        raise ConfigError("crowdsec: expected a table [crowdsec]")
-    for k in d:
-        if k not in _KEYS:
-            raise ConfigError(f"unknown key {where}{k!r} (allowed: {', '.join(sorted(_KEYS))})")
-    c = CrowdSecConfig()
-    if "url" in d:
-        u = urllib.parse.urlsplit(str(d["url"]))
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ConfigError(f"{where}url: {d['url']!r} is not an http(s):// URL of the Local API")
-        c.url = str(d["url"])
-    if not c.url.endswith("/"):
-        c.url += "/"
-    if "machine_id" in d:
-        m = d["machine_id"]
-        if not isinstance(m, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", m):
-            raise ConfigError(f"{where}machine_id: {m!r}: expected 1-64 letters, digits, . _ -")
-        c.machine_id = m
-    c.password = _secret(d, "password", where)
-    c.bouncer_key = _secret(d, "bouncer_key", where)
-    if bool(c.machine_id) != bool(c.password):
-        raise ConfigError(f"{where}machine_id and password go together (push needs both)")
-    for key in ("register", "apply", "push_unbans"):
-        if key in d:
-            if not isinstance(d[key], bool):
-                raise ConfigError(f"{where}{key}: expected true or false, got {d[key]!r}")
-            setattr(c, key, d[key])
-    if "apply_origins" in d:
-        o = d["apply_origins"]
-        if not isinstance(o, list) or not all(isinstance(x, str) and x for x in o):
-            raise ConfigError(f"{where}apply_origins: expected a list of decision origins like "
-                              f"[\"crowdsec\", \"cscli\", \"CAPI\", \"lists\"]")
-        c.apply_origins = tuple(o)
-    for key, lo, hi in (("pull_interval", 1.0, 3600.0), ("timeout", 0.1, 120.0)):
-        if key in d:
-            try:
-                v = parse_duration(d[key], key)
-            except ValueError as e:
-                raise ConfigError(f"{where}{key}: {e}") from None
-            if not lo <= v <= hi:
-                raise ConfigError(f"{where}{key}: {d[key]!r}: expected from {lo:g}s to {hi:g}s")
-            setattr(c, key, v)
-    if not c.push and not c.pull:
-        raise ConfigError(f"{where[:-1]}: nothing to do: set machine_id + password (push) and/or "
-                          f"bouncer_key (pull)")
-    if c.apply and not c.pull:
-        raise ConfigError(f"{where}apply needs bouncer_key (decisions are pulled to be applied)")
-    return c
-
-
-# ----------------------------------------------------------------------------- helpers
-
-_GO_DUR = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_GO_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(text: str) -> float:
-    """Go's ``time.Duration`` string (``3h59m58.5s``, ``-16.7ms``, ``0s``) -> seconds. ValueError."""
-    s = str(text).strip()
-    sign = -1.0 if s.startswith("-") else 1.0
-    if s[:1] in ("-", "+"):
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _GO_DUR.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _GO_UNIT[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or not s:
-        raise ValueError(f"bad duration {text!r}")
-    return sign * total
-
-
-def go_duration(secs: float) -> str:
-    """Seconds -> a duration string the LAPI parses (whole seconds, at least 1s)."""
-    return f"{max(1, int(round(secs)))}s"
-
-
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _scope(target: str) -> tuple[str, str]:
-    """("Ip", addr) or ("Range", cidr) for a popwatch ban target (a /32 or /128 is an Ip)."""
-    if "/" in target:
-        net = ipaddress.ip_network(target, strict=False)
-        if net.num_addresses == 1:
-            return "Ip", str(net.network_address)
-        return "Range", str(net)
-    return "Ip", str(ipaddress.ip_address(target))
-
-
-class LapiError(Exception):
-    """A failed LAPI call. ``status`` is the HTTP status (None: no answer: down, slow, DNS)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-    @property
-    def auth(self) -> bool:
-        return self.status in (401, 403)
-
-
-class Lapi:
-    """The few LAPI calls popwatch makes (synchronous; run them on a worker thread)."""
-
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
-        self.url = url if url.endswith("/") else url + "/"
-        self.timeout = timeout
-        self.user_agent = f"popwatch/{__version__}"
-
-    def _call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        h = {"User-Agent": self.user_agent, "Accept": "application/json", **(headers or {})}
-        if data is not None:
-            h["Content-Type"] = "application/json"
-        req = urllib.request.Request(urllib.parse.urljoin(self.url, path), data=data, method=method, headers=h)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 - configured URL
-                raw = r.read(64 << 20)
-        except urllib.error.HTTPError as e:
-            try:
-                detail = json.loads(e.read(4096) or b"{}")
-                msg = detail.get("message") or detail.get("error") or e.reason
-            except (ValueError, AttributeError, OSError):
-                msg = e.reason
-            raise LapiError(f"{method} {path}: HTTP {e.code}: {msg}", e.code) from None
-        except (urllib.error.URLError, OSError, socket.timeout) as e:
-            reason = getattr(e, "reason", e)
-            raise LapiError(f"{method} {path}: {reason or e.__class__.__name__}") from None
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise LapiError(f"{method} {path}: the answer is not JSON") from None
-
-    def register(self, machine_id: str, password: str) -> None:
-        self._call("POST", "v1/watchers", {"machine_id": machine_id, "password": password})
-
-    def login(self, machine_id: str, password: str, scenarios: list[str]) -> tuple[str, float]:
-        """(JWT, expiry epoch seconds)."""
-        r = self._call("POST", "v1/watchers/login",
-                       {"machine_id": machine_id, "password": password, "scenarios": scenarios})
-        if not isinstance(r, dict) or not r.get("token"):
-            raise LapiError("login: no token in the answer")
-        exp = time.time() + 3000.0
-        with contextlib.suppress(ValueError, TypeError):
-            exp = _dt.datetime.fromisoformat(str(r["expire"]).replace("Z", "+00:00")).timestamp()
-        return str(r["token"]), exp
-
-    def post_alerts(self, token: str, alerts: list[dict[str, Any]]) -> list[str]:
-        r = self._call("POST", "v1/alerts", alerts, {"Authorization": f"Bearer {token}"})
-        return [str(x) for x in r] if isinstance(r, list) else []
-
-    def delete_decisions(self, token: str, scope: str, value: str) -> int:
-        q = urllib.parse.urlencode({"ip" if scope == "Ip" else "range": value})
-        r = self._call("DELETE", f"v1/decisions?{q}", None, {"Authorization": f"Bearer {token}"})
-        try:
-            return int((r or {}).get("nbDeleted", 0))
-        except (TypeError, ValueError, AttributeError):
-            return 0
-
-    def stream(self, key: str, startup: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(new, deleted) decisions since the last call with this key (all active on startup)."""
-        r = self._call("GET", f"v1/decisions/stream?startup={'true' if startup else 'false'}", None,
-                       {"X-Api-Key": key})
-        if not isinstance(r, dict):
-            raise LapiError("decisions stream: unexpected answer")
-        return [d for d in r.get("new") or [] if isinstance(d, dict)], \
-            [d for d in r.get("deleted") or [] if isinstance(d, dict)]
-
 
 @dataclass(frozen=True, slots=True)
 class FleetDecision:
@@ -555,7 +271,7 @@ class CrowdSecBridge:
                         self.lapi.post_alerts(token, [self.alert(self.wire(t), ttl, reason, origin)
                                                       for _, t, ttl, reason, origin in run])
                     else:
-                        self.lapi.delete_decisions(token, *_scope(self.wire(run[0][1])))
+                        self.lapi.delete_decisions(token, *scope_of(self.wire(run[0][1])))
                     break
                 except LapiError as e:
                     if e.status != 401 or attempt == 1:  # 401: the JWT expired; log in again once
@@ -566,18 +282,15 @@ class CrowdSecBridge:
     def wire(self, target: str) -> str:
         """What a local ban covers, as the fleet should ban it: an IPv6 address is banned here
         as its /64 (``ipv6_prefix``), so that is what is sent."""
-        entry = getattr(self.monitor, "_entry", None)
-        if entry is None:
-            return target
         try:
-            return str(entry(target, "/" in target))
+            return str(self.monitor.ban_entry(target, "/" in target))
         except Exception:  # noqa: BLE001 - keep the address as it is
             return target
 
     def alert(self, target: str, ttl: float | None, reason: str, origin: str) -> dict[str, Any]:
         """One alert with one ban decision, as the LAPI (1.4+) takes it."""
-        scope, value = _scope(target)
-        now = _iso(self.clock())
+        scope, value = scope_of(target)
+        now = lapi_time(self.clock())
         scenario = f"popwatch/{origin or 'cli'}"
         why = (reason or f"{origin} ban").replace("\n", " ")[:200]
         source: dict[str, Any] = {"scope": scope, "value": value}
@@ -680,12 +393,9 @@ class CrowdSecBridge:
         if self.cfg.apply:
             await self._apply()
         kernel = await mon.fw_thread.run(mon.firewall.bans) if mon.firewall.can_write else {}
-        entry = getattr(mon, "_entry", None)
         out: dict[str, bool] = {}
         for v, fd in self.decisions.items():
-            e = v
-            if entry is not None:
-                e = entry(v, fd.scope == "Range")
+            e = mon.ban_entry(v, fd.scope == "Range")
             out[v] = v in kernel or e in kernel
         self.in_kernel = out
 
