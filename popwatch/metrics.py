@@ -182,7 +182,7 @@ class PopwatchCollector(Collector):
 
     def _campaigns(self, now: float) -> Iterator[Metric]:
         """Campaigns (popwatch.campaigns): active ones by kind, and start/update/end/alert events."""
-        camp = getattr(self.monitor, "campaigns", None)
+        camp = self.monitor.campaigns
         if camp is None:
             return
         g = GaugeMetricFamily("popwatch_campaigns_active", "Campaigns under way, by kind (user: one user name "
@@ -204,7 +204,7 @@ class PopwatchCollector(Collector):
     def _ports(self) -> Iterator[Metric]:
         st = self.store
         limits = dict(st.limits)
-        totals = dict(getattr(st, "_totals", {}) or {})
+        totals = st.port_totals()
         passed = CounterMetricFamily("popwatch_port_passed_packets", "New connections passed by popwatch's "
                                      "rule (cumulative kernel counter)", labels=["port"])
         dropped = CounterMetricFamily("popwatch_port_dropped_packets", "New connections dropped by the "
@@ -228,7 +228,7 @@ class PopwatchCollector(Collector):
         yield dropped
         yield rate
         yield burst
-        last = getattr(st, "_last_sample", None)
+        last = st.last_sample
         if last is not None:
             yield CounterMetricFamily("popwatch_banned_dropped_packets", "Packets dropped by the ban match",
                                       value=last.banned_dropped)
@@ -308,9 +308,7 @@ class Metrics:
         self._writer: threading.Thread | None = None
         self.textfile_errors = 0
         monitor.on_events.append(self.collector.on_events)
-        hooks = getattr(monitor, "on_action", None)
-        if hooks is not None:
-            hooks.append(self.collector.on_action)
+        monitor.on_action.append(self.collector.on_action)
         time_firewall(monitor.firewall, self.latency)
 
     @property

@@ -123,13 +123,11 @@ class Monitor:
         self.autoban = AutoBan(self.policy, protected=self.protector.protected_ip,
                                is_banned=self._banned_or_pending, enabled=auto_ban)
         self.healer = Healer(self)
-        store.protected = self.protector.protected_ip
         #: campaigns (popwatch.campaigns): fed in ingest next to auto-ban; the screen reads rows()
         self.campaigns = CampaignTracker(campaign, protected=self.protector.protected_ip,
                                          is_banned=self._banned_or_pending)
         self.on_campaign: list[Callable[[str, Any], None]] = []
-        if store.near_threshold is None:
-            store.near_threshold = self.autoban.near
+        store.set_policy(protected=self.protector.protected_ip, near_threshold=self.autoban.near)
         if persist is not None:
             for rec in persist.load_history():
                 if isinstance(rec.get("created"), (int, float)):
@@ -327,10 +325,7 @@ class Monitor:
                 self.flush()
             except OSError as e:
                 self.say_once(str(e))
-            # long-lived state to the permanent generation, every poll: full collections stop
-            # scanning the store (a full GC over 100k records stalls ingest and auto-ban ~100 ms)
-            gc.collect(1)
-            gc.freeze()
+            tenure_long_lived()
             await asyncio.sleep(self.poll_interval)
 
     # ------------------------------------------------------------------ audit/state
@@ -1174,6 +1169,14 @@ class Monitor:
                 changed = True
         if changed:
             self._bans_dirty = True
+
+
+def tenure_long_lived() -> None:
+    """Move long-lived state to the permanent generation (every poll): full collections stop
+    scanning the store (a full GC over 100k records stalls ingest and auto-ban ~100 ms; see
+    PERF-NOTES)."""
+    gc.collect(1)
+    gc.freeze()
 
 
 def _set_capacity() -> int:

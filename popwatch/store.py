@@ -557,7 +557,27 @@ class StateStore:
             del self.users[user]
             self._dirty_users.discard(user)
 
+    def set_policy(self, *, protected: Callable[[str], str | None] | None = None,
+                   near_threshold: Callable[[Attacker, float], bool] | None = None) -> None:
+        """The policy's answers the rows show: why an address is protected (None: it is not),
+        and whether an attacker is one failure from the auto-ban threshold. The Monitor gives
+        its own here; a callback given at construction stays."""
+        if protected is not None:
+            self.protected = protected
+            self._protected_cache.clear()
+        if near_threshold is not None and self.near_threshold is None:
+            self.near_threshold = near_threshold
+
     # ---------------------------------------------------------------- counters
+    def port_totals(self) -> dict[int, PortCounters]:
+        """The last cumulative kernel counters per port (a copy)."""
+        return dict(self._totals)
+
+    @property
+    def last_sample(self) -> CounterSample | None:
+        """The last counter poll, None before the first."""
+        return self._last_sample
+
     def add_counters(self, sample: CounterSample) -> None:
         """Turn cumulative counters into rates over the *measured* interval between polls.
         A counter that went down was reset (rule replaced without -c, reboot): its new value is
