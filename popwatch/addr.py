@@ -18,9 +18,8 @@ class AddressError(ValueError):
 
 
 def _unwrap(addr: IPAddress) -> IPAddress:
-    if isinstance(addr, IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return addr.ipv4_mapped
+    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
     return addr
 
 

@@ -25,8 +25,9 @@ of entries, swept when empty; bounded user, success and ban-history tables.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .config import PolicyConfig
 from .model import FAILURE_KINDS, AuthEvent, Kind
@@ -69,7 +70,7 @@ class _Win:
     """Failed attempts of one address in one jail within findtime. A flood is mostly addresses
     seen once: one entry lives in ``last``/``total`` without a list (half the memory)."""
 
-    __slots__ = ("q", "total", "last")
+    __slots__ = ("last", "q", "total")
 
     def __init__(self) -> None:
         self.q: list[tuple[float, int]] | None = None  # (ts, n) entries, oldest first, when > 1

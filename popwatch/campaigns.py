@@ -633,7 +633,7 @@ class CampaignTracker:
         m = int(now // 60)
         lag = max(0, m - t.spark_min)
         spark = tuple(t.spark[lag:] + [0] * min(SPARK, lag))
-        top = ()
+        top: tuple[tuple[str, int], ...] = ()
         ips: tuple[str, ...] = ()
         if detail:
             top = tuple(sorted(t.narrow.items(), key=lambda kv: -kv[1])[:50])

@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subcommand_names(parser: argparse.ArgumentParser) -> set[str]:
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
             return set(action.choices)
     return set()
 
@@ -108,10 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # `popwatch scan --json ... | head`: the reader went away; not an error.
-        try:
-            sys.stdout = None  # type: ignore[assignment]
-        finally:
-            return EXIT_OK
+        sys.stdout = None  # interpreter exit must not flush into the closed pipe
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 #: TCP_ESTABLISHED in the kernel's state numbering (inet_diag and /proc/net/tcp alike)
 ESTABLISHED = 1
@@ -61,8 +61,8 @@ def _netlink_pairs() -> list[tuple[int, str]]:
     with DiagSocket() as ds:
         ds.bind()
         for fam in (socket.AF_INET, socket.AF_INET6):
-            for m in ds.get_sock_stats(family=fam, states=1 << ESTABLISHED):
-                pairs.append((m["idiag_sport"], m["idiag_dst"]))
+            pairs.extend((m["idiag_sport"], m["idiag_dst"])
+                         for m in ds.get_sock_stats(family=fam, states=1 << ESTABLISHED))
     return pairs
 
 

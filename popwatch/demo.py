@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import IO
 
-from .model import PortLimit, Rate
 from .firewall.sim import SimFirewall
-from .model import CounterSample, RawLine
+from .model import CounterSample, PortLimit, Rate, RawLine
 from .monitor import Monitor
 from .parse import Parser
 from .policy import Protector
@@ -57,7 +56,7 @@ class FrozenDemo:
     def advance(self, seconds: int) -> None:
         """Move scenario time on, one second at a time, ingesting lines and polling counters."""
         for _ in range(seconds):
-            self.clock.advance(1)
+            self.clock.advance(1)  # type: ignore[attr-defined]  # a frozen demo runs on a FakeClock
             self.feed(self.scenario.until(self.clock()))
             self.monitor.store.add_counters(CounterSample(self.clock(), self.sim.counters(),
                                                           self.sim.banned_dropped()))
@@ -68,7 +67,7 @@ class FrozenDemo:
         self.n += len(lines)
         self.monitor.ingest(raw)
 
-    def app(self, **kw):  # noqa: ANN003, ANN201 - imports Textual lazily
+    def app(self, **kw):
         from .ui.app import make_app
 
         return make_app(self.monitor, mode="demo", host="mail1", run_monitor=False, **kw)

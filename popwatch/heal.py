@@ -23,9 +23,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .firewall.base import Firewall
@@ -52,7 +53,7 @@ class NftEvents:
     next poll. iptables-nft changes are nf_tables changes too; the legacy tables have none."""
 
     _GROUP = 7  # NFNLGRP_NFTABLES
-    _TYPES = {(10 << 8) | t for t in (2, 5, 6, 8)}  # DELTABLE, DELCHAIN, NEWRULE, DELRULE
+    _TYPES = frozenset((10 << 8) | t for t in (2, 5, 6, 8))  # DELTABLE, DELCHAIN, NEWRULE, DELRULE
 
     def __init__(self, on_change: Callable[[], None]) -> None:
         self.on_change = on_change
@@ -94,7 +95,7 @@ class NftEvents:
 class Healer:
     """The Monitor's watch over its own rules (one per Monitor)."""
 
-    def __init__(self, monitor: "Monitor") -> None:
+    def __init__(self, monitor: Monitor) -> None:
         self.m = monitor
         p = monitor.persist
         self.marker: Path | None = None if p is None else p.dir / MARKER
@@ -178,7 +179,7 @@ class Healer:
             self._again = False
             self._kick(loop)
 
-    async def _check(self, loop: asyncio.AbstractEventLoop, m: "Monitor", fw: "Firewall", fresh: bool) -> None:
+    async def _check(self, loop: asyncio.AbstractEventLoop, m: Monitor, fw: Firewall, fresh: bool) -> None:
         if self.uninstalled():
             self.active = False
             self.last = (m.clock(), "fw: uninstalled, staying out")
@@ -215,12 +216,12 @@ class Healer:
         self.last = (now, "fw: rules restored")
 
 
-def _fresh_check(fw: "Firewall") -> list[str]:
+def _fresh_check(fw: Firewall) -> list[str]:
     fw.counters()  # check_enforcement judges from the last counters() read: make it now
     return fw.check_enforcement()
 
 
-def status_warnings(state_dir: Path, fw: "Firewall") -> list[str]:
+def status_warnings(state_dir: Path, fw: Firewall) -> list[str]:
     """For ``popwatch status``: rules missing now, and repairs in the last day."""
     out: list[str] = []
     if (state_dir / MARKER).exists():

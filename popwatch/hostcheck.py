@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 #: feature -> (kernel module, x_tables match name or None, what popwatch uses it for)
 KERNEL_FEATURES: dict[str, tuple[str, str | None, str]] = {

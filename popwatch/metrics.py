@@ -19,7 +19,8 @@ import os
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -82,7 +83,7 @@ def parse_listen(spec: str, *, allow_remote: bool = False) -> tuple[str, int]:
 class PopwatchCollector(Collector):
     """Reads the Monitor's store and the bridge's counters at scrape time."""
 
-    def __init__(self, monitor: "Monitor", *, mono: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, monitor: Monitor, *, mono: Callable[[], float] = time.monotonic) -> None:
         self.monitor = monitor
         self.store = monitor.store
         self.mono = mono
@@ -286,7 +287,7 @@ def time_firewall(firewall: Any, histogram: Histogram) -> None:
 class Metrics:
     """The exporter for one Monitor: an HTTP endpoint and/or a node_exporter textfile."""
 
-    def __init__(self, monitor: "Monitor", *, process: bool = True) -> None:
+    def __init__(self, monitor: Monitor, *, process: bool = True) -> None:
         self.monitor = monitor
         self.collector = PopwatchCollector(monitor)
         #: what the textfile gets: popwatch's own metrics only (node_exporter has process_*)
@@ -373,12 +374,12 @@ class _Union(Collector):
         self.registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        return self.registry.collect()
+        yield from self.registry.collect()
 
 
 # ----------------------------------------------------------------------- command line
 
-def start_exporters(monitor: "Monitor", args: Any, cfg: Any = None) -> Callable[[], None]:
+def start_exporters(monitor: Monitor, args: Any, cfg: Any = None) -> Callable[[], None]:
     """Start what the options and config ask for: the metrics endpoint/textfile and the CrowdSec
     bridge (``[crowdsec]``). Returns the function that stops them. Raises
     :class:`popwatch.cli.UsageError` for a bad address or one that cannot be bound."""

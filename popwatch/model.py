@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 
 class Service(StrEnum):
@@ -140,7 +141,7 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ISO 8601 in UTC with a zone (``2026-11-28T05:00:21.664766+00:00``)."""
     if ts is None:
         return None
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat()
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +224,7 @@ class Rate:
     unit: int  # seconds per unit: 1, 60, 3600, 86400
 
     @classmethod
-    def parse(cls, text: str) -> "Rate":
+    def parse(cls, text: str) -> Rate:
         """``1/second``, ``10/minute``, ``5/s``, ``3/hour``, ``2/day``. Raises ValueError."""
         m = _RATE_RE.match(str(text).lower())
         if not m:
@@ -240,7 +241,7 @@ class Rate:
         return r
 
     @classmethod
-    def of(cls, count: int, unit: int) -> "Rate":
+    def of(cls, count: int, unit: int) -> Rate:
         return cls(count / unit, count, unit)
 
     def __str__(self) -> str:
@@ -254,7 +255,7 @@ class Rate:
     def per_day(self) -> float:
         return self.per_second * 86400
 
-    def step(self, up: bool) -> "Rate":
+    def step(self, up: bool) -> Rate:
         """The next rate up or down on a 1-2-5 ladder, moving across units as needed."""
         ladder = _LADDER
         ps = self.per_second
@@ -299,7 +300,7 @@ class PortLimit:
 
     port: int
     mode: Mode = "count"
-    rate: Rate = Rate.of(1, 1)
+    rate: Rate = Rate.of(1, 1)  # noqa: RUF009 - Rate is frozen: one shared default is safe
     burst: int = 5
 
     def __post_init__(self) -> None:
@@ -310,7 +311,7 @@ class PortLimit:
         if not 1 <= self.burst <= MAX_BURST:
             raise ValueError(f"bad burst {self.burst!r}: expected 1-{MAX_BURST}")
 
-    def with_(self, **kw: object) -> "PortLimit":
+    def with_(self, **kw: object) -> PortLimit:
         return replace(self, **kw)  # type: ignore[arg-type]
 
     def describe(self) -> str:

@@ -23,27 +23,28 @@ import gc
 import json
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import IO, Any, Awaitable, Callable, Iterable
+from typing import IO, Any
 
 from .addr import parse_target
 from .autoban import AutoBan, Decision, fmt_duration
 from .campaigns import CampaignConfig, CampaignTracker
-from .faults import point
 from .config import PolicyConfig
 from .conns import PortConns
-from .firewall.thread import FW_THREAD
+from .faults import point
 from .firewall.base import Firewall, FirewallError
-from .model import PortLimit, Rate
 from .firewall.rules import MAX_TIMEOUT as MAX_BAN_TTL
+from .firewall.thread import FW_THREAD
 from .heal import Healer
-from .model import AuthEvent, Ban, CounterSample, RawLine, SourceHealth, iso
+from .model import AuthEvent, Ban, CounterSample, PortLimit, Rate, RawLine, SourceHealth, iso
 from .persist import Persist, StateDirError
 from .policy import Protector, Refused
 from .sources.base import Source
 from .store import StateStore
-from .whatif import EventWindow, WhatIfReport, what_if as _what_if
+from .whatif import EventWindow, WhatIfReport
+from .whatif import what_if as _what_if
 
 #: lines ingested per slice before yielding to the event loop (keeps keys responsive)
 INGEST_SLICE = 2000
@@ -258,7 +259,7 @@ class Monitor:
             for cb in self.on_events:
                 r = cb(events)
                 if r is not None:
-                    asyncio.ensure_future(r)
+                    asyncio.ensure_future(r)  # noqa: RUF006 - fire and forget: the loop holds running tasks
         if self.campaigns.changes:
             self._campaign_changes()
         return events
@@ -705,7 +706,7 @@ class Monitor:
                 out[i] = e
             return out
         voids: list[dict[str, Any]] = []
-        for (i, d, ban, change, extra), rec in zip(plans, recs):
+        for (i, d, ban, change, extra), rec in zip(plans, recs, strict=False):
             ttl = extra["ttl"]
             try:
                 point("kernel ban")
@@ -734,7 +735,7 @@ class Monitor:
         self._auto_done(todo, results)
 
     def _auto_done(self, todo: list[Decision], results: list[Any]) -> None:
-        for d, r in zip(todo, results):
+        for d, r in zip(todo, results, strict=False):
             self._pending.discard(d.ip)
             if isinstance(r, ActionResult):
                 if r.ban is not None:
@@ -843,7 +844,7 @@ class Monitor:
             return self._closed_after(out)
         done: list[ActionResult] = []
         refused: dict[str, str] = {}
-        for ip, r in zip(ips, await self.fw_thread.run(job)):
+        for ip, r in zip(ips, await self.fw_thread.run(job), strict=False):
             if isinstance(r, ActionResult):
                 done.append(self._after_ban(r))
             else:
@@ -1041,8 +1042,7 @@ class Monitor:
         msgs.insert(0, summary)
         for m in msgs:
             self.store.note(m)
-        for p in problems:  # corrupt state files: already noted in the store at start
-            msgs.append(f"state dir: {p}")
+        msgs.extend(f"state dir: {p}" for p in problems)  # corrupt state files: noted in the store at start
         return msgs
 
     def _restore_bulk(self, todo: list[Ban], now: float, msgs: list[str]) -> int:
@@ -1069,7 +1069,7 @@ class Monitor:
         if self.persist is not None and len(todo) <= 1000:  # one record each, one write
             recs = [self.persist.record("restore", b.ip, origin="reconcile", reason=b.reason or "restored on start",
                                         change=[f"ban {ip} ttl {ttl}"], expires=b.expires)
-                    for b, (ip, ttl) in zip(todo, items)]
+                    for b, (ip, ttl) in zip(todo, items, strict=False)]
             self.persist.write_audit(recs)
             rec = None
         else:  # a bulk restore: one record naming the count (bans.json lists them)
@@ -1084,7 +1084,7 @@ class Monitor:
         except (FirewallError, ValueError) as e:
             msgs.append(f"bulk restore failed ({e}); restoring one by one")
         if not done:
-            for b, (ip, ttl) in zip(todo, items):
+            for b, (ip, ttl) in zip(todo, items, strict=False):
                 try:
                     self.firewall.ban(ip, ttl)
                     done.append(b)

@@ -29,9 +29,10 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .faults import point
 from .model import Ban, iso

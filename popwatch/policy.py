@@ -15,12 +15,11 @@ import ipaddress
 import os
 import socket
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from .addr import IPAddress, IPNetwork, parse_target
-
 
 _MAPPED = b"\0" * 10 + b"\xff\xff"
 _MAPPED_NET = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -178,7 +177,7 @@ class Protector:
             return self.why_protected(ip)
         if n == 0:
             return "the unspecified address"
-        for lo, hi, net, why in self._ranges[fam]:
+        for lo, hi, _net, why in self._ranges[fam]:
             if lo <= n <= hi:
                 return f"{ipaddress.ip_address(n) if fam == 4 else ipaddress.IPv6Address(n)} is {why}"
         return None
@@ -203,7 +202,7 @@ class Protector:
         return None
 
     @classmethod
-    def from_env(cls, allow: Iterable[str] = (), *, own: bool = True) -> "Protector":
+    def from_env(cls, allow: Iterable[str] = (), *, own: bool = True) -> Protector:
         return cls(list(allow), ssh_clients(), host_addresses() if own else set())
 
     def add_allow(self, cidr: str) -> None:

@@ -106,6 +106,6 @@ def guard_std_streams(*, stdout_cap: int = 0, stderr_cap: int = 400) -> None:
     import sys
 
     if not isinstance(sys.stdout, SafeStream) and sys.stdout is not None:
-        sys.stdout = SafeStream(sys.stdout, stdout_cap)  # type: ignore[assignment]
+        sys.stdout = SafeStream(sys.stdout, stdout_cap)
     if not isinstance(sys.stderr, SafeStream) and sys.stderr is not None:
-        sys.stderr = SafeStream(sys.stderr, stderr_cap)  # type: ignore[assignment]
+        sys.stderr = SafeStream(sys.stderr, stderr_cap)

@@ -17,12 +17,22 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from .conns import PortConns
-from .model import (FAILURE_KINDS, AuthEvent, Ban, CounterSample, Kind, PortCounters, PortLimit, RowState,
-                    Service, SourceHealth)
+from .model import (
+    FAILURE_KINDS,
+    AuthEvent,
+    Ban,
+    CounterSample,
+    Kind,
+    PortCounters,
+    PortLimit,
+    RowState,
+    Service,
+    SourceHealth,
+)
 
 _SERVICES = [s.value for s in Service]
 _SVC_BIT = {s: 1 << i for i, s in enumerate(_SERVICES)}
@@ -47,8 +57,22 @@ BAN_LOG = 2000
 class Attacker:
     """Per-IP aggregate. Few slots, no containers but a small capped user dict."""
 
-    __slots__ = ("ip", "failures", "first", "last", "users", "nusers", "services", "successes",
-                 "last_success", "win", "cur", "prev", "probes", "net")
+    __slots__ = (
+        "cur",
+        "failures",
+        "first",
+        "ip",
+        "last",
+        "last_success",
+        "net",
+        "nusers",
+        "prev",
+        "probes",
+        "services",
+        "successes",
+        "users",
+        "win",
+    )
 
     def __init__(self, ip: str, ts: float) -> None:
         self.ip = ip
@@ -204,7 +228,7 @@ class BanLogEntry:
 class _SvcWindow:
     """Failures per minute of one service (two-bucket sliding window, like :class:`Attacker`)."""
 
-    __slots__ = ("win", "cur", "prev")
+    __slots__ = ("cur", "prev", "win")
 
     def __init__(self) -> None:
         self.win = 0
@@ -265,7 +289,7 @@ def make_filter(flt: str) -> Callable[[Attacker], bool] | None:
             try:
                 if "/" in a.ip:
                     other = ipaddress.ip_network(a.ip)
-                    return other.version == net.version and other.overlaps(net)  # type: ignore[arg-type]
+                    return other.version == net.version and other.overlaps(net)
                 addr = ipaddress.ip_address(a.ip)
                 return addr.version == net.version and addr in net
             except ValueError:

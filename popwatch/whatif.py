@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .autoban import AutoBan, fmt_duration
 from .config import PolicyConfig, parse_duration
-from .model import PortLimit, Rate, parse_burst
-from .model import FAILURE_KINDS, AuthEvent, Kind
 from .firewall.sim import TokenBucket
+from .model import FAILURE_KINDS, AuthEvent, Kind, PortLimit, Rate, parse_burst
 
 _FAILS = frozenset(str(k) for k in FAILURE_KINDS)
 _SUCCESS = str(Kind.SUCCESS)
@@ -101,10 +101,10 @@ class WhatIfReport:
                 out.append(f"  {ip:<39} {n} dropped")
         else:
             out.append(f"{len(self.banned)} of {self.ips} addresses would have been banned")
-            for b in sorted(self.banned, key=lambda b: b.at)[:limit]:
-                out.append(f"  {b.ip:<39} after {b.attempts} attempts ({b.total} in all)"
-                           + (f" [{b.rule}]" if b.rule != "maxretry" else "")
-                           + ("  LOGGED IN SUCCESSFULLY" if b.logged_in else ""))
+            out.extend(f"  {b.ip:<39} after {b.attempts} attempts ({b.total} in all)"
+                       + (f" [{b.rule}]" if b.rule != "maxretry" else "")
+                       + ("  LOGGED IN SUCCESSFULLY" if b.logged_in else "")
+                       for b in sorted(self.banned, key=lambda b: b.at)[:limit])
             if len(self.banned) > limit:
                 out.append(f"  ... and {len(self.banned) - limit} more")
         out.append(f"{len(self.success_hit)} of {self.success_ips} addresses that logged in successfully "
@@ -161,9 +161,8 @@ def parse_proposal(text: str) -> dict[str, Any]:
             out[k] = v
     if not out:
         raise ValueError("empty what-if: give e.g. maxretry=5,findtime=10m")
-    if "port" in out or "rate" in out or "mode" in out:
-        if "port" not in out:
-            raise ValueError("a what-if limit needs port=N (with rate=, burst=, mode=)")
+    if ("port" in out or "rate" in out or "mode" in out) and "port" not in out:
+        raise ValueError("a what-if limit needs port=N (with rate=, burst=, mode=)")
     return out
 
 
@@ -171,7 +170,7 @@ def _successes(events: list[AuthEvent], known: dict[str, float] | None) -> set[s
     s = {e.ip for e in events if e.kind == _SUCCESS and e.ip}
     if known:
         s.update(known)
-    return s  # type: ignore[return-value]
+    return s
 
 
 def what_if_policy(events: Iterable[AuthEvent], policy: PolicyConfig, *, maxretry: int | None = None,

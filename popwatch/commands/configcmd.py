@@ -11,8 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import (BACKENDS, BAN_ACTIONS, DEFAULT_CONFIG, DEFAULT_STATE_DIR, SERVICES, Config,
-                      PolicyConfig, _fmt_dur)
+from ..config import BACKENDS, BAN_ACTIONS, DEFAULT_CONFIG, DEFAULT_STATE_DIR, SERVICES, Config, PolicyConfig, _fmt_dur
 
 
 def default_toml() -> str:
@@ -130,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  ports {','.join(map(str, cfg.ports))}  backend {cfg.backend}  state_dir {cfg.state_dir}")
     print(f"  auto_ban {'on' if p.auto_ban else 'off'}: maxretry {p.maxretry} within {_fmt_dur(p.findtime)}, "
           f"bantime {_fmt_dur(p.bantime)} (x{p.recidive_factor:g} per repeat, at most {_fmt_dur(p.recidive_max)})")
-    for name, o in p.services.items():
+    for name in p.services:
         mr, ft, bt = p.for_service(name)
         print(f"  {name}: maxretry {mr} within {_fmt_dur(ft)}, bantime {_fmt_dur(bt)}")
     if p.allow:

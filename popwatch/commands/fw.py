@@ -22,9 +22,8 @@ from ..exitcodes import BUSY as EXIT_BUSY
 from ..exitcodes import CONFLICT as EXIT_CONFLICT
 from ..exitcodes import STATE as EXIT_STATE
 from ..firewall.base import Firewall, FirewallError, NeedsRoot
-from ..model import MODES, PortLimit, Rate, parse_burst
 from ..firewall.rules import MAX_TIMEOUT
-from ..model import Ban, iso
+from ..model import MODES, Ban, PortLimit, Rate, iso, parse_burst
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_ROOT, EXIT_PROTECTED = 0, 1, 2, 3, 4
 _FOREVER = ("0", "forever", "permanent", "never", "none")
@@ -315,7 +314,7 @@ def _sort_key(entry: str) -> tuple[int, Any]:
         n = ipaddress.ip_network(entry, strict=False)
         return (n.version, n.network_address.packed, n.prefixlen)  # type: ignore[return-value]
     except ValueError:
-        return (9, entry)  # type: ignore[return-value]
+        return (9, entry)
 
 
 def run_bans(args: argparse.Namespace) -> int:

@@ -17,10 +17,11 @@ import os
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO
 
-from ..model import AuthEvent, FAILURE_KINDS, iso
+from ..model import FAILURE_KINDS, AuthEvent, iso
 from ..parse import Parser
 
 CHUNK = 1 << 20
@@ -30,7 +31,7 @@ LINE_CAP = 64 * 1024
 PROGRESS_MIN = 4 * 1024 * 1024
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # noqa: SLF001
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "scan", parents=[common],
         help="parse log files offline and report failed logins per address",
@@ -84,11 +85,11 @@ def _open(path: str) -> tuple[IO[bytes], IO[bytes] | None, int]:
     head = raw.read(2)
     raw.seek(0)
     if head == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw, size
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw, size  # type: ignore[return-value]  # GzipFile is an IO[bytes] reader
     return raw, raw, size
 
 
-def iter_blocks(stream: IO[bytes], cap: int = LINE_CAP, on_chunk=None) -> Iterator[str]:  # noqa: ANN001
+def iter_blocks(stream: IO[bytes], cap: int = LINE_CAP, on_chunk=None) -> Iterator[str]:
     """Decoded blocks of whole lines joined by ``\\n`` (no trailing newline).
 
     A line with no newline within ``4 * cap`` bytes is cut: its start comes as a block of its
@@ -124,7 +125,7 @@ def iter_blocks(stream: IO[bytes], cap: int = LINE_CAP, on_chunk=None) -> Iterat
         yield carry.decode("utf-8", "replace")
 
 
-def iter_lines(stream: IO[bytes], cap: int = LINE_CAP, on_chunk=None) -> Iterator[str]:  # noqa: ANN001
+def iter_lines(stream: IO[bytes], cap: int = LINE_CAP, on_chunk=None) -> Iterator[str]:
     """Decoded lines (without the newline), each at most ``cap`` characters."""
     for block in iter_blocks(stream, cap, on_chunk):
         for line in block.split("\n"):
@@ -133,7 +134,7 @@ def iter_lines(stream: IO[bytes], cap: int = LINE_CAP, on_chunk=None) -> Iterato
 
 # -- JSON ----------------------------------------------------------------------------------
 
-_q = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_q = json.encoder.encode_basestring_ascii
 
 
 _iso_minutes: dict[int, str] = {}
@@ -303,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         on_chunk = None
         if raw is not None and size > PROGRESS_MIN and sys.stderr.isatty():
             progress = _Progress(source, size)
-            on_chunk = lambda: progress.update(raw.tell())  # noqa: E731
+            on_chunk = lambda: progress.update(raw.tell())  # noqa: E731, B023 - called only within this iteration
         parse_many = parser.parse_many
         encode = event_json
         buf: list[str] = []

@@ -54,7 +54,7 @@ def add_metrics_arguments(p: argparse.ArgumentParser) -> None:
                    "address (the endpoint has no authentication: firewall it)")
 
 
-def start_exporters(monitor: "Monitor", args: argparse.Namespace, cfg: Any = None) -> Any:
+def start_exporters(monitor: Monitor, args: argparse.Namespace, cfg: Any = None) -> Any:
     from ..metrics import start_exporters as start
 
     return start(monitor, args, cfg)
@@ -142,7 +142,7 @@ def _open_events(spec: str | None) -> IO[str] | None:
         return None
     if spec == "-":
         return sys.stdout
-    return open(spec, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the run
+    return open(spec, "a", encoding="utf-8", buffering=1)
 
 
 def _make_firewall(cfg: Config, dry_run: bool) -> tuple[Any, str | None]:
@@ -210,11 +210,9 @@ def run_watch(args: argparse.Namespace) -> int:
     if args.auto_ban:
         cfg.policy.auto_ban = True
     dry_run = bool(getattr(args, "dry_run", False))
-    from ..parse import Parser
-    from ..persist import Persist
-
     from ..exitcodes import BUSY as EXIT_BUSY
-    from ..persist import AlreadyRunning
+    from ..parse import Parser
+    from ..persist import AlreadyRunning, Persist
 
     persist = None
     if os.geteuid() == 0 and (not dry_run or cfg.state_dir.is_dir()):

@@ -26,8 +26,17 @@ from ..config import CROWDSEC_KEYS as KEYS
 from ..config import CrowdSecConfig
 from ..config import crowdsec_table as from_table
 from . import bridge, client
-from .bridge import (FLUSH_TIMEOUT, NO_PUSH, OUTBOX_MAX, PERMANENT, PULL_NAME, PUSH_NAME, UNBAN_PUSH,
-                     CrowdSecBridge, FleetDecision)
+from .bridge import (
+                     FLUSH_TIMEOUT,
+                     NO_PUSH,
+                     OUTBOX_MAX,
+                     PERMANENT,
+                     PULL_NAME,
+                     PUSH_NAME,
+                     UNBAN_PUSH,
+                     CrowdSecBridge,
+                     FleetDecision,
+)
 from .client import Lapi, LapiError, go_duration, parse_go_duration
 
 __all__ = ["APPLY_ORIGINS", "CONFIG_DOC", "FLUSH_TIMEOUT", "KEYS", "NO_PUSH", "OUTBOX_MAX", "PERMANENT",

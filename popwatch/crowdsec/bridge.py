@@ -9,8 +9,9 @@ import ipaddress
 import socket
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config import CrowdSecConfig
@@ -53,7 +54,7 @@ class FleetDecision:
 class CrowdSecBridge:
     """Push local bans to the LAPI, pull the fleet's decisions into the store."""
 
-    def __init__(self, cfg: CrowdSecConfig, monitor: "Monitor", *, lapi: Lapi | None = None,
+    def __init__(self, cfg: CrowdSecConfig, monitor: Monitor, *, lapi: Lapi | None = None,
                  hostname: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.monitor = monitor
@@ -226,7 +227,7 @@ class CrowdSecBridge:
         batch = list(self.outbox)[:100]
         try:
             await asyncio.wait_for(asyncio.to_thread(self._push_sync, batch), timeout)
-        except (LapiError, asyncio.TimeoutError, asyncio.CancelledError, RuntimeError):
+        except (TimeoutError, LapiError, asyncio.CancelledError, RuntimeError):
             return
         for _ in batch:
             with contextlib.suppress(IndexError):

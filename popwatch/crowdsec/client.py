@@ -8,7 +8,6 @@ import datetime as _dt
 import ipaddress
 import json
 import re
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -16,7 +15,6 @@ import urllib.request
 from typing import Any
 
 from .. import __version__
-
 
 _GO_DUR = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -43,11 +41,11 @@ def parse_go_duration(text: str) -> float:
 
 def go_duration(secs: float) -> str:
     """Seconds -> a duration string the LAPI parses (whole seconds, at least 1s)."""
-    return f"{max(1, int(round(secs)))}s"
+    return f"{max(1, round(secs))}s"
 
 
 def lapi_time(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def scope_of(target: str) -> tuple[str, str]:
@@ -87,7 +85,7 @@ class Lapi:
             h["Content-Type"] = "application/json"
         req = urllib.request.Request(urllib.parse.urljoin(self.url, path), data=data, method=method, headers=h)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 - configured URL
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 raw = r.read(64 << 20)
         except urllib.error.HTTPError as e:
             try:
@@ -96,7 +94,7 @@ class Lapi:
             except (ValueError, AttributeError, OSError):
                 msg = e.reason
             raise LapiError(f"{method} {path}: HTTP {e.code}: {msg}", e.code) from None
-        except (urllib.error.URLError, OSError, socket.timeout) as e:
+        except (TimeoutError, urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise LapiError(f"{method} {path}: {reason or e.__class__.__name__}") from None
         if not raw.strip():

@@ -16,10 +16,11 @@ import fcntl
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 from ..model import Ban, PortCounters, PortLimit
+
 
 class FirewallError(RuntimeError):
     """A firewall operation failed; the message is for the admin."""
@@ -143,7 +144,7 @@ class Firewall(ABC):
         backends); two targets with one key are one entry. Default: the address itself."""
         return ip
 
-    def ensure_base(self) -> None:
+    def ensure_base(self) -> None:  # noqa: B027 - an optional ability: the default does nothing
         """Sets, chain, ban rule and jump, never the ports' rules (``popwatch ban``/``limit``
         outside a running watch). Default: nothing to set up."""
 
@@ -157,7 +158,7 @@ class Firewall(ABC):
         """The protected addresses/networks the kernel exempts from popwatch's rules."""
         return []
 
-    def set_exempt(self, targets: Iterable[str]) -> None:
+    def set_exempt(self, targets: Iterable[str]) -> None:  # noqa: B027 - an optional ability: the default does nothing
         """Exempt exactly these addresses/networks from popwatch's rules. Default: nothing."""
 
     def describe_ban(self, ip: str, ttl: float | None = None, *, net: bool | None = None) -> list[str]:
@@ -180,7 +181,7 @@ class Firewall(ABC):
         """The exact commands/changes :meth:`uninstall` would make."""
         return ["uninstall"]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release resources (not the rules)."""
 
     def check_setup(self) -> list[str]:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
-
-from .base import Firewall, FirewallError, NeedsRoot, NoFirewall
+from typing import Any
 
 from ..model import PortLimit
+from .base import Firewall, FirewallError, NeedsRoot, NoFirewall
 from .kernel import DEFAULT_LOCK
 from .rules import CHAIN
 
@@ -78,7 +78,8 @@ def popwatch_in_nftables() -> bool:
 def has_libnftables() -> bool:
     import ctypes.util
 
-    return ctypes.util.find_library("nftables") is not None or Path("/usr/lib/x86_64-linux-gnu/libnftables.so.1").exists()
+    return (ctypes.util.find_library("nftables") is not None
+            or Path("/usr/lib/x86_64-linux-gnu/libnftables.so.1").exists())
 
 
 MOVE_NOTE = ("popwatch keeps using iptables-nft here because its rules are already there; to move "

@@ -36,10 +36,11 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .base import FirewallError, NeedsRoot
 from .rules import SET4, SET6, SETX4, SETX6
@@ -165,7 +166,7 @@ def _pyroute2_call(fn: Callable[[Any], Any], what: str) -> Any:
         return fn(ips)
     except OSError as e:
         raise _error(what, e.errno or errno.EIO) from None
-    except Exception as e:  # noqa: BLE001 - NetlinkError / IPSetError carry .code
+    except Exception as e:
         code = getattr(e, "code", None)
         if code is None:
             raise
@@ -224,7 +225,7 @@ def _walk_list(buf: bytes, off: int, end: int, out: list[tuple[str, int | None]]
 class _Template:
     """One message shape, encoded by pyroute2, with the offsets of its variable fields."""
 
-    __slots__ = ("data", "addr", "cidr", "timeout")
+    __slots__ = ("addr", "cidr", "data", "timeout")
 
     def __init__(self, cmd: int, set_name: str, family: int, cidr: bool, timeout: bool) -> None:
         from pyroute2.netlink.nfnetlink.ipset import ipset_msg

@@ -22,6 +22,7 @@ from .base import FirewallError
 from .ipset import run_binary
 from .kernel import KernelFirewall, NftCounters, maybe_root
 
+
 class IptablesFirewall(KernelFirewall):
     """``--backend nft``: iptables-nft binaries (or, with ``flavour="legacy"``, the legacy ones,
     which the conformance suite and the iptc backend's fallbacks use)."""
@@ -107,7 +108,7 @@ class IptablesFirewall(KernelFirewall):
             cached = (handles, st.rules)
             self._layout[family] = cached
         return [R.ParsedRule(r.args, p, b, r.role, r.port, r.target, r.limit, r.hl_name)
-                for r, (_, p, b) in zip(cached[1], live)]
+                for r, (_, p, b) in zip(cached[1], live, strict=False)]
 
     def _jump_count(self, family: R.Family) -> int:
         if self._nft is not None:

@@ -25,8 +25,9 @@ import ctypes
 import errno
 import os
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from . import rules as R
 from .base import FirewallError, flock_wait
@@ -47,9 +48,9 @@ def load_iptc() -> Any:
                 os.environ["XTABLES_LIBDIR"] = d
                 break
     try:
-        import iptc  # type: ignore[import-untyped]
-        from iptc import ip4tc, ip6tc  # type: ignore[import-untyped]
-    except Exception as e:  # ImportError, or XTablesError when libxtables is missing
+        import iptc
+        from iptc import ip4tc, ip6tc
+    except Exception as e:  # noqa: BLE001 - ImportError, or XTablesError when libxtables is missing
         raise FirewallError(f"python-iptables cannot be loaded ({e}); install the 'iptables' "
                             f"package (libxtables) or use --backend nft") from None
     # python-iptables decides whether a target name is a user chain by opening *every* table
@@ -72,7 +73,7 @@ class IptcFirewall(KernelFirewall):
     """``--backend legacy``: python-iptables rules, ipset bans."""
 
     name = "legacy"
-    describe_binaries = {4: "iptables-legacy", 6: "ip6tables-legacy"}
+    describe_binaries: Mapping[int, str] = {4: "iptables-legacy", 6: "ip6tables-legacy"}
 
     def __init__(self, *, xtables_lock: str = DEFAULT_XTABLES_LOCK, retries: int = 20, **kw: Any) -> None:
         super().__init__(**kw)
@@ -100,7 +101,7 @@ class IptcFirewall(KernelFirewall):
             try:
                 t.refresh()
                 return
-            except Exception as e:  # iptc.IPTCError
+            except Exception as e:  # noqa: BLE001 - iptc.IPTCError (its only exception class)
                 if not _retryable(e) or attempt == self.retries - 1:
                     raise maybe_root(FirewallError(f"python-iptables: {e}")) from None
                 time.sleep(0.005 * (attempt + 1))
@@ -219,7 +220,7 @@ class IptcFirewall(KernelFirewall):
                     after = self._read_chain(t, family)
             except FirewallError:
                 raise
-            except Exception as e:  # iptc.IPTCError
+            except Exception as e:  # noqa: BLE001 - iptc.IPTCError (its only exception class)
                 last = e
                 t = self._table(family)
                 try:
@@ -278,11 +279,11 @@ class IptcFirewall(KernelFirewall):
         """(rule bytes without counters, packets, bytes) for each rule of the chain, straight
         from libiptc's entries: no python-iptables Rule objects (building those costs ~0.2 ms
         a rule, which made a poll 5 ms)."""
-        from iptc import ip4tc, ip6tc  # type: ignore[import-untyped]
+        from iptc import ip4tc, ip6tc
 
         etype = ip4tc.ipt_entry if family == 4 else ip6tc.ip6t_entry
         off = etype.counters.offset
-        out = []
+        out: list[tuple[bytes, int, int]] = []
         if not t.is_chain(R.CHAIN):
             return out
         e = t.first_rule(R.CHAIN)
@@ -309,7 +310,7 @@ class IptcFirewall(KernelFirewall):
                     cached = (prints, rules)
                     self._layout[fam] = cached
                 out[fam] = [R.ParsedRule(r.args, p, b, r.role, r.port, r.target, r.limit, r.hl_name)
-                            for r, (_, p, b) in zip(cached[1], live)]
+                            for r, (_, p, b) in zip(cached[1], live, strict=False)]
             return out
         return FW_THREAD.call(poll)
 

@@ -11,13 +11,13 @@ import os
 import shlex
 import socket
 import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-from ..model import PortCounters
+from ..model import PortCounters, PortLimit
 from . import rules as R
 from .base import Firewall, FirewallError, NeedsRoot, flock_wait
-from ..model import PortLimit
 from .ipset import Ipset, run_binary
 
 DEFAULT_LOCK = "/run/popwatch.lock"
@@ -38,9 +38,9 @@ class KernelFirewall(Firewall):
 
     name = "kernel"
     #: netlink reader of the chain's counters (the iptables-nft backend sets one)
-    _nft: "NftCounters | None" = None
+    _nft: NftCounters | None = None
     #: binary spelled in dry-run descriptions of rule changes
-    describe_binaries = {4: "iptables", 6: "ip6tables"}
+    describe_binaries: Mapping[int, str] = {4: "iptables", 6: "ip6tables"}
 
     def __init__(self, *, ban_action: str = "drop", ipv6_prefix: int = 64, dry_run: bool = False,
                  lock_path: str | None = DEFAULT_LOCK, ipv6: bool = True, netlink: bool = True,
@@ -133,7 +133,7 @@ class KernelFirewall(Firewall):
     def _state(self, family: R.Family, with_input: bool = False) -> R.ChainState:
         raise NotImplementedError
 
-    def _apply(self, family: R.Family, work: "R._Work") -> None:
+    def _apply(self, family: R.Family, work: R._Work) -> None:
         raise NotImplementedError
 
     def _poll_rules(self) -> dict[R.Family, list[R.ParsedRule]]:

@@ -49,8 +49,9 @@ Self-healing (the ``check_enforcement`` / ``repair(bans, stop=)`` hooks the ipta
 have): :meth:`NftablesFirewall.check_enforcement` reads the chain's rule comments with one
 netlink dump (cheap enough for every counter poll; :meth:`NftablesFirewall.present` is a
 single request); :meth:`NftablesFirewall.repair` re-creates the table, sets, rules and, when
-the ban sets were lost, the bans it is given. nf_tables' own change events tell at once: :meth:`NftablesFirewall.table_touched` (or
-:class:`NftEvents` with ``loop.add_reader``) reports a deletion in popwatch's table.
+the ban sets were lost, the bans it is given. nf_tables' own change events tell at once:
+:meth:`NftablesFirewall.table_touched` (or :class:`NftEvents` with ``loop.add_reader``) reports a
+deletion in popwatch's table.
 """
 
 from __future__ import annotations
@@ -65,13 +66,13 @@ import re
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
-from ..model import PortCounters
+from ..model import PortCounters, PortLimit, Rate
 from . import rules as R
 from .base import Firewall, FirewallError, NeedsRoot, flock_wait
-from ..model import PortLimit, Rate
 from .kernel import DEFAULT_LOCK, NftCounters
 
 TABLE = "popwatch"
@@ -176,7 +177,7 @@ def _rule_in(t: dict[str, str], expr: list[dict[str, Any]]) -> dict[str, Any]:
     return {"rule": dict(t, chain="c", expr=expr)}
 
 
-def probe_kernel(nft: "Libnftables | None" = None) -> dict[str, str | None]:
+def probe_kernel(nft: Libnftables | None = None) -> dict[str, str | None]:
     """Ask the kernel whether it supports what the nftables backend uses (hostcheck's
     ``NFT_FEATURES``): one check-only transaction per feature, in a throw-away table that is
     never committed (nothing changes; a module may load on demand, as the first real rule
@@ -413,19 +414,19 @@ def port_rules(limit: PortLimit, gen: int, ipv6_prefix: int) -> list[dict[str, A
     p, c = limit.port, port_comment(limit, gen)
     m = _new_tcp(p)
     passed: list[dict[str, Any]] = [{"counter": f"pass_{p}"}, {"return": None}]
-    drop = _rule(m + [{"counter": f"drop_{p}"}, {"drop": None}], c)
+    drop = _rule([*m, {"counter": f"drop_{p}"}, {"drop": None}], c)
     if limit.mode == "count":
         return [_rule(m + passed, c)]
     if limit.mode == "global":
-        return [_rule(m + [_limit(limit.rate, limit.burst)] + passed, c), drop]
+        return [_rule([*m, _limit(limit.rate, limit.burst), *passed], c), drop]
     s4, s6 = _ps_sets(p, gen)
     out = []
     for fam, name, key in ((4, s4, _saddr(4)), (6, s6, _key6(ipv6_prefix))):
         nfp = _match({"meta": {"key": "nfproto"}}, "ipv4" if fam == 4 else "ipv6")
         stmt = {"set": {"op": "update", "elem": key, "set": f"@{name}",
                         "stmt": [_limit(limit.rate, limit.burst)]}}
-        out.append(_rule([nfp] + m + [stmt] + passed, c))
-    return out + [drop]
+        out.append(_rule([nfp, *m, stmt, *passed], c))
+    return [*out, drop]
 
 
 def ps_set_defs(limit: PortLimit, gen: int) -> list[dict[str, Any]]:
@@ -433,7 +434,7 @@ def ps_set_defs(limit: PortLimit, gen: int) -> list[dict[str, Any]]:
         return []
     timeout = max(1, R.hashlimit_expire_ms(limit) // 1000)
     return [{"set": dict(_T, name=n, type=t, flags=["timeout"], timeout=timeout, size=65535)}
-            for n, t in zip(_ps_sets(limit.port, gen), ("ipv4_addr", "ipv6_addr"))]
+            for n, t in zip(_ps_sets(limit.port, gen), ("ipv4_addr", "ipv6_addr"), strict=False)]
 
 
 def head_rules(ban_action: str, ipv6_prefix: int) -> list[dict[str, Any]]:
@@ -828,7 +829,7 @@ class NftablesFirewall(Firewall):
         if self._recording or self.dry_run:
             return {}
         try:
-            from .sockkill import close_tcp  # type: ignore[import-not-found]
+            from .sockkill import close_tcp
         except ImportError:
             return {}
         return dict(close_tcp(ips))

@@ -31,12 +31,13 @@ import math
 import re
 import shlex
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 from ..addr import IPAddress, IPNetwork, parse_target
-from .base import FirewallError
 from ..model import PortLimit, Rate
+from .base import FirewallError
 
 CHAIN = "POPWATCH"
 SET4 = "popwatch4"
@@ -148,7 +149,7 @@ def port_rules(limit: PortLimit, family: Family, *, gen: int = 1, ipv6_prefix: i
                "--hashlimit-burst", str(limit.burst), "--hashlimit-mode", "srcip",
                "--hashlimit-name", hashlimit_name(p, gen),
                "--hashlimit-htable-expire", str(hashlimit_expire_ms(limit))]
-        if family == 6 and mask != 128 or family == 4 and mask != 32:
+        if (family == 6 and mask != 128) or (family == 4 and mask != 32):
             lim += ["--hashlimit-srcmask", str(mask)]
     return [RuleSpec((*base, *lim, "-j", "RETURN"), "pass", p),
             RuleSpec((*base, "-j", "DROP"), "drop", p)]
@@ -221,7 +222,8 @@ def parse_rate(text: str) -> Rate:
     return Rate.parse(text.replace("sec", "second").replace("min", "minute"))
 
 
-def classify(args: list[str], ban_sets: tuple[str, ...] = (SET4, SET6)) -> tuple[Role, int | None, PortLimit | None, str | None]:
+def classify(args: list[str], ban_sets: tuple[str, ...] = (SET4, SET6)
+             ) -> tuple[Role, int | None, PortLimit | None, str | None]:
     """Role, port, limit and hashlimit name of one rule's args (no ``-A CHAIN``, no ``-c``)."""
     target = _opt(args, "-j") or ""
     mset = _opt(args, "--match-set")
@@ -429,7 +431,7 @@ def ttl_seconds(ttl: float | None) -> int:
     """A ban ttl -> ipset ``timeout`` value (0 = permanent); at least 1 s."""
     if ttl is None or ttl <= 0:
         return 0
-    return max(1, min(int(math.ceil(ttl)), MAX_TIMEOUT))
+    return max(1, min(math.ceil(ttl), MAX_TIMEOUT))
 
 
 # --------------------------------------------------------------------------- planning

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..addr import parse_target
-from ..model import PortCounters
+from ..model import PortCounters, PortLimit
 from .base import Firewall
-from ..model import PortLimit
 
 _MAX_SOURCES = 100_000
 
@@ -32,7 +31,7 @@ class TokenBucket:
     """One ``-m limit`` / hashlimit bucket: refills at ``rate`` per second, holds ``burst`` tokens.
     Also used by the what-if replay of a proposed limit."""
 
-    __slots__ = ("tokens", "last")
+    __slots__ = ("last", "tokens")
 
     def __init__(self, burst: int, now: float) -> None:
         self.tokens = float(burst)

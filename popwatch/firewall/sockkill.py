@@ -17,7 +17,7 @@ import errno
 import ipaddress
 import socket
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -31,7 +31,10 @@ _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _NL = struct.Struct("=IHHII")
 
 
-def _targets(ips: Iterable[str]) -> tuple[dict[str, str], list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]]:
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _targets(ips: Iterable[str]) -> tuple[dict[str, str], list[tuple[_Net, str]]]:
     exact: dict[str, str] = {}
     nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
     for ip in ips:

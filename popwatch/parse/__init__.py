@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import fields, replace
 from functools import lru_cache
-from typing import Callable, Iterable, Iterator, Mapping
 
 from ..addr import normalize_ip
 from ..model import AuthEvent, RawLine
@@ -38,7 +38,7 @@ from .dovecot import DovecotRules
 from .mail import COURIER_TAGS, courier, postfix, postfix_service
 from .sshd import SshdRules
 
-__all__ = ["Parser", "MAX_MESSAGE", "SSHD_TAGS"]
+__all__ = ["MAX_MESSAGE", "SSHD_TAGS", "Parser"]
 
 #: longer messages are not parsed at all: every daemon here caps its own lines well below
 #: this (sshd 1 KiB per message, dovecot 80-character user names), so only an attacker or a

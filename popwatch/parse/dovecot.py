@@ -298,7 +298,7 @@ class DovecotRules:
         f = _AUTH_FAIL.match(text)
         if f is None:
             return None
-        user = s[:m.start()]
+        user: str | None = s[:m.start()]
         ip, session = m.group(1), m.group(2) or None
         kind = K_INVALID if (f.group(1) or f.group(4)) else K_FAIL
         if user == "?":

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 MONTHS = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -380,4 +380,4 @@ def from_journal(fields: Mapping[str, str]) -> tuple[int, str, str | None, str |
     return (TS_EPOCH if ts else TS_NONE, ts, fields.get("_HOSTNAME"), tag, pid)
 
 
-__all__ = ["split", "Clock", "from_journal"]
+__all__ = ["Clock", "from_journal", "split"]

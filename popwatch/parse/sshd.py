@@ -253,9 +253,9 @@ class SshdRules:
                 return self._failed_accepted(msg, conn)
             return None
         if c in "DC":
-            m = _conn_user(msg)
-            if m is not None:
-                what, user, ip, port = m
+            cu = _conn_user(msg)
+            if cu is not None:
+                what, user, ip, port = cu
                 key = self._key(conn, ip, port)
                 n = self._credit(key, 0, at_least_one=True, ip=ip)
                 if key is not None:
@@ -398,7 +398,7 @@ class SshdRules:
         failed = msg[0] == "F"
         i = msg.rfind(" from ")
         j = msg.find(" for ")
-        m = _FAILED_TAIL.match(msg, i) if 0 < j and j + 5 <= i else None
+        m = _FAILED_TAIL.match(msg, i) if j > 0 and j + 5 <= i else None
         method = msg[7:j] if failed else msg[9:j]
         if m is not None and method and " " not in method:
             ip, port = m.groups()

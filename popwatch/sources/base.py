@@ -8,7 +8,7 @@ Batching matters under a flood: the Monitor ingests a batch, yields to the event
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from ..model import RawLine, SourceHealth
 
@@ -29,5 +29,5 @@ class Source(ABC):
     def health(self) -> SourceHealth:
         """Current state for the header (following / waiting / denied / journal / replay ...)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - most sources hold nothing to release
         """Stop and release resources (files, child processes)."""

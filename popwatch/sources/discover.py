@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .base import Source
 from .journal import JournalSource
@@ -71,7 +72,7 @@ def discover(cfg_logs: Sequence[str] = (), journal: bool | None = None, *, root:
             q = _under(root, p)
             if q not in paths:
                 paths.append(q)
-    sources: list[Source] = [FileSource(p, **source_kw) for p in paths]  # literal, never globs
+    sources = [FileSource(p, **source_kw) for p in paths]  # literal, never globs
     if journal or (journal is None and not found_syslog and shutil.which(journalctl)):
         sources.append(JournalSource(journalctl=journalctl, **journal_kw))
     return sources

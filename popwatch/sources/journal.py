@@ -23,7 +23,8 @@ import os
 import signal
 import time
 from collections import deque
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..model import RawLine, SourceHealth
 from ..sanitize import decode
@@ -337,7 +338,7 @@ class JournalSource(Source):
                 os.kill(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 await proc.wait()

@@ -16,10 +16,10 @@ import random
 import re
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
-from typing import AsyncIterator, Callable, Iterable
 
 from ..conns import PortConns, summarize
 from ..firewall.sim import SimFirewall
@@ -219,7 +219,7 @@ class Scenario:
         self._open_lock = threading.Lock()
 
     def _render(self, ts: float, tag: str, pid: int | None, msg: str) -> str:
-        stamp = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds")
+        stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
         who = f"{tag}[{pid}]" if pid is not None else tag
         return f"{stamp} {self.host} {who}: {msg}"
 

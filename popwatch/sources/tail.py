@@ -34,7 +34,7 @@ import re
 import stat
 import time
 from collections import deque
-from typing import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import aiofiles
 
@@ -108,16 +108,16 @@ def sniff_timestamp(line: bytes | str, now: float | None = None) -> float | None
         return base - sign * (int(z[:2]) * 3600 + int(z[2:4]) * 60)
     m = _TRAD.match(b)
     if m:
-        mo = _MONTHS.get(m.group(1))
-        if mo is None:
+        month = _MONTHS.get(m.group(1))
+        if month is None:
             return None
         now = time.time() if now is None else now
         year = time.localtime(now).tm_year
         d, hh, mi, ss = (int(g) for g in m.groups()[1:])
         try:
-            ts = time.mktime((year, mo, d, hh, mi, ss, 0, 0, -1))
+            ts = time.mktime((year, month, d, hh, mi, ss, 0, 0, -1))
             if ts > now + 86400:
-                ts = time.mktime((year - 1, mo, d, hh, mi, ss, 0, 0, -1))
+                ts = time.mktime((year - 1, month, d, hh, mi, ss, 0, 0, -1))
         except (OverflowError, ValueError):
             return None
         return ts
@@ -162,7 +162,7 @@ def _strip_cr(b: bytes) -> bytes:
 class _LineSplitter:
     """Bytes in, complete lines out: joins partial lines and caps long ones."""
 
-    __slots__ = ("cap", "partial", "skipped", "lineno")
+    __slots__ = ("cap", "lineno", "partial", "skipped")
 
     def __init__(self, cap: int, lineno: int | None = 0) -> None:
         self.cap = cap
@@ -593,7 +593,7 @@ class _Follower:
         for cand in rotated_siblings(self.path)[:3]:  # the copy may be gzipped already
             try:
                 opener = gzip.open if cand.endswith(".gz") else open
-                with opener(cand, "rb") as f:  # type: ignore[operator]
+                with opener(cand, "rb") as f:
                     f.seek(cur.offset - n)
                     if f.read(n) != cur.fp:
                         continue
