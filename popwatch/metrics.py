@@ -271,7 +271,7 @@ def time_firewall(firewall: Any, histogram: Histogram) -> None:
                 local.depth = depth
                 if child is not None and depth == 0:
                     child.observe(time.perf_counter() - t0)
-        timed._pw_timed = True  # type: ignore[attr-defined]
+        timed._pw_timed = True  # type: ignore[attr-defined]  # a marker on the wrapper function
         return timed
 
     for op in TIMED_OPS + DESCRIBE_OPS:
@@ -322,7 +322,7 @@ class Metrics:
     def serve(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> tuple[str, int]:
         """Start the HTTP endpoint on a daemon thread. Raises OSError (address in use, ...)."""
         self._server, self._thread = start_http_server(port, host, registry=self.http_registry)
-        return self.address  # type: ignore[return-value]
+        return self.address  # type: ignore[return-value]  # address is set once serve() bound the server
 
     def write_textfile(self, path: str | None = None) -> None:
         """Write the metrics atomically (temp file in the same directory, then rename)."""

@@ -312,7 +312,7 @@ class PortLimit:
             raise ValueError(f"bad burst {self.burst!r}: expected 1-{MAX_BURST}")
 
     def with_(self, **kw: object) -> PortLimit:
-        return replace(self, **kw)  # type: ignore[arg-type]
+        return replace(self, **kw)  # type: ignore[arg-type]  # replace() takes the fields as keywords; __post_init__ validates them
 
     def describe(self) -> str:
         """Short form for the ports panel: ``global 1/second burst 1``."""

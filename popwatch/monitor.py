@@ -314,7 +314,7 @@ class Monitor:
                     t0 = self.clock()
                     kernel = await self.fw_thread.run(self.firewall.bans)
                     self._sync_from_kernel(kernel, t0)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:  # noqa: BLE001 - a failed read is noted; the poll loop must go on
                     self.store.note(f"reading the kernel's bans failed: {e}")
             if n % 60 == 0:
                 self.autoban.sweep(self.clock())
@@ -352,7 +352,7 @@ class Monitor:
             for cb in self.on_problem:
                 try:
                     cb(text)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - a problem callback must never break the monitor
                     pass
 
     def _void(self, rec: dict[str, Any] | None, error: str) -> None:
@@ -509,7 +509,7 @@ class Monitor:
         opened before the ban would go on guessing). Best effort, never fails a ban."""
         try:
             return self.firewall.close_connections(targets) if targets else {}
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing connections is best effort; it never fails a ban
             return {}
 
     def _closed_after(self, results: list[Any]) -> list[Any]:

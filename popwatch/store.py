@@ -375,7 +375,7 @@ class _View:
             for ip in fresh:
                 a = get(ip)
                 if a is not None and (a.failures or a.probes) and pred(a):
-                    members.add(ip)  # type: ignore[union-attr]
+                    members.add(ip)  # type: ignore[union-attr]  # members is a set whenever a predicate is given
                     cands.append(a)
         self.dirty = set()
         if members is not None:
@@ -772,7 +772,7 @@ class StateStore:
         self._feed_views()
         now = self.clock()
         if rollup:
-            pop: dict[str, Attacker] = self.nets  # type: ignore[assignment]
+            pop: dict[str, Attacker] = self.nets  # type: ignore[assignment]  # Net is an Attacker for the ranking
             population = self.n_nets
         else:
             pop = self.attackers

@@ -89,6 +89,18 @@ def system_python_has_popwatch(python: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+def lint_and_types(py: Path) -> list[str]:
+    """``ruff check popwatch`` and ``mypy`` (pyproject's own configuration) with the venv's
+    pinned versions; any finding fails the run. Returns the tools that found something."""
+    failed = []
+    for name, cmd in (("ruff", [str(py), "-m", "ruff", "check", "popwatch"]), ("mypy", [str(py), "-m", "mypy"])):
+        say(" ".join(cmd))
+        if subprocess.call(cmd, cwd=ROOT, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1")) != 0:
+            say(f"{name} found problems: that is a failure")
+            failed.append(name)
+    return failed
+
+
 def main() -> int:
     argv = sys.argv[1:]
     no_apt = "--no-apt" in argv
@@ -100,12 +112,15 @@ def main() -> int:
     os.chdir(ROOT)
     check_host = os.geteuid() == 0
     before = hostsafe.snapshot() if check_host else None  # after the install: what it must stay
+    lint = lint_and_types(py)
     cmd = [str(py), "-m", "pytest", "-ra", "-p", "no:cacheprovider", *argv]
     say(" ".join(cmd) + ("  (CI=true: nothing may skip)" if os.environ.get("CI") else ""))
     # no root-owned __pycache__ in the user's clone
     rc = subprocess.call(cmd, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
     if rc == 5:
         say("pytest collected no tests: that is a failure")
+        rc = 1
+    if lint and rc == 0:
         rc = 1
     problems = hostsafe.diff(before, hostsafe.snapshot()) if before is not None else []
     if system_python_has_popwatch(host_python):

@@ -311,7 +311,7 @@ def check_ssh_client() -> Check:
 
     try:
         found = sorted(ssh_clients())
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - finding SSH clients is best effort
         found = []
     if found:
         return _check("your SSH address", True, f"{', '.join(found)}: popwatch never bans or limits it")

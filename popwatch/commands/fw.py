@@ -312,7 +312,7 @@ def _sort_key(entry: str) -> tuple[int, Any]:
 
     try:
         n = ipaddress.ip_network(entry, strict=False)
-        return (n.version, n.network_address.packed, n.prefixlen)  # type: ignore[return-value]
+        return (n.version, n.network_address.packed, n.prefixlen)  # type: ignore[return-value]  # a sort key of mixed types by address family
     except ValueError:
         return (9, entry)
 

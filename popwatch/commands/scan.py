@@ -155,7 +155,7 @@ def fast_iso(ts: float) -> str | None:
     if base is None:
         if len(_iso_minutes) > 4096:
             _iso_minutes.clear()
-        base = _iso_minutes[minute] = iso(float(minute * 60))[:16]  # type: ignore[index]
+        base = _iso_minutes[minute] = iso(float(minute * 60))[:16]  # type: ignore[index]  # iso() returns a string for a number
     if us:
         return f"{base}:{s:02d}.{us:06d}+00:00"
     return f"{base}:{s:02d}+00:00"

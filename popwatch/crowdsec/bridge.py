@@ -102,7 +102,7 @@ class CrowdSecBridge:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
                 await self.flush(FLUSH_TIMEOUT)
-        self.monitor.run = run_with_bridge  # type: ignore[method-assign]
+        self.monitor.run = run_with_bridge  # type: ignore[method-assign]  # the bridge wraps the run loop it belongs to
         if self.cfg.push:
             self._health(PUSH_NAME, "waiting", f"{self.cfg.url} (not yet contacted)")
         if self.cfg.pull:
@@ -329,7 +329,7 @@ class CrowdSecBridge:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - anything else from the LAPI is shown and retried
                 self._health(PULL_NAME, "error", f"{e.__class__.__name__}: {e}")
                 await asyncio.sleep(BACKOFF_MAX)
                 continue

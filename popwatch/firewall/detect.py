@@ -127,7 +127,7 @@ def default_exempt(allow: Iterable[str] = ()) -> list[str]:
         pass
     try:
         out += sorted(host_addresses())
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - reading the host's addresses is best effort
         pass
     return out
 

@@ -174,7 +174,7 @@ def _pyroute2_call(fn: Callable[[Any], Any], what: str) -> Any:
     finally:
         try:
             ips.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - closing a netlink socket is best effort
             pass
 
 

@@ -40,7 +40,7 @@ class IptablesFirewall(KernelFirewall):
         self.describe_binaries = {4: self.bins[4][0], 6: self.bins[6][0]}
         if flavour == "legacy":
             self.name = "legacy-binaries"
-        super().__init__(**kw)  # type: ignore[arg-type]
+        super().__init__(**kw)  # type: ignore[arg-type]  # keyword options pass through to KernelFirewall
         self._nft: NftCounters | None = NftCounters() if flavour == "nft" and kw.get("netlink", True) else None
         self.nf_tables = flavour == "nft"
         self._layout: dict[int, tuple[tuple[int, ...], list[R.ParsedRule]]] = {}

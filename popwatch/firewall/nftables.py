@@ -404,7 +404,7 @@ def parse_comment(text: str) -> tuple[PortLimit, int] | None:
     if not m:
         return None
     try:
-        return PortLimit(int(m.group(1)), m.group(2), Rate.parse(m.group(3)), int(m.group(4))), int(m.group(5))  # type: ignore[arg-type]
+        return PortLimit(int(m.group(1)), m.group(2), Rate.parse(m.group(3)), int(m.group(4))), int(m.group(5))  # type: ignore[arg-type]  # the comment regex only matches a known mode
     except ValueError:
         return None
 
@@ -655,7 +655,7 @@ class NftablesFirewall(Firewall):
         for fam, name in ((4, "x4"), (6, "x6")):
             nets = by[fam]
             # an interval set refuses overlapping elements: keep the widest of nested ones
-            keep = sorted({n for n in nets if not any(o != n and n.subnet_of(o) for o in nets)},  # type: ignore[arg-type]
+            keep = sorted({n for n in nets if not any(o != n and n.subnet_of(o) for o in nets)},  # type: ignore[arg-type]  # v4 and v6 networks are never mixed here
                           key=lambda n: (n.network_address, n.prefixlen))
             if replace:
                 cmds.append({"flush": {"set": dict(_T, name=name)}})

@@ -201,7 +201,7 @@ class Parser:
                 route = self._route(m.group(4))
             if route is None:
                 return None
-            return self._fast_event(m, route, text, source, lineno)  # type: ignore[arg-type]
+            return self._fast_event(m, route, text, source, lineno)  # type: ignore[arg-type]  # a route is a tuple of mixed types by daemon
         if fields:
             kind, ts, host, tag, pid = _prefix.from_journal(fields)
             msg = text.rstrip("\n")
@@ -216,7 +216,7 @@ class Parser:
             route = self._route(tag)
         if route is None:
             return None
-        return self._event(route, kind, ts, host, pid, msg, text, source, lineno)  # type: ignore[arg-type]
+        return self._event(route, kind, ts, host, pid, msg, text, source, lineno)  # type: ignore[arg-type]  # a route is a tuple of mixed types by daemon
 
     def parse_many(self, lines: Iterable[str], source: str = "", first_lineno: int = 1) -> Iterator[AuthEvent]:
         """Events of consecutive lines (line numbers count from ``first_lineno``).
@@ -257,19 +257,19 @@ class Parser:
             if msg.endswith("\r"):  # CRLF files (sshd -E writes them)
                 msg = msg[:-1]
                 text = text.rstrip("\r")
-            which = route[0]  # type: ignore[index]
+            which = route[0]  # type: ignore[index]  # a route is a tuple of mixed types by daemon
             if which == _SSHD:
                 pid = m[5]
                 hit = sshd(msg, (m[3], pid) if pid is not None else None)
             elif which == _DOVECOT:
-                hit = dovecot(msg, route[1])  # type: ignore[index]
+                hit = dovecot(msg, route[1])  # type: ignore[index]  # a route is a tuple of mixed types by daemon
             elif which == _POSTFIX:
-                hit = postfix(route[1], msg)  # type: ignore[index]
+                hit = postfix(route[1], msg)  # type: ignore[index]  # a route is a tuple of mixed types by daemon
             elif which == _COURIER:
-                hit = courier(route[1], msg)  # type: ignore[index]
+                hit = courier(route[1], msg)  # type: ignore[index]  # a route is a tuple of mixed types by daemon
             else:
                 pid = m[5]
-                hit = self._oldpam(route[1], msg, (m[3], pid) if pid is not None else None)  # type: ignore[index]
+                hit = self._oldpam(route[1], msg, (m[3], pid) if pid is not None else None)  # type: ignore[index]  # a route is a tuple of mixed types by daemon
             if hit is None:
                 continue
             iso_ts = m[1]
@@ -298,11 +298,11 @@ class Parser:
         elif which == _DOVECOT:
             hit = self.dovecot.parse(msg, service)
         elif which == _POSTFIX:
-            hit = postfix(service, msg)  # type: ignore[arg-type]
+            hit = postfix(service, msg)  # type: ignore[arg-type]  # service is known once the tag was routed
         elif which == _COURIER:
-            hit = courier(service, msg)  # type: ignore[arg-type]
+            hit = courier(service, msg)  # type: ignore[arg-type]  # service is known once the tag was routed
         else:
-            hit = self._oldpam(service, msg, (host, pid) if pid is not None else None)  # type: ignore[arg-type]
+            hit = self._oldpam(service, msg, (host, pid) if pid is not None else None)  # type: ignore[arg-type]  # service is known once the tag was routed
         if hit is None:
             return None
         return self._finish(hit, kind, ts, text, source, lineno)

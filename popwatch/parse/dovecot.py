@@ -292,7 +292,7 @@ class DovecotRules:
                 return None
             m = cands[0]
             text = s[m.end():]
-            text = text[_AUTH24_MSG.match(text).end():]  # type: ignore[union-attr]
+            text = text[_AUTH24_MSG.match(text).end():]  # type: ignore[union-attr]  # the message regex matched just before (finditer)
         else:
             return None
         f = _AUTH_FAIL.match(text)

@@ -306,7 +306,7 @@ class SshdRules:
                     if ip is None:
                         return None
                     n = self._credit(conn, 1, ip=ip)
-                    return (SSH, K_NOT_ALLOWED, ip, m.group(1), n, None)  # type: ignore[union-attr]
+                    return (SSH, K_NOT_ALLOWED, ip, m.group(1), n, None)  # type: ignore[union-attr]  # the regex matched on the line above
                 user, ip = m.groups()
                 n = self._credit(conn, 1, ip=ip) if conn is not None else 1
                 return (SSH, K_NOT_ALLOWED, ip, user, n, None)

@@ -352,7 +352,7 @@ class _Backfill:
         keep: deque[tuple[int | None, str]] = deque(
             maxlen=self.lines if self.since is None else 200_000)
         try:
-            raw: io.BufferedIOBase = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+            raw: io.BufferedIOBase = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115 - the file stays open for the source's life
         except OSError:
             return []
         n = 0
@@ -379,7 +379,7 @@ class _Reader:
                  lineno: int | None, cap: int) -> None:
         self.path = path
         self.fh = fh
-        self.fd: int = fh.fileno()  # type: ignore[attr-defined]
+        self.fd: int = fh.fileno()  # type: ignore[attr-defined]  # aiofiles handles are untyped
         self.key = (st.st_dev, st.st_ino)
         self.offset = offset
         self.split = _LineSplitter(cap, lineno)
@@ -390,7 +390,7 @@ class _Reader:
         self.wd: int | None = None
 
     async def seek(self, offset: int) -> None:
-        await self.fh.seek(offset)  # type: ignore[attr-defined]
+        await self.fh.seek(offset)  # type: ignore[attr-defined]  # aiofiles handles are untyped
         self.offset = offset
         self.fp = os.pread(self.fd, min(FINGERPRINT, offset), offset - min(FINGERPRINT, offset)) if offset else b""
 
@@ -406,7 +406,7 @@ class _Reader:
         except OSError:
             pass
         while len(out) < budget:
-            data = await self.fh.read(CHUNK)  # type: ignore[attr-defined]
+            data = await self.fh.read(CHUNK)  # type: ignore[attr-defined]  # aiofiles handles are untyped
             if not data:
                 break
             self.offset += len(data)
@@ -434,7 +434,7 @@ class _Reader:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.fh.close()  # type: ignore[attr-defined]
+            await self.fh.close()  # type: ignore[attr-defined]  # aiofiles handles are untyped
 
 
 # --------------------------------------------------------------------------- one followed path
@@ -786,7 +786,7 @@ class _FollowSource(Source):
                     continue
                 if not out:
                     # a timer that sets the same event: cheaper than wait_for's extra task
-                    timer = self._loop.call_later(self._timeout(), wake.set)  # type: ignore[union-attr]
+                    timer = self._loop.call_later(self._timeout(), wake.set)  # type: ignore[union-attr]  # the loop is set before the source runs
                     try:
                         await wake.wait()
                     finally:
@@ -818,7 +818,7 @@ class FileSource(_FollowSource):
     """Follow one file by path, like ``tail -F``."""
 
     def __init__(self, path: str | os.PathLike[str], **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+        super().__init__(**kw)  # type: ignore[arg-type]  # keyword options pass through to the base source
         self.path = os.fspath(path)
         self.name = self.path
         self.followers = [_Follower(self, self.path, initial=True)]
@@ -839,7 +839,7 @@ class GlobSource(_FollowSource):
     """
 
     def __init__(self, pattern: str, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
+        super().__init__(**kw)  # type: ignore[arg-type]  # keyword options pass through to the base source
         self.pattern = os.path.expanduser(pattern)
         self.name = self.pattern
         self._started = False
