@@ -56,7 +56,7 @@ async def run(mode: str, batch: list[RawLine], step: int) -> tuple[float, int, i
         store = StateStore(clock=time.time)
         mon = Monitor(store=store, parser=Parser(now=time.time), firewall=SimFirewall(), persist=persist,
                       policy=pol)
-        mon._running = True  # the running path (firewall thread, batched records)
+        mon.running = True  # the running path (firewall thread, batched records)
         t0 = time.perf_counter()
         for i in range(0, len(batch), step):
             mon.ingest(batch[i:i + step])
@@ -68,8 +68,8 @@ async def run(mode: str, batch: list[RawLine], step: int) -> tuple[float, int, i
         fsyncs = 0
         if persist is not None:
             fsyncs = sum(1 for r in persist.read_audit() if r["action"] == "ban")
-        mon._fw.shutdown(wait=True)
-        mon._io.shutdown(wait=True)
+        mon.fw_thread.drain()
+        mon.io_thread.shutdown(wait=True)
         return dt, len(store.bans), fsyncs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

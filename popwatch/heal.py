@@ -184,7 +184,7 @@ class Healer:
             self.active = False
             self.last = (m.clock(), "fw: uninstalled, staying out")
             why = "`popwatch uninstall` removed popwatch's rules: not putting them back"
-            m._audit("heal-stop", "firewall", origin="heal", reason=why)
+            m.actions.audit("heal-stop", "firewall", origin="heal", reason=why)
             m.store.note(f"{why} (restart popwatch to install them again)")
             return
         check = functools.partial(_fresh_check, fw) if fresh else fw.check_enforcement
@@ -209,7 +209,7 @@ class Healer:
             return
         self.repairs += 1
         stamp = time.strftime("%H:%M:%S", time.localtime(now))
-        m._audit("heal", "firewall", origin="heal", reason=f"removed by another tool: {what}",
+        m.actions.audit("heal", "firewall", origin="heal", reason=f"removed by another tool: {what}",
                  change=done, bans=len(bans))
         m.store.note(f"{stamp} another tool removed popwatch's rules ({what}); put back with "
                      f"{len(bans)} active ban{'' if len(bans) == 1 else 's'}")

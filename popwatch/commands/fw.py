@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from ..actions import run_sync
 from ..addr import AddressError, parse_target
 from ..config import Config, parse_duration
 from ..exitcodes import BUSY as EXIT_BUSY
@@ -135,7 +136,7 @@ def _records(cfg: Config) -> list[Ban]:
 
 
 def _guard(fn: Any, args: argparse.Namespace) -> int:
-    from ..monitor import Conflict
+    from ..actions import Conflict
     from ..persist import StateDirError
     from ..policy import Refused
 
@@ -217,7 +218,7 @@ def _ban(args: argparse.Namespace) -> int:
     if why:
         raise Refused(f"refused: {why}")
     plan = _ensure_base(fw, dry)
-    r = mon.ban(target, ttl=ttl, reason=args.reason, origin="cli", allow_net=args.net)
+    r = run_sync(mon.actions.ban(target, ttl=ttl, reason=args.reason, origin="cli", allow_net=args.net))
     for line in plan + list(r.change if dry else ()):
         print(line)
     print(r.message, file=sys.stderr if dry else sys.stdout)
@@ -263,7 +264,7 @@ def _unban(args: argparse.Namespace) -> int:
     if dry:
         for line in fw.describe_unban(target):
             print(line)
-    r = mon.unban(target, origin="cli")
+    r = run_sync(mon.actions.unban(target, origin="cli"))
     print(r.message, file=sys.stderr if dry else sys.stdout)
     return EXIT_OK
 
@@ -372,7 +373,7 @@ def _limit(args: argparse.Namespace) -> int:
     mon = _monitor(cfg, fw, dry)
     if dry:
         plan += fw.describe_limit(new) if fw.limits() else []
-    r = mon.set_limit(new, origin="cli")
+    r = run_sync(mon.actions.set_limit(new, origin="cli"))
     for line in plan:
         print(line)
     print(r.message, file=sys.stderr if dry else sys.stdout)

@@ -26,10 +26,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..actions import Conflict, run_sync
     from ..exitcodes import CONFLICT, STATE
     from ..firewall.base import FirewallError, NeedsRoot
     from ..firewall.detect import make_firewall
-    from ..monitor import Conflict, Monitor
+    from ..monitor import Monitor
     from ..persist import Persist, StateDirError
     from ..policy import Protector, Refused
     from ..store import StateStore
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     mon = Monitor(store=store, parser=None, firewall=fw, protector=Protector.from_env(cfg.policy.allow),
                   persist=persist, dry_run=dry, policy=cfg.policy, default_ttl=cfg.policy.bantime)
     try:
-        r = mon.undo(include_auto=args.any)
+        r = run_sync(mon.actions.undo(include_auto=args.any))
     except Conflict as e:
         print(f"popwatch: {e}", file=sys.stderr)
         return CONFLICT

@@ -284,7 +284,7 @@ class CrowdSecBridge:
         """What a local ban covers, as the fleet should ban it: an IPv6 address is banned here
         as its /64 (``ipv6_prefix``), so that is what is sent."""
         try:
-            return str(self.monitor.ban_entry(target, "/" in target))
+            return str(self.monitor.actions.ban_entry(target, "/" in target))
         except Exception:  # noqa: BLE001 - keep the address as it is
             return target
 
@@ -396,7 +396,7 @@ class CrowdSecBridge:
         kernel = await mon.fw_thread.run(mon.firewall.bans) if mon.firewall.can_write else {}
         out: dict[str, bool] = {}
         for v, fd in self.decisions.items():
-            e = mon.ban_entry(v, fd.scope == "Range")
+            e = mon.actions.ban_entry(v, fd.scope == "Range")
             out[v] = v in kernel or e in kernel
         self.in_kernel = out
 
@@ -408,7 +408,7 @@ class CrowdSecBridge:
                     or fd.origin not in self.cfg.apply_origins):
                 continue
             try:
-                r = await mon.aban(v, ttl=max(1.0, fd.expires - now), reason=f"fleet: {fd.scenario}"[:200],
+                r = await mon.actions.ban(v, ttl=max(1.0, fd.expires - now), reason=f"fleet: {fd.scenario}"[:200],
                                    origin="crowdsec")
                 if r.ban is not None:
                     self._applied.add(v)
@@ -426,7 +426,7 @@ class CrowdSecBridge:
                 b = self.store.bans.get(v)
                 if b is not None and b.origin == "crowdsec":
                     with contextlib.suppress(Exception):
-                        await mon.aunban(v, origin="crowdsec")
+                        await mon.actions.unban(v, origin="crowdsec")
         for v in [v for v in self.not_applied if v not in self.decisions]:
             del self.not_applied[v]
         self.unbanned_here.intersection_update(self.decisions)

@@ -32,7 +32,13 @@ BURSTS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 #: actions that change the firewall: greyed out in the footer when popwatch cannot write
 ACTING = frozenset({"ban", "ban_all", "unban", "rate", "burst", "mode", "edit", "auto_ban", "undo"})
 #: policy actions and the Monitor methods they need (bound only when it has one of them)
-POLICY_ACTIONS = {"auto_ban": ("set_auto_ban",), "what_if": ("what_if",), "undo": ("aundo", "undo")}
+POLICY_ACTIONS = {"auto_ban": ("set_auto_ban",), "what_if": ("actions.what_if",), "undo": ("actions.undo",)}
+def _attr(obj: object, path: str) -> object:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+    return obj
+
+
 #: the main screen's own actions (see check_action)
 MAIN_ACTIONS = ACTING | {"filter", "sort", "rollup", "users", "detail", "help", "quit", "what_if", "campaigns"}
 #: rows drawn in the attacker table (the rest are counted as hidden)
@@ -152,7 +158,7 @@ class PopwatchApp(App[None]):
     def _policy_ok(self, action: str) -> bool:
         """Whether the Monitor offers the policy action (auto-ban, what-if, undo: issue 7)."""
         need = POLICY_ACTIONS.get(action)
-        return need is None or any(callable(getattr(self.monitor, n, None)) for n in need)
+        return need is None or any(callable(_attr(self.monitor, n)) for n in need)
 
     def compose(self) -> ComposeResult:
         yield HeaderBar(self.host, self.mode, self.monitor.firewall.name, id="header")
@@ -438,7 +444,7 @@ class PopwatchApp(App[None]):
     @work(group="fw", exit_on_error=False)
     async def _do_ban(self, ip: str, reason: str, ttl: float | None) -> None:
         try:
-            r = await self.monitor.aban(ip, ttl=ttl, reason=reason, origin="key")
+            r = await self.monitor.actions.ban(ip, ttl=ttl, reason=reason, origin="key")
             self.notify(r.message, markup=False)
         except Refused as e:
             self.notify(str(e), severity="error", markup=False)
@@ -453,7 +459,7 @@ class PopwatchApp(App[None]):
         reason = f"mass ban: filter {self.filter!r}"
         for n, ip in enumerate(ips, 1):
             try:
-                await self.monitor.aban(ip, ttl=self.ban_ttl, reason=reason, origin="key")
+                await self.monitor.actions.ban(ip, ttl=self.ban_ttl, reason=reason, origin="key")
                 ok += 1
             except Exception as e:  # noqa: BLE001 - count and go on
                 failed += 1
@@ -478,7 +484,7 @@ class PopwatchApp(App[None]):
     @work(group="fw", exit_on_error=False)
     async def _do_unban(self, ip: str) -> None:
         try:
-            r = await self.monitor.aunban(ip, origin="key")
+            r = await self.monitor.actions.unban(ip, origin="key")
             self.notify(r.message, markup=False)
         except Exception as e:  # noqa: BLE001
             self.notify(f"unban failed: {e}", severity="error", markup=False)
@@ -492,7 +498,7 @@ class PopwatchApp(App[None]):
     @work(group="fw", exit_on_error=False)
     async def _do_limit(self, new: PortLimit) -> None:
         try:
-            r = await self.monitor.aset_limit(new, origin="key")
+            r = await self.monitor.actions.set_limit(new, origin="key")
             self.notify(r.message, markup=False, timeout=3)
         except Exception as e:  # noqa: BLE001
             self.notify(f"limit change failed: {e}", severity="error", markup=False)
@@ -644,10 +650,7 @@ class PopwatchApp(App[None]):
             return
         mon: Any = self.monitor
         try:
-            if callable(getattr(mon, "aundo", None)):
-                r = await mon.aundo()
-            else:
-                r = mon.undo()
+            r = await mon.actions.undo()
             self.notify(getattr(r, "message", None) or "undone", markup=False)
         except Refused as e:
             self.notify(str(e), markup=False)

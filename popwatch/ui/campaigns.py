@@ -237,7 +237,7 @@ def ban_campaign(app: Any, key: str, *, nets: bool) -> None:
 
 def _do_ban(app: Any, targets: list[str], nets: bool, reason: str, ttl: float | None) -> None:
     async def job() -> None:
-        done, refused = await app.monitor.aban_many(targets, ttl=ttl, reason=reason, origin="key",
+        done, refused = await app.monitor.actions.ban_many(targets, ttl=ttl, reason=reason, origin="key",
                                                     allow_net=nets)
         msg = f"banned {len(done):,} {'networks' if nets else 'addresses'}"
         if refused:

@@ -13,8 +13,7 @@ from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Footer, Input, Select, Static
 
-from ..model import PortLimit, Rate, parse_burst
-from ..model import AuthEvent, Ban
+from ..model import AuthEvent, Ban, PortLimit, Rate, parse_burst
 from ..store import AttackerRow, BanLogEntry
 from .widgets import SERVICE_STYLE, ago, left, safe, sparkline
 
@@ -270,7 +269,7 @@ class LimitScreen(ModalScreen[PortLimit | None]):
 
 
 class WhatIfScreen(ModalScreen[None]):
-    """Replay the recent events under a proposed policy or port limit (Monitor.awhat_if); changes
+    """Replay the recent events under a proposed policy or port limit (Monitor.actions.what_if); changes
     nothing. The replay runs off the UI loop; the answer is plain text built from the report."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
@@ -307,10 +306,7 @@ class WhatIfScreen(ModalScreen[None]):
     async def _replay(self, proposal: str) -> None:
         mon: Any = self.monitor
         try:
-            if callable(getattr(mon, "awhat_if", None)):
-                report = await mon.awhat_if(proposal)  # copies the events on the loop, replays in a thread
-            else:
-                report = mon.what_if(proposal)
+            report = await mon.actions.what_if(proposal)  # copies the events on the loop, replays in a thread
             text = Text("\n".join(report.lines()))
         except ValueError as e:
             text = Text(str(e), style="bold red")

@@ -39,6 +39,7 @@ from popwatch.monitor import Monitor
 from popwatch.parse import Parser
 from popwatch.policy import Protector
 from popwatch.store import StateStore
+from popwatch.actions import run_sync
 from tests.conftest import need_tools
 from tests.netns.nslab import cleanup_stale
 
@@ -207,13 +208,13 @@ async def test_real_lapi_push_pull_apply_and_outage(lapi: LapiServer, monkeypatc
         return loop.run_in_executor(None, lapi.decisions)
     try:
         # --- push: popwatch registers itself; nothing goes out until the admin validates it
-        r = await mon.aban("203.0.113.50", ttl=3600, reason="dictionary attack on pop3", origin="key")
+        r = await mon.actions.ban("203.0.113.50", ttl=3600, reason="dictionary attack on pop3", origin="key")
         assert r.ok and "203.0.113.50" in sim.bans()
         await until("the registration", lambda: "cscli machines validate popwatch-mx1"
                     in mon.store.sources[cs.PUSH_NAME].detail)
         assert mon.store.sources[cs.PUSH_NAME].state == "waiting"
         await cscli("machines", "validate", "popwatch-mx1")
-        mon.ban("203.0.113.51", ttl=600, reason="from the command line", origin="cli")
+        run_sync(mon.actions.ban("203.0.113.51", ttl=600, reason="from the command line", origin="cli"))
 
         async def pushed() -> dict[str, dict[str, Any]]:
             return {d["value"]: d for d in await decisions()}
@@ -230,7 +231,7 @@ async def test_real_lapi_push_pull_apply_and_outage(lapi: LapiServer, monkeypatc
         assert 3000 < cs.parse_go_duration(d50["duration"]) <= 3600
         assert 500 < cs.parse_go_duration(d51["duration"]) <= 600
         # a person's unban lifts it fleet-wide
-        await mon.aunban("203.0.113.51", origin="key")
+        await mon.actions.unban("203.0.113.51", origin="key")
         end = time.monotonic() + 15
         while time.monotonic() < end and "203.0.113.51" in got:
             await asyncio.sleep(0.3)
@@ -264,7 +265,7 @@ async def test_real_lapi_push_pull_apply_and_outage(lapi: LapiServer, monkeypatc
         # --- outage: the LAPI goes down; local bans go on, the header says so, and the queued
         # ban is delivered when it is back
         await loop.run_in_executor(None, lapi.stop)
-        r = await mon.aban("203.0.113.60", ttl=900, reason="during the outage", origin="key")
+        r = await mon.actions.ban("203.0.113.60", ttl=900, reason="during the outage", origin="key")
         assert r.ok and "203.0.113.60" in sim.bans()
         await until("push error shown", lambda: mon.store.sources[cs.PUSH_NAME].state == "error")
         await until("pull error shown", lambda: mon.store.sources[cs.PULL_NAME].state == "error")

@@ -34,6 +34,7 @@ from popwatch.monitor import Monitor
 from popwatch.parse import Parser
 from popwatch.policy import Protector
 from popwatch.store import StateStore
+from popwatch.actions import run_sync
 from tests.conftest import need_tools
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,9 +122,9 @@ def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
         p_mon = free_port()
         metrics.serve("127.0.0.1", p_mon)
         mon.ingest([RawLine(t, "/var/log/mail.log", i + 1) for i, t in enumerate(LINES)])
-        mon.ban("198.51.100.7", ttl=600, reason="test", origin="cli")
-        mon.ban("198.51.100.8", ttl=600, reason="test", origin="key")
-        mon.unban("198.51.100.8", origin="key")
+        run_sync(mon.actions.ban("198.51.100.7", ttl=600, reason="test", origin="cli"))
+        run_sync(mon.actions.ban("198.51.100.8", ttl=600, reason="test", origin="key"))
+        run_sync(mon.actions.unban("198.51.100.8", origin="key"))
         for _ in range(12):
             sim.connect("198.18.0.1", 110)
         mon.store.add_counters(CounterSample(time.monotonic(), sim.counters(), sim.banned_dropped()))
@@ -191,7 +192,7 @@ def test_prometheus_scrapes_popwatch_and_queries_return_the_values() -> None:
         assert v(f'process_cpu_seconds_total{{{j}}}') is not None
 
         # live: a change shows up in the next scrapes
-        mon.set_limit(PortLimit(110, "per-source", Rate.parse("5/second"), 9), origin="key")
+        run_sync(mon.actions.set_limit(PortLimit(110, "per-source", Rate.parse("5/second"), 9), origin="key"))
         mon.ingest([RawLine(LINES[1].replace("27160", "27999"), "/var/log/auth.log", 9)])
         q.wait_value(f'popwatch_port_limit_burst{{{j},port="110",mode="per-source"}}', 9)
         q.wait_value(f'popwatch_auth_failures_total{{{j},service="ssh",kind="invalid_user"}}', 3)

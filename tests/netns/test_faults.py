@@ -22,10 +22,10 @@ MAX_POINTS = 24  # bounded: every operation passes fewer points than this (mass 
 KILLED = (-9, 137)
 
 MASS = ("import sys, time; sys.path.insert(0, {repo!r});"
-        "from popwatch.config import load; from popwatch.commands.fw import _firewall, _monitor, _ensure_base;"
+        "from popwatch.config import load; from popwatch.commands.fw import _firewall, _monitor, _ensure_base; from popwatch.actions import run_sync;"
         "cfg = load(None); cfg.backend = 'nft'; from pathlib import Path; cfg.state_dir = Path({state!r});"
         "fw = _firewall(cfg, False); _ensure_base(fw, False); mon = _monitor(cfg, fw, False);"
-        "done, refused = mon.ban_many(['198.51.100.%d' % i for i in range(1, 4)], ttl=3600, reason='mass');"
+        "done, refused = run_sync(mon.actions.ban_many(['198.51.100.%d' % i for i in range(1, 4)], ttl=3600, reason='mass', origin='cli'));"
         "print(len(done))")
 
 

@@ -198,12 +198,15 @@ async def test_detail_shows_users_timeline_lines_and_ban_history(demo):
 
 
 def has(app: PopwatchApp, name: str) -> bool:
-    return callable(getattr(app.monitor, name, None))
+    obj: object = app.monitor
+    for part in name.split("."):
+        obj = getattr(obj, part, None)
+    return callable(obj)
 
 
 async def test_policy_keys_auto_ban_undo_and_what_if(demo):
     app = demo.app()
-    assert has(app, "set_auto_ban") and has(app, "awhat_if") and has(app, "aundo")
+    assert has(app, "set_auto_ban") and has(app, "actions.what_if") and has(app, "actions.undo")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
         before = app.monitor.auto_ban

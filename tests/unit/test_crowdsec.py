@@ -25,6 +25,7 @@ from popwatch.monitor import Monitor
 from popwatch.parse import Parser
 from popwatch.policy import Protector
 from popwatch.store import StateStore
+from popwatch.actions import run_sync
 
 
 # ------------------------------------------------------------------ fake LAPI
@@ -280,9 +281,9 @@ async def test_push_bans_by_every_path_but_not_fleet_ones(lapi: FakeLapi) -> Non
     lapi.machines["mx1"] = ["pw", True]
     mon, sim, b = make(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="pw"))
     async with Running(mon):
-        await mon.aban("203.0.113.1", ttl=600, reason="brute force", origin="key")
-        mon.ban("203.0.113.2", ttl=60, origin="cli")
-        await mon.aban("203.0.113.3", ttl=60, origin="crowdsec")  # came from the fleet: not sent back
+        await mon.actions.ban("203.0.113.1", ttl=600, reason="brute force", origin="key")
+        run_sync(mon.actions.ban("203.0.113.2", ttl=60, origin="cli"))
+        await mon.actions.ban("203.0.113.3", ttl=60, origin="crowdsec")  # came from the fleet: not sent back
         await until("two alerts", lambda: len(lapi.alerts) == 2)
         await until("push health", lambda: mon.store.sources[cs.PUSH_NAME].state == "following")
     got = {a["source"]["value"]: a for a in lapi.alerts}
@@ -298,9 +299,9 @@ async def test_a_persons_unban_deletes_the_decision(lapi: FakeLapi) -> None:
     lapi.machines["mx1"] = ["pw", True]
     mon, _, _ = make(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="pw"))
     async with Running(mon):
-        await mon.aban("203.0.113.1", ttl=600, origin="key")
+        await mon.actions.ban("203.0.113.1", ttl=600, origin="key")
         await until("decision", lambda: len(lapi.decisions) == 1)
-        await mon.aunban("203.0.113.1", origin="key")
+        await mon.actions.unban("203.0.113.1", origin="key")
         await until("deleted", lambda: not lapi.decisions)
     assert "DELETE /v1/decisions" in lapi.calls
 
@@ -309,10 +310,10 @@ async def test_expired_jwt_logs_in_again(lapi: FakeLapi) -> None:
     lapi.machines["mx1"] = ["pw", True]
     mon, _, b = make(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="pw"))
     async with Running(mon):
-        await mon.aban("203.0.113.1", ttl=600, origin="key")
+        await mon.actions.ban("203.0.113.1", ttl=600, origin="key")
         await until("first", lambda: len(lapi.alerts) == 1)
         lapi.tokens.clear()  # the LAPI restarted with a new secret: old JWTs are refused
-        await mon.aban("203.0.113.2", ttl=600, origin="key")
+        await mon.actions.ban("203.0.113.2", ttl=600, origin="key")
         await until("second", lambda: len(lapi.alerts) == 2)
     assert lapi.calls.count("POST /v1/watchers/login") == 2
     assert b.push_errors == 0
@@ -321,7 +322,7 @@ async def test_expired_jwt_logs_in_again(lapi: FakeLapi) -> None:
 async def test_register_then_wait_for_validation(lapi: FakeLapi) -> None:
     mon, _, b = make(CrowdSecConfig(url=lapi.url, machine_id="mx9", password="pw9", register=True))
     async with Running(mon):
-        r = await mon.aban("203.0.113.1", ttl=600, origin="key")
+        r = await mon.actions.ban("203.0.113.1", ttl=600, origin="key")
         assert r.ok and "203.0.113.1" in mon.store.bans  # local ban done, LAPI or not
         await until("registered", lambda: "mx9" in lapi.machines)
         await until("waiting", lambda: "cscli machines validate mx9" in mon.store.sources[cs.PUSH_NAME].detail)
@@ -337,7 +338,7 @@ async def test_bad_password_is_denied_and_local_bans_go_on(lapi: FakeLapi) -> No
     mon, sim, b = make(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="wrong"))
     async with Running(mon):
         for i in range(3):
-            await mon.aban(f"203.0.113.{i + 1}", ttl=600, origin="key")
+            await mon.actions.ban(f"203.0.113.{i + 1}", ttl=600, origin="key")
         await until("denied", lambda: mon.store.sources.get(cs.PUSH_NAME, None) is not None
                     and mon.store.sources[cs.PUSH_NAME].state == "denied")
     assert len(sim.bans()) == 3 and not lapi.alerts and len(b.outbox) == 3
@@ -350,7 +351,7 @@ async def test_lapi_down_then_up_retries_with_backoff(lapi: FakeLapi) -> None:
     lapi.close()  # nothing listens there now
     mon, sim, b = make(CrowdSecConfig(url=url, machine_id="mx1", password="pw"))
     async with Running(mon):
-        await mon.aban("203.0.113.1", ttl=600, origin="key")
+        await mon.actions.ban("203.0.113.1", ttl=600, origin="key")
         assert "203.0.113.1" in sim.bans()  # applied at once; the push is retried behind it
         await until("errors", lambda: b.push_errors >= 3)
         assert mon.store.sources[cs.PUSH_NAME].state == "error" and len(b.outbox) == 1
@@ -371,7 +372,7 @@ async def test_slow_lapi_never_delays_a_local_ban(lapi: FakeLapi) -> None:
     mon, sim, b = make(CrowdSecConfig(url=lapi.url, machine_id="mx1", password="pw", timeout=2.0))
     async with Running(mon):
         for i in range(5):
-            await mon.aban(f"203.0.113.{i + 1}", ttl=600, origin="key")
+            await mon.actions.ban(f"203.0.113.{i + 1}", ttl=600, origin="key")
         # every local ban is in while the first push is still waiting for the LAPI (it cannot
         # time out before 2 s, nor be answered before 3 s): no ban waited for a push
         assert len(sim.bans()) == 5 and b.push_errors == 0 and not lapi.alerts
@@ -399,7 +400,7 @@ async def test_pull_marks_rows_and_checks_the_kernel(lapi: FakeLapi) -> None:
     lapi.add_decision("198.18.5.0/24", scope="Range", origin="cscli")
     lapi.add_decision("198.51.100.45", type_="captcha")
     lapi.add_decision("203.0.113.9", origin="crowdsec", scenario="popwatch/auto")
-    mon.ban("203.0.113.9", ttl=600, origin="auto")  # pushed by us, in our set
+    run_sync(mon.actions.ban("203.0.113.9", ttl=600, origin="auto"))  # pushed by us, in our set
     b.cfg.pull_interval = 0.05
     async with Running(mon):
         await until("fleet bans", lambda: len(mon.store.fleet_bans) == 3)
@@ -483,7 +484,7 @@ async def test_apply_skips_community_lists_and_respects_a_local_unban(lapi: Fake
         assert mon.store.fleet_bans["198.51.100.1"] == "CAPI; not in this host's set"
         assert mon.store.fleet_bans["198.51.100.3"] == "popwatch/auto"
         # the admin here disagrees: the unban sticks while the decision lasts (no push here)
-        await mon.aunban("198.51.100.3", origin="key")
+        await mon.actions.unban("198.51.100.3", origin="key")
         pulls = lapi.calls.count("GET /v1/decisions/stream")
         await until("several pulls after the unban",
                     lambda: lapi.calls.count("GET /v1/decisions/stream") >= pulls + 3)
@@ -538,7 +539,7 @@ async def test_a_command_line_ban_adopted_while_running_is_pushed(lapi: FakeLapi
         b._wake.set()  # type: ignore[union-attr]  (the loop also scans every 5 s)
         await until("pushed", lambda: len(lapi.alerts) == 1)
         # a positive marker for "nothing else is pushed": a later ban is, and alone
-        await mon.aban("203.0.113.4", ttl=600, origin="key")
+        await mon.actions.ban("203.0.113.4", ttl=600, origin="key")
         await until("the later ban pushed", lambda: len(lapi.alerts) == 2)
     a = lapi.alerts[0]
     assert a["source"]["value"] == "203.0.113.2" and a["scenario"] == "popwatch/cli"
@@ -563,9 +564,9 @@ async def test_an_ipv6_ban_is_pushed_as_the_network_it_covers_here(lapi: FakeLap
     sim.ban_key = lambda ip, net=None: (str(ipaddress.ip_network(f"{ip}/64", strict=False))  # type: ignore
                                         if ":" in ip and "/" not in ip else ip)
     async with Running(mon):
-        await mon.aban("2001:db8:7::5", ttl=600, origin="key")
+        await mon.actions.ban("2001:db8:7::5", ttl=600, origin="key")
         await until("pushed", lambda: len(lapi.alerts) == 1)
-        await mon.aunban("2001:db8:7::5", origin="key")
+        await mon.actions.unban("2001:db8:7::5", origin="key")
         await until("deleted", lambda: not lapi.decisions)
     d = lapi.alerts[0]["decisions"][0]
     assert (d["scope"], d["value"]) == ("Range", "2001:db8:7::/64")

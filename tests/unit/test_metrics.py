@@ -21,6 +21,7 @@ from popwatch.monitor import Monitor
 from popwatch.parse import Parser
 from popwatch.policy import Protector, Refused
 from popwatch.store import StateStore
+from popwatch.actions import run_sync
 from tests.helpers import Clock
 
 LINES = [
@@ -113,11 +114,11 @@ def test_failures_events_attackers_from_real_lines() -> None:
 
 def test_bans_unbans_by_origin_and_refusals() -> None:
     mon, sim, m = make()
-    mon.ban("203.0.113.11", ttl=600, origin="cli")
-    mon.ban("203.0.113.12", ttl=None, origin="key")
+    run_sync(mon.actions.ban("203.0.113.11", ttl=600, origin="cli"))
+    run_sync(mon.actions.ban("203.0.113.12", ttl=None, origin="key"))
     with pytest.raises(Refused):
-        mon.ban("192.0.2.5", origin="key")  # allow-listed
-    mon.unban("203.0.113.11", origin="key")
+        run_sync(mon.actions.ban("192.0.2.5", origin="key"))  # allow-listed
+    run_sync(mon.actions.unban("203.0.113.11", origin="key"))
     d = scrape(m)
     assert val(d, "popwatch_bans_total", origin="cli") == 1
     assert val(d, "popwatch_bans_total", origin="key") == 1
@@ -157,7 +158,7 @@ def test_ports_limits_and_counters() -> None:
     assert val(d, "popwatch_port_limit_per_second", port="110", mode="global") == 2.0
     assert val(d, "popwatch_port_limit_burst", port="110", mode="global") == 7
     assert val(d, "popwatch_port_limit_burst", port="22", mode="count") == 0
-    mon.set_limit(PortLimit(110, "per-source", Rate.parse("10/minute"), 3))
+    run_sync(mon.actions.set_limit(PortLimit(110, "per-source", Rate.parse("10/minute"), 3), origin="cli"))
     d = scrape(m)
     assert val(d, "popwatch_port_limit_per_second", port="110", mode="per-source") == pytest.approx(1 / 6)
     assert ("popwatch_port_limit_burst", (("mode", "global"), ("port", "110"))) not in d
@@ -178,9 +179,9 @@ def test_sources_health() -> None:
 def test_firewall_latency_histogram_and_identity() -> None:
     mon, sim, m = make()
     assert isinstance(mon.firewall, SimFirewall) and mon.firewall is sim
-    mon.ban("203.0.113.11", ttl=60)
-    mon.ban("203.0.113.12", ttl=60)
-    mon.unban("203.0.113.12")
+    run_sync(mon.actions.ban("203.0.113.11", ttl=60, origin="cli"))
+    run_sync(mon.actions.ban("203.0.113.12", ttl=60, origin="cli"))
+    run_sync(mon.actions.unban("203.0.113.12", origin="cli"))
     sim.counters()
     d = scrape(m)
     assert val(d, "popwatch_firewall_op_seconds_count", op="ban") == 2
@@ -189,7 +190,7 @@ def test_firewall_latency_histogram_and_identity() -> None:
     assert val(d, "popwatch_firewall_op_seconds_count", op="set_limit") == 0
     # wrapping twice (a second exporter) does not double count
     Metrics(mon, process=False)
-    mon.ban("203.0.113.13", ttl=60)
+    run_sync(mon.actions.ban("203.0.113.13", ttl=60, origin="cli"))
     assert val(scrape(m), "popwatch_firewall_op_seconds_count", op="ban") == 3
 
 
@@ -266,7 +267,7 @@ async def test_scrapes_while_the_loop_ingests_never_fail() -> None:
             feed(mon, [LINES[1].replace("203.0.113.12", ip).replace("27160", str(1000 + 3 * i + j))
                        for j in range(3)])
             if i % 10 == 0:
-                await mon.aban(ip, ttl=60)
+                await mon.actions.ban(ip, ttl=60)
             mon.store.set_source(SourceHealth(f"src{i}", "following", "", i))
             await asyncio.sleep(0)
     finally:
@@ -286,7 +287,7 @@ def test_describing_a_ban_is_not_timed_as_a_ban() -> None:
     sim.describe_ban = lambda ip, ttl=None: (sim.ban(ip, ttl), sim.unban(ip), [f"ban {ip}"])[2]  # type: ignore
     mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim, mono=clock)
     m = Metrics(mon, process=False)
-    mon.ban("203.0.113.11", ttl=60)
+    run_sync(mon.actions.ban("203.0.113.11", ttl=60, origin="cli"))
     d = scrape(m)
     assert "203.0.113.11" in sim.bans()
     assert val(d, "popwatch_firewall_op_seconds_count", op="ban") == 1

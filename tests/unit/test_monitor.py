@@ -91,40 +91,40 @@ async def test_counters_reach_the_store_as_rates():
 
 def test_ban_goes_through_policy_firewall_store_and_audit(tmp_path):
     mon, sim, clock, _ = make([], tmp_path)
-    r = mon.ban("::ffff:203.0.113.7", ttl=600, reason="test", origin="cli")
+    r = run_sync(mon.actions.ban("::ffff:203.0.113.7", ttl=600, reason="test", origin="cli"))
     assert r.ok and r.ban.ip == "203.0.113.7"
     assert "203.0.113.7" in sim.bans() and "203.0.113.7" in mon.store.bans
     with pytest.raises(Refused, match="SSH client"):
-        mon.ban("198.51.100.99")
+        run_sync(mon.actions.ban("198.51.100.99", origin="cli"))
     with pytest.raises(Refused, match="allow-list"):
-        mon.ban("192.0.2.10")
+        run_sync(mon.actions.ban("192.0.2.10", origin="cli"))
     with pytest.raises(ValueError):
-        mon.ban("evil.example")
+        run_sync(mon.actions.ban("evil.example", origin="cli"))
     assert set(sim.bans()) == {"203.0.113.7"}
     saved = json.loads((tmp_path / "state" / "bans.json").read_text())
     assert [b["ip"] for b in saved["bans"]] == ["203.0.113.7"]
     audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
     assert [(a["action"], a["target"], a["ok"]) for a in audit] == [
         ("ban", "203.0.113.7", True), ("ban", "198.51.100.99", False), ("ban", "192.0.2.10", False)]
-    mon.unban("203.0.113.7")
+    run_sync(mon.actions.unban("203.0.113.7", origin="cli"))
     assert sim.bans() == {} and mon.store.bans == {}
 
 
 async def test_async_actions_and_limit_change():
     mon, sim, clock, _ = make([])
-    r = await mon.aban("203.0.113.8", ttl=None, reason="key")
+    r = await mon.actions.ban("203.0.113.8", ttl=None, reason="key")
     assert r.ok and sim.bans() == {"203.0.113.8": None}
     new = PortLimit(110, "per-source", Rate.parse("5/minute"), 10)
-    await mon.aset_limit(new)
+    await mon.actions.set_limit(new)
     assert sim.limits()[110] == new and mon.store.limits[110] == new
-    await mon.aunban("203.0.113.8")
+    await mon.actions.unban("203.0.113.8")
     assert sim.bans() == {}
     mon.close()
 
 
 def test_dry_run_changes_nothing(tmp_path):
     mon, sim, clock, _ = make([], tmp_path, dry_run=True)
-    r = mon.ban("203.0.113.9", ttl=60)
+    r = run_sync(mon.actions.ban("203.0.113.9", ttl=60, origin="cli"))
     assert r.ok and "dry run" in r.message and r.change
     assert sim.bans() == {} and mon.store.bans == {}
     assert not (tmp_path / "state" / "audit.jsonl").exists()
@@ -146,6 +146,7 @@ from dataclasses import replace as _replace  # noqa: E402
 
 from popwatch.config import PolicyConfig  # noqa: E402
 from popwatch.model import Ban, RawLine  # noqa: E402
+from popwatch.actions import run_sync
 from tests.helpers import Clock
 
 
@@ -187,14 +188,14 @@ def test_auto_ban_in_ingest_with_reason_in_the_audit(tmp_path):
 
 async def test_auto_ban_while_running_goes_through_the_firewall_thread(tmp_path):
     mon, sim, clock = pmon(tmp_path, maxretry=2, auto_ban=True)
-    mon._running = True
+    mon.running = True
     mon.ingest(raw(dove("203.0.113.11", 2, 1)))
-    assert "203.0.113.11" in mon._pending               # in flight, not yet in the store
+    assert "203.0.113.11" in mon.actions.pending               # in flight, not yet in the store
     for _ in range(100):
         await asyncio.sleep(0.01)
         if "203.0.113.11" in mon.store.bans:
             break
-    assert set(sim.bans()) == {"203.0.113.11"} and not mon._pending
+    assert set(sim.bans()) == {"203.0.113.11"} and not mon.actions.pending
     mon.ingest(raw(dove("203.0.113.11", 5, 2)))          # already banned: no second decision
     mon.ingest(raw(dove("203.0.113.12", 2, 3)))          # the marker: decided after it, FIFO
     for _ in range(100):
@@ -264,38 +265,38 @@ def test_login_history_survives_a_restart_and_gives_grace(tmp_path):
 
 def test_undo_walks_back_through_human_actions(tmp_path):
     mon, sim, clock = pmon(tmp_path)
-    mon.ban("203.0.113.20", ttl=600, origin="key")
+    run_sync(mon.actions.ban("203.0.113.20", ttl=600, origin="key"))
     clock.t += 100
-    mon.unban("203.0.113.20", origin="key")
+    run_sync(mon.actions.unban("203.0.113.20", origin="key"))
     new = PortLimit(110, "global", Rate.parse("2/second"), 3)
-    mon.set_limit(new, origin="key")
-    r = mon.undo()                                       # the limit goes back to count
+    run_sync(mon.actions.set_limit(new, origin="key"))
+    r = run_sync(mon.actions.undo())                                       # the limit goes back to count
     assert "undid limit 110" in r.message and sim.limits()[110] == PortLimit(110)
-    r = mon.undo()                                       # the unban: banned again, time left 500 s
+    r = run_sync(mon.actions.undo())                                       # the unban: banned again, time left 500 s
     assert sim.bans() == {"203.0.113.20": 500} and mon.store.bans["203.0.113.20"].expires == clock.t + 500
-    r = mon.undo()                                       # the ban: lifted
+    r = run_sync(mon.actions.undo())                                       # the ban: lifted
     assert sim.bans() == {} and "203.0.113.20" not in mon.store.bans
     with pytest.raises(Refused, match="nothing to undo"):
-        mon.undo()
+        run_sync(mon.actions.undo())
     audit = [json.loads(l) for l in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
     assert sum(1 for a in audit if a.get("undoes")) == 3
 
 
 def test_undo_skips_auto_bans_unless_asked(tmp_path):
     mon, sim, clock = pmon(tmp_path, maxretry=1, auto_ban=True)
-    mon.ban("203.0.113.21", ttl=600, origin="key")
+    run_sync(mon.actions.ban("203.0.113.21", ttl=600, origin="key"))
     mon.ingest(raw(dove("203.0.113.22", 1, 1)))
     assert set(sim.bans()) == {"203.0.113.21", "203.0.113.22"}
-    mon.undo()
+    run_sync(mon.actions.undo())
     assert set(sim.bans()) == {"203.0.113.22"}
-    mon.undo(include_auto=True)
+    run_sync(mon.actions.undo(include_auto=True))
     assert sim.bans() == {}
 
 
 async def test_async_undo_and_in_memory_log_without_state_dir():
     mon, sim, clock = pmon(None)
-    await mon.aban("203.0.113.23", ttl=60)
-    r = await mon.aundo()
+    await mon.actions.ban("203.0.113.23", ttl=60)
+    r = await mon.actions.undo()
     assert r.ok and sim.bans() == {}
     mon.close()
 
@@ -330,33 +331,33 @@ def test_reconcile_restores_adopts_and_drops(tmp_path):
 
 def test_kernel_sync_follows_cli_changes(tmp_path):
     mon, sim, clock = pmon(tmp_path)
-    mon.ban("203.0.113.40", ttl=600)
+    run_sync(mon.actions.ban("203.0.113.40", ttl=600, origin="cli"))
     sim.unban("203.0.113.40")                         # another process lifted it
     sim.ban("203.0.113.41", 60)                       # and banned another
     clock.t += 1
-    mon._sync_from_kernel(sim.bans(), clock.t)
+    mon.reconciler.sync_from_kernel(sim.bans(), clock.t)
     assert set(mon.store.bans) == {"203.0.113.41"}
 
 
 def test_what_if_from_the_monitor_window():
     mon, sim, clock = pmon(None)
     mon.ingest(raw(*[dove("203.0.113.50", 2, i) for i in range(5)], *[dove("203.0.113.51", 1, i) for i in range(3)]))
-    r = mon.what_if("maxretry=4,findtime=10m")
+    r = run_sync(mon.actions.what_if("maxretry=4,findtime=10m"))
     assert {b.ip for b in r.banned} == {"203.0.113.50"}
-    r = mon.what_if("maxretry=3")
+    r = run_sync(mon.actions.what_if("maxretry=3"))
     assert {b.ip for b in r.banned} == {"203.0.113.50", "203.0.113.51"}
     assert sim.bans() == {}                              # nothing applied
-    r = mon.what_if("port=110,rate=1/minute,burst=1")
+    r = run_sync(mon.actions.what_if("port=110,rate=1/minute,burst=1"))
     assert r.dropped
     with pytest.raises(ValueError):
-        mon.what_if("maxretry=lots")
+        run_sync(mon.actions.what_if("maxretry=lots"))
 
 
 async def test_on_action_hook_sees_auto_bans_with_their_reason(tmp_path):
     mon, sim, clock = pmon(tmp_path, maxretry=2, auto_ban=True)
     seen = []
     mon.on_action.append(lambda action, target, kw: seen.append((action, target, kw.get("origin"), kw.get("reason"))))
-    mon._running = True
+    mon.running = True
     mon.ingest(raw(dove("203.0.113.60", 2, 1)))
     for _ in range(100):
         await asyncio.sleep(0.01)
@@ -372,8 +373,8 @@ async def test_on_action_hook_sees_auto_bans_with_their_reason(tmp_path):
 async def test_async_what_if_for_the_ui():
     mon, sim, clock = pmon(None)
     mon.ingest(raw(*[dove("203.0.113.70", 2, i) for i in range(5)]))
-    r = await mon.awhat_if("maxretry=4")
+    r = await mon.actions.what_if("maxretry=4")
     assert [b.ip for b in r.banned] == ["203.0.113.70"] and r.banned[0].attempts == 4
     with pytest.raises(ValueError):
-        await mon.awhat_if("nonsense")
+        await mon.actions.what_if("nonsense")
     mon.close()

@@ -18,6 +18,7 @@ from popwatch.parse import Parser
 from popwatch.persist import Persist
 from popwatch.policy import Protector, Refused
 from popwatch.store import StateStore
+from popwatch.actions import run_sync
 
 T0 = 1_795_000_000.0
 
@@ -82,16 +83,16 @@ def test_no_direct_path_bans_a_protected_address(case, data):
     mon, sim = monitor(prot)
     text = data.draw(st.sampled_from(forms(target)))
     with pytest.raises((Refused, ValueError)):
-        mon.ban(text, ttl=60)
-    done, refused = mon.ban_many([text], ttl=60)
+        run_sync(mon.actions.ban(text, ttl=60, origin="cli"))
+    done, refused = run_sync(mon.actions.ban_many([text], ttl=60, origin="cli"))
     assert not done and text in refused
     with pytest.raises((Refused, ValueError)):
-        asyncio.run(mon.aban(text, ttl=60))
+        asyncio.run(mon.actions.ban(text, ttl=60))
     # a network containing it
     plen = data.draw(st.integers(16 if target.version == 4 else 48, 32 if target.version == 4 else 128))
     net = ipaddress.ip_network(f"{target}/{plen}", strict=False)
     with pytest.raises((Refused, ValueError)):
-        mon.ban(str(net), ttl=60, allow_net=True)
+        run_sync(mon.actions.ban(str(net), ttl=60, allow_net=True, origin="cli"))
     assert sim.bans() == {} and mon.store.bans == {}
     mon.close()
 
@@ -122,7 +123,7 @@ def test_ipv6_ban_covering_a_protected_address_in_its_64_is_refused(ssh, low):
     if neighbour.ipv4_mapped is not None:  # ::ffff:a.b.c.d is IPv4: banned as itself, not a /64
         return
     with pytest.raises(Refused):
-        mon.ban(str(neighbour), ttl=60)
+        run_sync(mon.actions.ban(str(neighbour), ttl=60, origin="cli"))
     assert sim.bans() == {}
     mon.close()
 
@@ -139,7 +140,7 @@ def test_reconcile_and_undo_do_not_restore_a_ban_that_became_protected(tmp_path)
     # an unban recorded earlier cannot be undone into a ban of a protected address
     p.audit("unban", "203.0.113.6", origin="key", prev={"expires": None, "reason": "x", "origin": "key"})
     with pytest.raises(Refused):
-        mon.undo()
+        run_sync(mon.actions.undo())
     assert sim.bans() == {}
     mon.close()
 
@@ -165,6 +166,6 @@ def test_reconcile_and_undo_never_restore_a_protected_address(tmp_path_factory, 
     mon, sim = monitor(prot, d)
     mon.reconcile()
     with pytest.raises((Refused, ValueError)):
-        mon.undo()
+        run_sync(mon.actions.undo())
     assert sim.bans() == {} and mon.store.bans == {}
     mon.close()
