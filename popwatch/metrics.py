@@ -28,6 +28,7 @@ from prometheus_client.exposition import start_http_server, write_to_textfile
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .firewall.base import TIMED_OPS
 from .model import FAILURE_KINDS, AuthEvent
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 9177  # also in commands/watch.py (METRICS_PORT), kept there to keep the CLI light
 #: source states that mean "reading" (others: waiting, denied, error, stopped)
 HEALTHY = frozenset({"following", "journal", "replay"})
-#: firewall methods timed by the latency histogram
-TIMED_OPS = ("ban", "unban", "set_limit", "bans", "counters", "install")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _FAILS = frozenset(str(k) for k in FAILURE_KINDS)
 
@@ -249,41 +248,6 @@ class PopwatchCollector(Collector):
         yield lines
 
 
-#: firewall methods that call the timed ones to describe a change without making it (dry run,
-#: confirm modal): what runs inside them is not timed
-DESCRIBE_OPS = ("describe_ban", "describe_unban", "describe_limit")
-
-
-def time_firewall(firewall: Any, histogram: Histogram) -> None:
-    """Time the firewall's operations into ``histogram`` (label ``op``) by wrapping the bound
-    methods on the instance: identity, ``isinstance`` and the other attributes are unchanged.
-    Only the outermost call is timed (``describe_ban`` records a ``ban`` without making it)."""
-    local = threading.local()
-
-    def wrap(fn: Callable[..., Any], child: Any | None) -> Callable[..., Any]:
-        def timed(*a: Any, **kw: Any) -> Any:
-            depth = getattr(local, "depth", 0)
-            local.depth = depth + 1
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                local.depth = depth
-                if child is not None and depth == 0:
-                    child.observe(time.perf_counter() - t0)
-        timed._pw_timed = True  # type: ignore[attr-defined]  # a marker on the wrapper function
-        return timed
-
-    for op in TIMED_OPS + DESCRIBE_OPS:
-        fn = getattr(firewall, op, None)
-        if fn is None or getattr(fn, "_pw_timed", False):
-            continue
-        try:
-            setattr(firewall, op, wrap(fn, histogram.labels(op) if op in TIMED_OPS else None))
-        except (AttributeError, TypeError):  # a slotted or frozen object: leave it untimed
-            pass
-
-
 class Metrics:
     """The exporter for one Monitor: an HTTP endpoint and/or a node_exporter textfile."""
 
@@ -310,7 +274,10 @@ class Metrics:
         self.textfile_errors = 0
         monitor.on_events.append(self.collector.on_events)
         monitor.on_action.append(self.collector.on_action)
-        time_firewall(monitor.firewall, self.latency)
+        monitor.firewall.add_timer(self._observe)
+
+    def _observe(self, op: str, seconds: float) -> None:
+        self.latency.labels(op).observe(seconds)
 
     @property
     def address(self) -> tuple[str, int] | None:

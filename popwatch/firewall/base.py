@@ -13,7 +13,9 @@ ACCEPTs: packets are DROPped (banned, over limit) or RETURN to the admin's own r
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -50,8 +52,55 @@ class NeedsRoot(FirewallError):
     """The operation needs root / CAP_NET_ADMIN (CLI exit 3)."""
 
 
+#: operations a timing hook sees (metrics: ``popwatch_firewall_op_seconds``)
+TIMED_OPS = ("ban", "unban", "set_limit", "bans", "counters", "install")
+#: operations that describe a change by running the timed ones in recording mode: what runs
+#: inside them is not timed
+DESCRIBE_OPS = ("describe_ban", "describe_unban", "describe_limit")
+_timing = threading.local()
+_TIMED_FUNCS: set[Callable[..., object]] = set()
+
+
+def _timed(op: str, fn: Callable[..., object]) -> Callable[..., object]:
+    """``fn`` reporting its duration to the instance's timers; only the outermost timed call
+    counts (a backend's ban calling its base class's, describe_ban running ban)."""
+    @functools.wraps(fn)
+    def call(self: Firewall, *a: object, **kw: object) -> object:
+        timers = self.timers
+        if not timers:
+            return fn(self, *a, **kw)
+        depth = getattr(_timing, "depth", 0)
+        _timing.depth = depth + 1
+        t0 = time.perf_counter()
+        try:
+            return fn(self, *a, **kw)
+        finally:
+            _timing.depth = depth
+            if depth == 0 and op in TIMED_OPS:
+                dt = time.perf_counter() - t0
+                for hook in timers:
+                    hook(op, dt)
+    _TIMED_FUNCS.add(call)
+    return call
+
+
 class Firewall(ABC):
     """A firewall backend. All methods may block; call them from one thread."""
+
+    def __init_subclass__(cls, **kw: object) -> None:
+        super().__init_subclass__(**kw)
+        for op in TIMED_OPS + DESCRIBE_OPS:
+            fn = cls.__dict__.get(op)
+            if callable(fn) and fn not in _TIMED_FUNCS:
+                setattr(cls, op, _timed(op, fn))
+
+    #: timing hooks: hook(op, seconds) after each outermost :data:`TIMED_OPS` call
+    timers: tuple[Callable[[str, float], None], ...] = ()
+
+    def add_timer(self, hook: Callable[[str, float], None]) -> None:
+        """Report the duration of every firewall operation to ``hook`` (the metrics exporter)."""
+        if hook not in self.timers:
+            self.timers = (*self.timers, hook)
 
     #: backend name shown in the header and in ``status --json``
     name: str = "abstract"

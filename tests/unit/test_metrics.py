@@ -282,9 +282,15 @@ async def test_scrapes_while_the_loop_ingests_never_fail() -> None:
 def test_describing_a_ban_is_not_timed_as_a_ban() -> None:
     """The kernel backends' describe_ban runs ban() in recording mode: not a firewall operation."""
     clock = Clock(1_795_844_000.0)
-    sim = SimFirewall(clock=clock)
-    # like IptablesFirewall.describe_ban: it calls the backend's own ban() (here for real)
-    sim.describe_ban = lambda ip, ttl=None: (sim.ban(ip, ttl), sim.unban(ip), [f"ban {ip}"])[2]  # type: ignore
+
+    class DescribingSim(SimFirewall):
+        # like IptablesFirewall.describe_ban: it calls the backend's own ban() (here for real)
+        def describe_ban(self, ip: str, ttl: float | None = None, *, net: bool | None = None) -> list[str]:
+            self.ban(ip, ttl)
+            self.unban(ip)
+            return [f"ban {ip}"]
+
+    sim = DescribingSim(clock=clock)
     mon = Monitor(store=StateStore(clock=clock), parser=Parser(now=clock), firewall=sim, mono=clock)
     m = Metrics(mon, process=False)
     run_sync(mon.actions.ban("203.0.113.11", ttl=60, origin="cli"))
