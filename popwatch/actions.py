@@ -24,7 +24,7 @@ from .autoban import Decision
 from .faults import point
 from .firewall.base import FirewallError
 from .firewall.rules import MAX_TIMEOUT as MAX_BAN_TTL
-from .model import Ban, Origin, PortLimit, Rate
+from .model import Ban, Origin, PortLimit, Rate, fmt_duration
 from .persist import StateDirError
 from .policy import Refused
 from .whatif import WhatIfReport, parse_proposal
@@ -312,7 +312,7 @@ class Actions:
         target, ttl = ban.ip, extra["ttl"]
         if self.m.dry_run:
             return ActionResult(True, f"dry run: would ban {target}"
-                                + ("" if ttl is None else f" for {_human(ttl)}"), tuple(change))
+                                + ("" if ttl is None else f" for {fmt_duration(ttl)}"), tuple(change))
         rec = self.audit("ban", target, origin=origin, reason=reason, change=change, **extra)
         self._ban_kernel(ban, rec)
         closed = self._close_conns([target]).get(target, 0) if close else 0
@@ -328,7 +328,7 @@ class Actions:
                     self.m.persist.add_history(ban)
                 except OSError:
                     pass  # recidive history only; the audit record and bans.json are what count
-        left = "permanently" if ttl is None else f"for {_human(ttl)}"
+        left = "permanently" if ttl is None else f"for {fmt_duration(ttl)}"
         return ActionResult(True, f"banned {target} {left}" + _closed_text(closed), tuple(change), ban)
 
     def _close_conns(self, targets: list[str]) -> dict[str, int]:
@@ -529,7 +529,7 @@ class Actions:
             self.notify("ban", ban.ip, dict(origin=d.origin, reason=d.reason, change=change, **extra))
             self.m.auto_latency.append((d.ip, d.event_ts, d.mono, time.monotonic()))
             self.m.io_thread.submit(self._history_io, ban)
-            left = "permanently" if ttl is None else f"for {_human(ttl)}"
+            left = "permanently" if ttl is None else f"for {fmt_duration(ttl)}"
             out[i] = ActionResult(True, f"banned {ban.ip} {left}", tuple(change), ban)
         try:
             self.m.persist.write_audit(voids)
@@ -650,14 +650,3 @@ class Actions:
 
 def _closed_text(n: int) -> str:
     return f"; closed {n} open connection{'' if n == 1 else 's'}" if n else ""
-
-
-def _human(secs: float) -> str:
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= n and secs % n == 0:
-            return f"{int(secs // n)}{unit}"
-    if secs >= 3600:
-        return f"{secs / 3600:.1f}h"
-    if secs >= 60:
-        return f"{int(secs // 60)}m"
-    return f"{int(secs)}s"

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import PolicyConfig
-from .model import FAILURE_KINDS, AuthEvent, Kind
+from .model import FAILURE_KINDS, AuthEvent, Kind, fmt_duration
 
 _FAILS = frozenset(str(k) for k in FAILURE_KINDS)
 _SUCCESS = str(Kind.SUCCESS)
@@ -38,19 +38,6 @@ _SUCCESS = str(Kind.SUCCESS)
 NEAR_FRACTION = 0.5
 #: hard cap of entries in one window (the threshold normally bounds it far below this)
 WINDOW_CAP = 512
-
-
-def fmt_duration(secs: float | None) -> str:
-    """Seconds -> ``10m``, ``1h``, ``2d``, ``1.5h`` (short, for reasons and the UI)."""
-    if secs is None:
-        return "permanently"
-    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= n and secs % n == 0:
-            return f"{int(secs // n)}{unit}"
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= n:
-            return f"{secs / n:.1f}{unit}"
-    return f"{secs:g}s"
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ from typing import Any
 
 from .autoban import Decision, fmt_duration
 from .config import CAMPAIGN_DOC, CampaignConfig, campaign_table
-from .model import FAILURE_KINDS, AuthEvent, Kind
+from .model import FAILURE_KINDS, AuthEvent, Kind, TwoBucket
 
 _FAILS = frozenset(str(k) for k in FAILURE_KINDS)
 _SUCCESS = str(Kind.SUCCESS)
@@ -165,38 +165,19 @@ class LoginHistory:
 
 # ----------------------------------------------------------------------------- state
 
-class _Slow:
+class _Slow(TwoBucket):
     """Failures of one address in a two-bucket sliding window of ``slow_window``."""
 
-    __slots__ = ("cur", "first", "prev", "win")
+    __slots__ = ("first",)
 
     def __init__(self, win: int, ts: float) -> None:
-        self.win = win
-        self.cur = 0
-        self.prev = 0
+        TwoBucket.__init__(self, win)
         self.first = ts
 
-    def add(self, n: int, ts: float, width: float) -> float:
-        w = int(ts // width)
-        if w > self.win:
-            self.prev = self.cur if w == self.win + 1 else 0
-            self.cur = 0
-            self.win = w
-        elif w < self.win:
-            if w == self.win - 1:
-                self.prev += n
-            return self.count(ts, width)
-        self.cur += n
+    def add_count(self, n: int, ts: float, width: float) -> float:
+        """Count ``n`` at ``ts``; the count over the window at ``ts``."""
+        self.add(n, ts, width)
         return self.count(ts, width)
-
-    def count(self, now: float, width: float) -> float:
-        w = int(now // width)
-        frac = (now - w * width) / width
-        if w == self.win:
-            return self.cur + self.prev * (1.0 - frac)
-        if w == self.win + 1:
-            return self.cur * (1.0 - frac)
-        return 0.0
 
 
 class _Target:
@@ -388,7 +369,7 @@ class CampaignTracker:
                         del self.slow[k]
                 s = _Slow(int(ts // cfg.slow_window), ts)
             self.slow[ip] = s
-            c = s.add(n, ts, cfg.slow_window)
+            c = s.add_count(n, ts, cfg.slow_window)
             # slow: over the threshold, at a pace no per-address findtime sees (a fast brute
             # forcer is the attackers table's and auto-ban's business, not a campaign)
             if c >= cfg.slow_maxretry and c <= cfg.slow_rate * max(1.0, (ts - s.first) / 60.0):

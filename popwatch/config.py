@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .model import MODES, PortLimit, Rate, parse_burst
+from .model import MODES, PortLimit, Rate, fmt_duration, parse_burst
 
 DEFAULT_CONFIG = Path("/etc/popwatch/popwatch.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/popwatch")
@@ -217,18 +217,10 @@ def _dur(name: str, lo: float = 0.0, hi: float | None = None):
         secs = parse_duration(v, name)
         if secs < lo or (hi is not None and secs > hi):
             limit = " (the kernel ban set's limit)" if hi == MAX_BANTIME else ""
-            raise ValueError(f"bad {name} {_shown(v)}: expected from {_fmt_dur(lo)} to "
-                             f"{_fmt_dur(hi or 0)}{limit}")
+            raise ValueError(f"bad {name} {_shown(v)}: expected from {fmt_duration(lo, exact=True)} to "
+                             f"{fmt_duration(hi or 0, exact=True)}{limit}")
         return secs
     return f
-
-
-def _fmt_dur(secs: float) -> str:
-    """Seconds -> the shortest exact ``N[s|m|h|d|w]`` form (for messages and --print-default)."""
-    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= n and secs % n == 0:
-            return f"{int(secs // n)}{unit}"
-    return f"{int(secs)}s" if float(secs).is_integer() else f"{secs:g}s"
 
 
 def _cidr(v: object) -> str:

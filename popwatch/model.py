@@ -137,6 +137,61 @@ class AuthEvent:
         return d
 
 
+class TwoBucket:
+    """A count over a sliding window of ``width`` seconds, approximated with two fixed buckets
+    (the current window and the one before, weighted by how much of it still overlaps): the
+    per-address and per-service failure rates of the store, and the slow-source counts of
+    campaigns. Slotted and container-free: the store keeps one per address."""
+
+    __slots__ = ("cur", "prev", "win")
+
+    def __init__(self, win: int = 0) -> None:
+        self.win = win
+        self.cur = 0
+        self.prev = 0
+
+    def add(self, n: int, ts: float, width: float) -> None:
+        """Count ``n`` at ``ts``; an older time (backfill, a late summary line) lands in the
+        previous bucket when it still overlaps, else nowhere."""
+        w = int(ts // width)
+        if w > self.win:
+            self.prev = self.cur if w == self.win + 1 else 0
+            self.cur = 0
+            self.win = w
+        elif w < self.win:
+            if w == self.win - 1:
+                self.prev += n
+            return
+        self.cur += n
+
+    def count(self, now: float, width: float) -> float:
+        """The count over the last ``width`` seconds at ``now``."""
+        w = int(now // width)
+        frac = (now - w * width) / width
+        if w == self.win:
+            return self.cur + self.prev * (1.0 - frac)
+        if w == self.win + 1:
+            return self.cur * (1.0 - frac)
+        return 0.0
+
+
+def fmt_duration(secs: float | None, *, exact: bool = False) -> str:
+    """Seconds -> ``10m``, ``1h``, ``2d``, ``1w``; ``None`` -> ``permanently``. A duration that is
+    not a whole number of a unit is ``1.5h`` (short, for reasons, messages and the UI), or with
+    ``exact`` its seconds (``90s``: config messages and --print-default)."""
+    if secs is None:
+        return "permanently"
+    for unit, n in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n and secs % n == 0:
+            return f"{int(secs // n)}{unit}"
+    if exact:
+        return f"{int(secs)}s" if float(secs).is_integer() else f"{secs:g}s"
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= n:
+            return f"{secs / n:.1f}{unit}"
+    return f"{secs:g}s"
+
+
 def iso(ts: float | None) -> str | None:
     """Epoch seconds -> ISO 8601 in UTC with a zone (``2026-11-28T05:00:21.664766+00:00``)."""
     if ts is None:

@@ -32,6 +32,7 @@ from .model import (
     RowState,
     Service,
     SourceHealth,
+    TwoBucket,
 )
 
 _SERVICES = [s.value for s in Service]
@@ -54,11 +55,11 @@ SCAN_SLICE = 2000
 BAN_LOG = 2000
 
 
-class Attacker:
-    """Per-IP aggregate. Few slots, no containers but a small capped user dict."""
+class Attacker(TwoBucket):
+    """Per-IP aggregate. Few slots, no containers but a small capped user dict; its failure
+    rate is the :class:`TwoBucket` it is."""
 
     __slots__ = (
-        "cur",
         "failures",
         "first",
         "ip",
@@ -66,12 +67,10 @@ class Attacker:
         "last_success",
         "net",
         "nusers",
-        "prev",
         "probes",
         "services",
         "successes",
         "users",
-        "win",
     )
 
     def __init__(self, ip: str, ts: float) -> None:
@@ -85,36 +84,16 @@ class Attacker:
         self.services = 0
         self.successes = 0
         self.last_success = 0.0
-        self.win = int(ts // RATE_WINDOW)
-        self.cur = 0
-        self.prev = 0
+        TwoBucket.__init__(self, int(ts // RATE_WINDOW))
         self.probes = 0
 
     def add_failures(self, n: int, ts: float) -> None:
-        w = int(ts // RATE_WINDOW)
-        if w != self.win:
-            if w > self.win:
-                self.prev = self.cur if w == self.win + 1 else 0
-                self.cur = 0
-                self.win = w
-            else:  # an older line (backfill, late dovecot summary): count it in the past window
-                if w == self.win - 1:
-                    self.prev += n
-                self.failures += n
-                return
-        self.cur += n
+        self.add(n, ts, RATE_WINDOW)
         self.failures += n
 
     def rate(self, now: float) -> float:
         """Failures per minute over a sliding 60 s window (two-bucket approximation)."""
-        w = int(now // RATE_WINDOW)
-        if w == self.win:
-            frac = (now - w * RATE_WINDOW) / RATE_WINDOW
-            return self.cur + self.prev * (1.0 - frac)
-        if w == self.win + 1:
-            frac = (now - w * RATE_WINDOW) / RATE_WINDOW
-            return self.cur * (1.0 - frac)
-        return 0.0
+        return self.count(now, RATE_WINDOW)
 
     def add_user(self, user: str) -> None:
         users = self.users
@@ -225,36 +204,13 @@ class BanLogEntry:
     expires: float | None = None
 
 
-class _SvcWindow:
-    """Failures per minute of one service (two-bucket sliding window, like :class:`Attacker`)."""
+class _SvcWindow(TwoBucket):
+    """Failures per minute of one service (the same window as :class:`Attacker`)."""
 
-    __slots__ = ("cur", "prev", "win")
-
-    def __init__(self) -> None:
-        self.win = 0
-        self.cur = 0
-        self.prev = 0
-
-    def add(self, n: int, ts: float) -> None:
-        w = int(ts // RATE_WINDOW)
-        if w > self.win:
-            self.prev = self.cur if w == self.win + 1 else 0
-            self.cur = 0
-            self.win = w
-        elif w < self.win:
-            if w == self.win - 1:
-                self.prev += n
-            return
-        self.cur += n
+    __slots__ = ()
 
     def rate(self, now: float) -> float:
-        w = int(now // RATE_WINDOW)
-        frac = (now - w * RATE_WINDOW) / RATE_WINDOW
-        if w == self.win:
-            return self.cur + self.prev * (1.0 - frac)
-        if w == self.win + 1:
-            return self.cur * (1.0 - frac)
-        return 0.0
+        return self.count(now, RATE_WINDOW)
 
 
 def _key_fn(sort: str, now: float) -> Callable[[Attacker], float]:
@@ -473,7 +429,7 @@ class StateStore:
                 sw = svc_win.get(ev.service)
                 if sw is None:
                     sw = svc_win[ev.service] = _SvcWindow()
-                sw.add(ev.attempts, ev.ts)
+                sw.add(ev.attempts, ev.ts, RATE_WINDOW)
             if ip is None:
                 if is_fail:
                     self.failures_total += ev.attempts

@@ -11,7 +11,12 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import BACKENDS, BAN_ACTIONS, DEFAULT_CONFIG, DEFAULT_STATE_DIR, SERVICES, Config, PolicyConfig, _fmt_dur
+from ..config import BACKENDS, BAN_ACTIONS, DEFAULT_CONFIG, DEFAULT_STATE_DIR, SERVICES, Config, PolicyConfig
+from ..model import fmt_duration
+
+
+def _fmt_dur(secs: float) -> str:
+    return fmt_duration(secs, exact=True)
 
 
 def default_toml() -> str:

@@ -177,7 +177,7 @@ def check_kernel(chosen: str | None, root: bool) -> list[Check]:
                 from pyroute2 import IPSet
 
                 with IPSet() as ips:
-                    detail = f"ip_set: available, netlink protocol {ips._proto_version} (for the ban sets)"
+                    detail = f"ip_set: available, netlink protocol {ips.proto_version} (for the ban sets)"
                     ok = True
             except Exception as e:  # noqa: BLE001 - any failure means no usable ip_set
                 from ..firewall.ipset import NO_IPSET_HINT

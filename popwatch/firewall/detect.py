@@ -204,7 +204,7 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
                                lock_path=lock_path, exempt=exempt)
         nfw.why = why
         if check_both and has_net_admin() and popwatch_in_nft():
-            nfw._warn("popwatch's iptables-nft rules still exist: remove them with "
+            nfw.warn("popwatch's iptables-nft rules still exist: remove them with "
                       "`popwatch --backend nft uninstall` (bans are restored from the state dir)")
         return nfw
     cleanup_only = False
@@ -229,10 +229,10 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
         fw = IptcFirewall(xtables_lock=xtables_lock, **common)
     fw.why = why
     if chosen == "nft" and check_both and has_net_admin() and popwatch_in_nftables():
-        fw._warn("popwatch's native nftables table also exists: remove it with "
+        fw.warn("popwatch's native nftables table also exists: remove it with "
                  "`popwatch --backend nftables uninstall`")
     if cleanup_only:
-        fw._warn("this host's iptables is the nf_tables flavour: --backend legacy is only for "
+        fw.warn("this host's iptables is the nf_tables flavour: --backend legacy is only for "
                  "removing an old legacy copy of popwatch's rules (`popwatch --backend legacy uninstall`)")
     if check_both and has_net_admin():
         in_nft = popwatch_in_nft()
@@ -241,12 +241,12 @@ def make_firewall(backend: str, *, ports: Iterable[int | PortLimit] | None = Non
             if backend == "auto":
                 fw.refuse_writes(both_message())
             else:
-                fw._warn(f"popwatch's rules also exist in the "
+                fw.warn(f"popwatch's rules also exist in the "
                          f"{'legacy' if chosen == 'nft' else 'nf_tables'} backend; remove them with "
                          f"`popwatch --backend {'legacy' if chosen == 'nft' else 'nft'} uninstall`")
         elif chosen == "nft" and any(legacy_tables().values()):
-            fw._warn("legacy iptables tables are present too: their rules still apply, and "
+            fw.warn("legacy iptables tables are present too: their rules still apply, and "
                      "`iptables` (nft) does not show them")
     if why == MOVE_NOTE:
-        fw._warn(MOVE_NOTE)
+        fw.warn(MOVE_NOTE)
     return fw

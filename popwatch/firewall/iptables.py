@@ -69,7 +69,7 @@ class IptablesFirewall(KernelFirewall):
             st.jumps, st.jump_first = R.count_jumps(self._read([ipt, *self._w(), "-S", "INPUT"]))
         return st
 
-    def _apply(self, family: R.Family, work: R._Work) -> None:
+    def _apply(self, family: R.Family, work: R.Work) -> None:
         restore = self.bins[family][1]
         self._write([restore, *self._w(), "--noflush", "-c"], R.render_restore(work.ops))
         if self._recording:

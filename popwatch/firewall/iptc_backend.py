@@ -165,7 +165,7 @@ class IptcFirewall(KernelFirewall):
             args = self._args(r)
             role, port, limit, hl = R.classify(list(args))
             p, b = r.get_counters()
-            st.rules.append(R.ParsedRule(args, p, b, role, port, R._opt(list(args), "-j") or "", limit, hl))
+            st.rules.append(R.ParsedRule(args, p, b, role, port, R.opt(list(args), "-j") or "", limit, hl))
         return st
 
     def _read_jumps(self, t: Any) -> tuple[int, bool]:
@@ -194,7 +194,7 @@ class IptcFirewall(KernelFirewall):
             return st
         return FW_THREAD.call(read)
 
-    def _apply(self, family: R.Family, work: R._Work) -> None:
+    def _apply(self, family: R.Family, work: R.Work) -> None:
         if self._recording:
             b = self.describe_binaries[family]
             self.planned.append(f"# python-iptables, one commit under flock({self.xtables_lock}):")
@@ -205,7 +205,7 @@ class IptcFirewall(KernelFirewall):
         self._check_writable()
         FW_THREAD.call(self._apply_now, family, work)
 
-    def _apply_now(self, family: R.Family, work: R._Work) -> None:
+    def _apply_now(self, family: R.Family, work: R.Work) -> None:
         want = R.expected_keys(work)
         last: Exception | None = None
         for attempt in range(self.retries):

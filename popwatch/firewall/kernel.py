@@ -133,7 +133,7 @@ class KernelFirewall(Firewall):
     def _state(self, family: R.Family, with_input: bool = False) -> R.ChainState:
         raise NotImplementedError
 
-    def _apply(self, family: R.Family, work: R._Work) -> None:
+    def _apply(self, family: R.Family, work: R.Work) -> None:
         raise NotImplementedError
 
     def _poll_rules(self) -> dict[R.Family, list[R.ParsedRule]]:
@@ -174,7 +174,7 @@ class KernelFirewall(Firewall):
                 work = R.plan_base(st, fam, self.ban_action)
                 R.plan_ports(work, limits, fam, gens=gens, ipv6_prefix=self.ipv6_prefix, only=True)
                 if st.jumps == 1 and not st.jump_first:
-                    self._warn("popwatch's jump is not the first rule of INPUT"
+                    self.warn("popwatch's jump is not the first rule of INPUT"
                                f" ({'ip6tables' if fam == 6 else 'iptables'}): rules above it run first")
                 if work.ops:
                     self._apply(fam, work)
@@ -188,12 +188,12 @@ class KernelFirewall(Firewall):
                 st = self._state(fam, with_input=True)
                 ops = R.plan_uninstall(st)
                 if ops:
-                    work = R._Work(R.ChainState())
+                    work = R.Work(R.ChainState())
                     work.ops = ops
                     self._apply(fam, work)
                 self._after_uninstall(fam)
             for w in self.ipset.destroy():
-                self._warn(w)
+                self.warn(w)
 
     def _fill_exempt(self, replace: bool = True) -> None:
         if self.exempt is not None:
@@ -222,7 +222,7 @@ class KernelFirewall(Firewall):
                                     "(or ban or limit from the command line) to install it first")
             gens = self._next_gens(states)
             for fam, st in states.items():
-                work = R._Work(st)
+                work = R.Work(st)
                 R.plan_ports(work, [limit], fam, gens=gens, ipv6_prefix=self.ipv6_prefix)
                 if work.ops:
                     self._apply(fam, work)
@@ -411,7 +411,7 @@ class KernelFirewall(Firewall):
             self.uninstall()
         return out
 
-    def _warn(self, text: str) -> None:
+    def warn(self, text: str) -> None:
         if text not in self._warnings:
             self._warnings.append(text)
 
@@ -471,7 +471,7 @@ class NftCounters:
         return struct.pack("=HH", ln, atype) + payload + b"\0" * ((4 - ln % 4) % 4)
 
     @staticmethod
-    def _attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, bytes]]:
+    def attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, bytes]]:
         while off + 4 <= end:
             ln, atype = struct.unpack_from("=HH", buf, off)
             if ln < 4:
@@ -490,26 +490,26 @@ class NftCounters:
 
     def _jumps_to(self, buf: bytes, off: int, end: int, target: str) -> int:
         want = target.encode() + b"\0"
-        for atype, val in self._attrs(buf, off, end):
+        for atype, val in self.attrs(buf, off, end):
             if atype != 4:  # NFTA_RULE_EXPRESSIONS
                 continue
-            for _, elem in self._attrs(val, 0, len(val)):
+            for _, elem in self.attrs(val, 0, len(val)):
                 name, data = b"", b""
-                for et, ev in self._attrs(elem, 0, len(elem)):
+                for et, ev in self.attrs(elem, 0, len(elem)):
                     if et == 1:
                         name = ev.rstrip(b"\0")
                     elif et == 2:
                         data = ev
                 if name != b"immediate":
                     continue
-                for it, iv in self._attrs(data, 0, len(data)):        # NFTA_IMMEDIATE_DATA
+                for it, iv in self.attrs(data, 0, len(data)):        # NFTA_IMMEDIATE_DATA
                     if it != 2:
                         continue
-                    for dt, dv in self._attrs(iv, 0, len(iv)):        # NFTA_DATA_VERDICT
+                    for dt, dv in self.attrs(iv, 0, len(iv)):        # NFTA_DATA_VERDICT
                         if dt != 2:
                             continue
                         code, chain = None, b""
-                        for vt, vv in self._attrs(dv, 0, len(dv)):
+                        for vt, vv in self.attrs(dv, 0, len(dv)):
                             if vt == 1:
                                 (code,) = struct.unpack(">i", vv)
                             elif vt == 2:
@@ -556,13 +556,13 @@ class NftCounters:
         seen as changed."""
         handle = pkts = byts = 0
         shape = 0
-        for atype, val in self._attrs(buf, off, end):
+        for atype, val in self.attrs(buf, off, end):
             if atype == 3:  # NFTA_RULE_HANDLE
                 (handle,) = struct.unpack(">Q", val)
             elif atype == 4:  # NFTA_RULE_EXPRESSIONS
-                for _, elem in self._attrs(val, 0, len(val)):
+                for _, elem in self.attrs(val, 0, len(val)):
                     name, data = b"", b""
-                    for et, ev in self._attrs(elem, 0, len(elem)):
+                    for et, ev in self.attrs(elem, 0, len(elem)):
                         if et == 1:
                             name = ev.rstrip(b"\0")
                         elif et == 2:
@@ -570,7 +570,7 @@ class NftCounters:
                     if name != b"counter":
                         shape = hash((shape, elem))
                     else:
-                        for ct, cv in self._attrs(data, 0, len(data)):
+                        for ct, cv in self.attrs(data, 0, len(data)):
                             if ct == 1:
                                 (byts,) = struct.unpack(">Q", cv)
                             elif ct == 2:

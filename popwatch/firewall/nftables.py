@@ -249,13 +249,13 @@ class NftNetlink(NftCounters):
             if typ != (self._SUBSYS << 8) | self._NEWOBJ:
                 continue
             name, pkts, tname = "", 0, ""
-            for atype, val in self._attrs(buf, off, end):
+            for atype, val in self.attrs(buf, off, end):
                 if atype == 1:
                     tname = val.rstrip(b"\0").decode()
                 elif atype == 2:
                     name = val.rstrip(b"\0").decode()
                 elif atype == 4:  # NFTA_OBJ_DATA
-                    for ct, cv in self._attrs(val, 0, len(val)):
+                    for ct, cv in self.attrs(val, 0, len(val)):
                         if ct == 2:  # NFTA_COUNTER_PACKETS
                             (pkts,) = struct.unpack(">Q", cv)
             if tname == table:
@@ -273,7 +273,7 @@ class NftNetlink(NftCounters):
                 if typ != (self._SUBSYS << 8) | self._NEWRULE:
                     continue
                 comment = ""
-                for atype, val in self._attrs(buf, off, end):
+                for atype, val in self.attrs(buf, off, end):
                     if atype == 7:  # NFTA_RULE_USERDATA: TLVs (type, len, value), comment = 0
                         i = 0
                         while i + 2 <= len(val):
@@ -341,7 +341,7 @@ class NftEvents:
                 if ln < 16:
                     break
                 if typ >> 8 == 10 and typ & 0xFF in self._DELETES and buf[off + 16] == 1:  # inet
-                    for atype, val in NftCounters._attrs(buf, off + 20, off + ln):
+                    for atype, val in NftCounters.attrs(buf, off + 20, off + ln):
                         if atype == 1 and val == self.table:
                             hit = True
                 off += (ln + 3) & ~3
@@ -584,7 +584,7 @@ class NftablesFirewall(Firewall):
             del self.planned[start:]
             self._recording = prev
 
-    def _warn(self, text: str) -> None:
+    def warn(self, text: str) -> None:
         if text not in self._warnings:
             self._warnings.append(text)
 

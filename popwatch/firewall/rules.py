@@ -210,7 +210,7 @@ class ChainState:
         return out
 
 
-def _opt(args: list[str], name: str) -> str | None:
+def opt(args: list[str], name: str) -> str | None:
     try:
         return args[args.index(name) + 1]
     except (ValueError, IndexError):
@@ -225,13 +225,13 @@ def parse_rate(text: str) -> Rate:
 def classify(args: list[str], ban_sets: tuple[str, ...] = (SET4, SET6)
              ) -> tuple[Role, int | None, PortLimit | None, str | None]:
     """Role, port, limit and hashlimit name of one rule's args (no ``-A CHAIN``, no ``-c``)."""
-    target = _opt(args, "-j") or ""
-    mset = _opt(args, "--match-set")
+    target = opt(args, "-j") or ""
+    mset = opt(args, "--match-set")
     if mset in ban_sets and target in ("DROP", "REJECT"):
         return "ban", None, None, None
     if mset in (SETX4, SETX6) and target == "RETURN":
         return "exempt", None, None, None
-    dport = _opt(args, "--dport")
+    dport = opt(args, "--dport")
     if dport is None or not dport.isdigit():
         return "other", None, None, None
     port = int(dport)
@@ -242,13 +242,13 @@ def classify(args: list[str], ban_sets: tuple[str, ...] = (SET4, SET6)
     hl_name = None
     try:
         if "hashlimit" in args:
-            rate = parse_rate(_opt(args, "--hashlimit-upto") or "")
-            burst = int(_opt(args, "--hashlimit-burst") or 5)
-            hl_name = _opt(args, "--hashlimit-name")
+            rate = parse_rate(opt(args, "--hashlimit-upto") or "")
+            burst = int(opt(args, "--hashlimit-burst") or 5)
+            hl_name = opt(args, "--hashlimit-name")
             limit = PortLimit(port, "per-source", rate, burst)
         elif "limit" in args and "-m" in args and "--limit" in args:
-            rate = parse_rate(_opt(args, "--limit") or "")
-            burst = int(_opt(args, "--limit-burst") or 5)
+            rate = parse_rate(opt(args, "--limit") or "")
+            burst = int(opt(args, "--limit-burst") or 5)
             limit = PortLimit(port, "global", rate, burst)
         else:
             limit = PortLimit(port, "count")
@@ -275,7 +275,7 @@ def parse_rule_line(line: str, chain: str = CHAIN) -> ParsedRule | None:
             pass
         del toks[i:i + 3]
     role, port, limit, hl = classify(toks)
-    return ParsedRule(tuple(toks), pkts, byts, role, port, _opt(toks, "-j") or "", limit, hl)
+    return ParsedRule(tuple(toks), pkts, byts, role, port, opt(toks, "-j") or "", limit, hl)
 
 
 def parse_chain(text: str, chain: str = CHAIN) -> list[ParsedRule]:
@@ -442,9 +442,9 @@ def sem_key(args: Iterable[str]) -> tuple[object, ...]:
     a = list(args)
     role, port, limit, _ = classify(a)
     lim = None if limit is None else (limit.mode, limit.rate.count, limit.rate.unit, limit.burst)
-    return (role, port, _opt(a, "-j"), _opt(a, "--reject-with"), _opt(a, "--match-set"),
-            _opt(a, "-p"), lim, _opt(a, "--hashlimit-srcmask"), _opt(a, "--hashlimit-htable-expire"),
-            _opt(a, "--ctstate"), _opt(a, "--tcp-flags"))
+    return (role, port, opt(a, "-j"), opt(a, "--reject-with"), opt(a, "--match-set"),
+            opt(a, "-p"), lim, opt(a, "--hashlimit-srcmask"), opt(a, "--hashlimit-htable-expire"),
+            opt(a, "--ctstate"), opt(a, "--tcp-flags"))
 
 
 OpKind = Literal["new_chain", "flush_chain", "del_chain", "insert", "append", "delete",
@@ -506,7 +506,7 @@ def render_restore(ops: Iterable[Op]) -> str:
     return "*filter\n" + "".join(op.restore_line() + "\n" for op in ops) + "COMMIT\n"
 
 
-class _Work:
+class Work:
     """A working copy of the chain: ops are computed against it as they are emitted, so
     every index is right after the ops before it have been applied."""
 
@@ -526,7 +526,7 @@ class _Work:
             self.ops.append(Op("insert", idx0 + 1, spec, counters))
         role, port, limit, hl = classify(list(spec.args))
         self.rules.insert(idx0, ParsedRule(spec.args, counters[0], counters[1], role, port,
-                                           _opt(list(spec.args), "-j") or "", limit, hl))
+                                           opt(list(spec.args), "-j") or "", limit, hl))
 
     def replace_block(self, indices: list[int], new: list[RuleSpec], at: int | None = None) -> None:
         """Delete rules at ``indices`` (0-based), insert ``new`` where the first one was (or at
@@ -550,11 +550,11 @@ def _same(rules: list[ParsedRule], specs: list[RuleSpec]) -> bool:
     return [sem_key(r.args) for r in rules] == [sem_key(s.args) for s in specs]
 
 
-def plan_base(state: ChainState, family: Family, ban_action: str = "drop") -> _Work:
+def plan_base(state: ChainState, family: Family, ban_action: str = "drop") -> Work:
     """Ensure the chain, its exempt and ban matches at the top and one jump from INPUT; the
     ports' rules are left as they are."""
     want = head_rules(family, ban_action)
-    work = _Work(state)
+    work = Work(state)
     if not state.exists:
         work.ops.append(Op("new_chain"))
         work.rules = []
@@ -569,8 +569,8 @@ def plan_base(state: ChainState, family: Family, ban_action: str = "drop") -> _W
     return work
 
 
-def plan_ports(work: _Work, limits: Iterable[PortLimit], family: Family, *, gens: dict[int, int],
-               ipv6_prefix: int = 64, only: bool = False) -> _Work:
+def plan_ports(work: Work, limits: Iterable[PortLimit], family: Family, *, gens: dict[int, int],
+               ipv6_prefix: int = 64, only: bool = False) -> Work:
     """Bring each port's rules to ``limits`` (adopting identical ones). With ``only`` the
     chain ends up holding exactly these ports (install); otherwise other ports stay."""
     wanted = list(limits)
@@ -595,6 +595,6 @@ def plan_uninstall(state: ChainState) -> list[Op]:
     return ops
 
 
-def expected_keys(work: _Work) -> list[tuple[object, ...]]:
+def expected_keys(work: Work) -> list[tuple[object, ...]]:
     """The semantic keys the chain must have after the plan (for read-back checks)."""
     return [sem_key(r.args) for r in work.rules]

@@ -83,7 +83,7 @@ import struct
 from popwatch.firewall.nftables import NftNetlink
 nl = NftNetlink()
 for typ, buf, off, end in nl._request(16, 0x1, struct.pack("=BBH", 0, 0, 0)):  # NFT_MSG_GETGEN
-    print(next(struct.unpack(">I", v)[0] for a, v in nl._attrs(buf, off, end) if a == 1))  # NFTA_GEN_ID
+    print(next(struct.unpack(">I", v)[0] for a, v in nl.attrs(buf, off, end) if a == 1))  # NFTA_GEN_ID
     break  # one answer, no NLMSG_DONE after it
 """
 

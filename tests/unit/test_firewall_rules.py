@@ -87,7 +87,7 @@ def test_plan_adopts_identical_rules() -> None:
 
 
 def test_plan_retune_one_port_carries_counters() -> None:
-    work = R._Work(state())
+    work = R.Work(state())
     new = PortLimit(143, "per-source", Rate.parse("2/second"), 4)
     R.plan_ports(work, [new], 4, gens={143: 1})
     kinds = [(op.kind, op.index) for op in work.ops]
@@ -101,14 +101,14 @@ def test_plan_retune_one_port_carries_counters() -> None:
 
 
 def test_plan_mode_switch_to_count_and_back() -> None:
-    work = R._Work(state())
+    work = R.Work(state())
     R.plan_ports(work, [PortLimit(22)], 4, gens={})
     assert [op.kind for op in work.ops] == ["delete", "delete", "append"]  # 22 is the last block
     assert work.rules[-1].role == "pass" and work.rules[-1].pkts == 2
 
 
 def test_plan_removes_stale_ports_on_install_only() -> None:
-    work = R._Work(state())
+    work = R.Work(state())
     R.plan_ports(work, [PortLimit(110)], 4, gens={}, only=False)
     assert work.ops == []
     work = R.plan_base(state(), 4)
