@@ -79,7 +79,7 @@ async def test_enter_opens_the_campaign_and_x_bans_its_sources_skipping_known_go
         bans = demo.sim.bans()
         assert {f"203.0.113.{200 + i}" for i in range(11) if i != 3} <= bans.keys()
         assert "203.0.113.203" not in bans and "192.0.2.55" not in bans
-        assert app.store.bans["203.0.113.200"].origin == "key"
+        assert app.monitor.store.bans["203.0.113.200"].origin == "key"
 
 
 async def test_X_bans_the_network_unless_it_holds_a_known_good_address(demo):

@@ -123,7 +123,7 @@ async def test_rollup_groups_the_botnet_and_enter_lists_its_addresses(demo):
         assert any("press Enter to list its" in m for m in messages(app))
         await pilot.press("enter")
         await settle(pilot, app)
-        assert not app.rollup and app.filter == "198.51.100.0/24"
+        assert not app.main.rollup and app.main.filter == "198.51.100.0/24"
         assert len(table.rows) == nets["198.51.100.0/24"].nips
         assert all(r.ip.startswith("198.51.100.") for r in table.rows)
 
@@ -134,8 +134,8 @@ async def test_read_only_keys_are_greyed_and_explain_why(demo):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
         for action in ("ban", "ban_all", "unban", "rate", "burst", "mode", "edit"):
-            assert app.check_action(action, ()) is None  # shown greyed in the footer
-        assert app.check_action("sort", ()) is True
+            assert app.main.check_action(action, ()) is None  # shown greyed in the footer
+        assert app.main.check_action("sort", ()) is True
         for key in ("b", "plus", "e", "m"):
             app._notifications.clear()
             await pilot.press(key)
