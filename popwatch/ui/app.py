@@ -11,10 +11,11 @@ and owns the one handler for failed workers; the panels, their keys and actions 
 from __future__ import annotations
 
 import socket
+from typing import ClassVar
 
 from textual import on
 from textual.app import App
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.widgets import Input
 from textual.worker import Worker, WorkerState
 
@@ -33,15 +34,16 @@ class PopwatchApp(App[None]):
     ENABLE_COMMAND_PALETTE = False
     CSS_PATH = "popwatch.tcss"
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", key_display="?", id="help", priority=True),
         Binding("q", "quit", "Quit", id="quit", priority=True),
     ]
     #: keys the help screen lists besides the bindings
-    EXTRA_KEYS = [("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
-                  ("g/Home", ("attackers: back to the top row (the cursor stays there until you move it; "
-                              "once moved it follows that address)")),
-                  ("Tab", "next panel: attackers, ports")]
+    EXTRA_KEYS: ClassVar[list[tuple[str, str]]] = [
+        ("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
+        ("g/Home", ("attackers: back to the top row (the cursor stays there until you move it; "
+                    "once moved it follows that address)")),
+        ("Tab", "next panel: attackers, ports")]
 
     def __init__(self, monitor: Monitor, *, mode: str = "live", host: str | None = None,
                  tick: float = 0.5, run_monitor: bool = True, ban_ttl: float | None = 3600.0,
@@ -87,9 +89,8 @@ class PopwatchApp(App[None]):
     # ------------------------------------------------------------------ global keys
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Help and quit step aside while a modal screen or the filter input has the keyboard."""
-        if action in GLOBAL_ACTIONS and (len(self.screen_stack) > 1 or isinstance(self.focused, Input)):
-            return False
-        return True
+        busy = len(self.screen_stack) > 1 or isinstance(self.focused, Input)
+        return not (action in GLOBAL_ACTIONS and busy)
 
     def help_keys(self) -> list[tuple[str, str]]:
         keys = []

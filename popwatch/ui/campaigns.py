@@ -14,11 +14,11 @@ log-derived text goes through ``safe()`` into ``Text`` objects, never markup.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
@@ -54,7 +54,7 @@ class Host(Protocol):
 class CampaignsPanel(Widget, can_focus=True):
     """One line per campaign (+ a red line per alert); its own cursor."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up,k", "cursor(-1)", "Up", show=False),
         Binding("down,j", "cursor(1)", "Down", show=False),
         Binding("x", "ban_sources", "Ban sources", tooltip="ban every source of the selected campaign"),
@@ -139,7 +139,7 @@ class CampaignsPanel(Widget, can_focus=True):
 class CampaignScreen(ModalScreen[None]):
     """One campaign: its score, alerts, sources rolled up by network, users, timeline."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,enter,q", "dismiss(None)", "Close"),
         Binding("x", "ban_sources", "Ban sources"),
         Binding("X", "ban_nets", "Ban networks"),

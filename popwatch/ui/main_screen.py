@@ -9,12 +9,12 @@ acting keys stay in the footer but greyed, and a hidden binding on the same keys
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input
@@ -114,7 +114,7 @@ _WHY_BINDING = Binding(",".join(b.key for b in _MAIN_BINDINGS if _action_name(b.
 class MainScreen(Screen[None]):
     """Attackers, campaigns, ports, live log and users; the keys that act on them."""
 
-    BINDINGS = [*_MAIN_BINDINGS, _WHY_BINDING]
+    BINDINGS: ClassVar[list[BindingType]] = [*_MAIN_BINDINGS, _WHY_BINDING]
     #: the main screen's own actions (see check_action)
     MAIN_ACTIONS = frozenset(_action_name(b.action) for b in _MAIN_BINDINGS)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time as _time
 from collections.abc import Callable
 from importlib import resources
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
@@ -27,7 +28,7 @@ HELP_TEXT = resources.files(__package__).joinpath("help.md").read_text(encoding=
 class ConfirmScreen(ModalScreen[bool]):
     """Shows exactly what will run; ``y`` confirms, ``n``/escape cancels."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "dismiss(True)", "Yes, do it"),
         Binding("n,escape", "dismiss(False)", "No"),
     ]
@@ -54,7 +55,7 @@ class ConfirmScreen(ModalScreen[bool]):
 class DetailScreen(ModalScreen[None]):
     """Everything known about one IP: users tried, services, timeline, raw lines, bans."""
 
-    BINDINGS = [Binding("escape,enter,q", "dismiss(None)", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter,q", "dismiss(None)", "Close")]
     DEFAULT_CSS = """
     DetailScreen { align: center middle; }
     DetailScreen > VerticalScroll { width: 100%; height: 100%; border: round $primary;
@@ -179,7 +180,7 @@ class _ParseValidator(Validator):
 class LimitScreen(ModalScreen[PortLimit | None]):
     """Edit one port's mode, rate and burst; validated as typed, applied with Enter."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "dismiss(None)", "Cancel"),
         Binding("ctrl+s", "apply", "Apply"),
     ]
@@ -278,7 +279,7 @@ class WhatIfScreen(ModalScreen[None]):
     """Replay the recent events under a proposed policy or port limit (Controller.what_if); changes
     nothing. The replay runs off the UI loop; the answer is plain text built from the report."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Close")]
     DEFAULT_CSS = """
     WhatIfScreen { align: center middle; }
     WhatIfScreen > Vertical { width: 90%; height: 90%; border: round $accent; background: $surface;
@@ -324,7 +325,7 @@ class WhatIfScreen(ModalScreen[None]):
 class HelpScreen(ModalScreen[None]):
     """Keys, generated from the app's bindings, plus what the panels mean."""
 
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "dismiss(None)", "Close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > VerticalScroll { width: 90%; height: 90%; border: round $primary;
