@@ -11,6 +11,7 @@ and owns the one handler for failed workers; the panels, their keys and actions 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import ClassVar
 
 from textual import on
@@ -32,7 +33,8 @@ GLOBAL_ACTIONS = frozenset({"help", "quit"})
 class PopwatchApp(App[None]):
     TITLE = "popwatch"
     ENABLE_COMMAND_PALETTE = False
-    CSS_PATH = "popwatch.tcss"
+    #: absolute, so a subclass defined anywhere (a script, a test) finds it too
+    CSS_PATH = Path(__file__).with_name("popwatch.tcss")
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", key_display="?", id="help", priority=True),
@@ -85,6 +87,21 @@ class PopwatchApp(App[None]):
     def sort(self, key: str) -> None:
         if self.main is not None:
             self.main.sort = key
+
+    @property
+    def campaigns_shown(self) -> bool | None:
+        """The campaigns panel: shown, hidden, or ``None`` (automatic, by terminal size)."""
+        return self.main.campaigns_shown if self.main is not None else None
+
+    @campaigns_shown.setter
+    def campaigns_shown(self, shown: bool | None) -> None:
+        if self.main is not None:
+            self.main.campaigns_shown = shown
+
+    def _layout_users(self) -> None:
+        # kept for benchmarks/campaigns.py, which sets campaigns_shown and relayouts (use app.main)
+        if self.main is not None:
+            self.main._layout_users()
 
     # ------------------------------------------------------------------ global keys
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

@@ -106,7 +106,7 @@ async def test_read_only_is_check_action_alone(demo):
 
 
 def test_styles_and_help_are_packaged_files():
-    assert PopwatchApp.CSS == "" and PopwatchApp.CSS_PATH == "popwatch.tcss"
+    assert PopwatchApp.CSS == "" and PopwatchApp.CSS_PATH == UI / "popwatch.tcss"
     files = resources.files("popwatch.ui")
     assert "#filter.-show" in files.joinpath("popwatch.tcss").read_text()
     help_md = files.joinpath("help.md").read_text()
