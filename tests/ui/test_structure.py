@@ -64,7 +64,7 @@ def test_workers_do_not_catch_everything_and_one_handler_reports():
 
 
 async def test_a_failed_ban_is_a_notification_and_the_app_runs_on(demo, monkeypatch):
-    def broken(*a, **kw):  # noqa: ANN002, ANN003, ANN202 - stands in for any firewall method
+    def broken(*a: object, **kw: object) -> None:  # stands in for any firewall method
         raise FirewallError("the kernel said no")
 
     app = demo.app()
