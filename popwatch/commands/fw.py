@@ -449,13 +449,14 @@ def _uninstall(args: argparse.Namespace) -> int:
     dry = _dry(args)
     from ..persist import AlreadyRunning, Persist
 
+    running = None
     if not dry and cfg.state_dir.is_dir():
-        try:  # a running watch would go on with no rules and no error: refuse instead
+        try:  # a running watch is told through the marker below: it stands down and says so
             p = Persist(cfg.state_dir)
             p.lock()
             p.unlock()
         except AlreadyRunning as e:
-            raise _Exit(EXIT_BUSY, f"refusing to uninstall: {e}") from None
+            running = str(e)
         except OSError:
             pass  # an unwritable state dir does not stop an uninstall
     fw = _firewall(cfg, dry)
@@ -471,4 +472,7 @@ def _uninstall(args: argparse.Namespace) -> int:
     for w in fw.warnings():
         print(f"warning: {w}", file=sys.stderr)
     print(f"removed popwatch's chains, jumps and ban sets ({fw.name})")
+    if running is not None:
+        print("the running popwatch watch stops enforcing and keeps watching (read-only); "
+              "restart it to install the rules again")
     return EXIT_OK
