@@ -86,18 +86,24 @@ class Tui:
             self.tmux("send-keys", "-t", "pw", k)
             time.sleep(0.15)
 
-    def wait(self, cond: Callable[[str], object], secs: float, what: str, *, check_alive: bool = True) -> str:
-        """Poll the screen every 0.25 s until ``cond(screen)`` is truthy (at most ``secs``)."""
+    def wait(self, cond: Callable[[str], object], secs: float, what: str, *, check_alive: bool = True,
+             ansi: bool = False) -> str:
+        """Poll the screen every 0.25 s until ``cond(screen)`` is truthy (at most ``secs``).
+        ``ansi``: capture with the colours and return that capture (``cond`` sees the text)."""
         deadline = time.monotonic() + secs
         s = ""
         while time.monotonic() < deadline:
-            s = self.screen()
+            raw = self.screen(ansi=ansi)
+            s = _ANSI.sub("", raw) if ansi else raw
             if cond(s):
-                return s
+                return raw
             if check_alive and not self.alive():
                 raise RuntimeError(f"popwatch exited while waiting for {what}:\n{s}")
             time.sleep(0.25)
         raise TimeoutError(f"timed out after {secs} s waiting for {what}; screen:\n{s}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;:?]*[ -/]*[@-~]")
 
 
 def _q(s: str) -> str:
