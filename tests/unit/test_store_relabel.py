@@ -26,6 +26,7 @@ def test_real_auth_verbose_lines_relabelled_after_summary():
     store = StateStore(clock=Clock())
     for e in evs:  # one at a time, as the monitor's batches may split anywhere
         store.add_events([e])
+    store.snapshot()  # relabelling is applied when the ring is read
     ring = list(store.events)
     assert not [e for e in ring if e.service == "mail"]
     for e in early:
@@ -39,7 +40,28 @@ def test_real_auth_verbose_lines_relabelled_after_summary():
     assert not [e for e in store.snapshot().events if e.service == "mail"]
     assert [(e.ts, e.kind, e.attempts, e.line) for e in ring] == \
         [(e.ts, e.kind, e.attempts, e.line) for e in evs if e.kind in ("auth_failed", "invalid_user", "success")]
-    assert not store._mail_sess
+    assert not store._mail_sess and not store._mail_done
+
+
+def test_pending_relabels_bounded_without_reads_and_applied_when_read():
+    # 100k sessions, each one `mail` attempt then its summary, and nobody reads the ring
+    # (headless): what waits to be applied stays within the ring's size
+    ring = 300
+    store = StateStore(clock=Clock(), ring=ring)
+    batch: list[AuthEvent] = []
+    for i in range(100_000):
+        s, ip = f"s{i}", f"198.51.100.{i % 200}"
+        batch.append(AuthEvent(ts=1.8e9 + i, service="mail", kind="auth_failed", ip=ip, user="u", session=s))
+        batch.append(AuthEvent(ts=1.8e9 + i + .5, service="pop3" if i % 2 else "imap", kind="auth_failed",
+                               ip=ip, user="u", attempts=0, session=s))
+        if len(batch) == 200:
+            store.add_events(batch)
+            batch = []
+            assert store._mail_done_n <= 4 * ring + 200 and len(store._mail_done) <= 4 * ring + 200
+            assert len(store._mail_sess) <= ring and len(store._mail_q) <= ring
+    store.snapshot()
+    assert not [e for e in store.events if e.service == "mail"]
+    assert {e.service for e in store.events} == {"pop3", "imap"}
 
 
 def test_unsummarised_session_stays_mail_and_other_sessions_untouched():
@@ -47,11 +69,11 @@ def test_unsummarised_session_stays_mail_and_other_sessions_untouched():
     store = StateStore(clock=Clock())
     # drop the imap summary: that session's attempt stays `mail`, the pop3 ones are relabelled
     store.add_events([e for e in evs if not (e.session == "8Ym1k09hAuHLAHEL" and e.service == "imap")])
-    left = [e for e in store.events if e.service == "mail"]
+    left = [e for e in store.events_of("203.0.113.11") if e.service == "mail"]
     assert [e.session for e in left] == ["8Ym1k09hAuHLAHEL"]
     # an event without a session never relabels anything
     store.add_events([AuthEvent(ts=1.0, service="pop3", kind="auth_failed", ip="203.0.113.11")])
-    assert [e.session for e in store.events if e.service == "mail"] == ["8Ym1k09hAuHLAHEL"]
+    assert [e.session for e in store.events_of("203.0.113.11") if e.service == "mail"] == ["8Ym1k09hAuHLAHEL"]
 
 
 def test_memory_bounded_under_100k_sessions_without_summary():
@@ -70,9 +92,11 @@ def test_memory_bounded_under_100k_sessions_without_summary():
     assert sum(len(v) for v in store._mail_sess.values()) <= ring
     # the newest sessions are still tracked and get relabelled
     last = f"s{n - 1}"
-    store.add_events([AuthEvent(ts=1.9e9, service="imap", kind="auth_failed", ip="203.0.113.1",
+    ip = f"203.0.113.{(n - 1) % 200}"
+    store.add_events([AuthEvent(ts=1.9e9, service="imap", kind="auth_failed", ip=ip,
                                 attempts=0, session=last)])
-    assert [e.service for e in store.events if e.session == last] == ["imap", "imap"]
+    assert [e.service for e in store.events_of(ip) if e.session == last] == ["imap", "imap"]
+    assert [e.session for e in store.events_of(ip) if e.service == "imap"] == [last, last]
     # a long session whose early events left the ring: only the ones still in it change
     store2 = StateStore(clock=Clock(), ring=10)
     store2.add_events([AuthEvent(ts=float(i), service="mail", kind="invalid_user", ip="203.0.113.5",
@@ -80,5 +104,5 @@ def test_memory_bounded_under_100k_sessions_without_summary():
     assert len(store2._mail_sess["long"]) <= 10
     store2.add_events([AuthEvent(ts=99.0, service="pop3", kind="auth_failed", ip="203.0.113.5",
                                  attempts=0, session="long")])
-    assert [e.service for e in store2.events] == ["pop3"] * 10
+    assert [e.service for e in store2.events_of("203.0.113.5")] == ["pop3"] * 10
     assert [e.ts for e in store2.events] == [float(i) for i in range(16, 25)] + [99.0]
