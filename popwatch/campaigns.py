@@ -496,7 +496,7 @@ class CampaignTracker:
         ts = ev.ts
         if self._decided(net, ts) or self.is_banned(net):
             return
-        why = self._net_blocker(net)
+        why = self.net_blocker(net)
         if why:
             t.alerts.append((ts, net, f"network not banned: {why}"))
             del t.alerts[:-ALERTS]
@@ -510,7 +510,7 @@ class CampaignTracker:
                                               "network": net, "sources_in_net": nsrc, "event_ts": ts},
                             ts, self.mono(), origin="campaign"))
 
-    def _net_blocker(self, net: str) -> str | None:
+    def net_blocker(self, net: str) -> str | None:
         """Why ``net`` may not be banned: a protected or known-good address in it."""
         why = self.protected(net)
         if why:

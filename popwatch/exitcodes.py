@@ -8,8 +8,7 @@
 3   needs root / CAP_NET_ADMIN
 4   refused: a protected address (this SSH client, loopback, the host, the allow-list)
 5   refused by the current bans: nothing to undo, an address inside a network ban
-6   busy: another popwatch holds the state directory (a second ``watch``, ``uninstall``
-    while a ``watch`` runs)
+6   busy: another popwatch holds the state directory (a second ``watch``)
 7   the state directory cannot be written (read-only, full, no permission); nothing was
     changed in the kernel, or the change was rolled back (the message says which)
 ==  =========================================================================================

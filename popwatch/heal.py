@@ -185,7 +185,13 @@ class Healer:
             self.last = (m.clock(), "fw: uninstalled, staying out")
             why = "`popwatch uninstall` removed popwatch's rules: not putting them back"
             m.actions.audit("heal-stop", "firewall", origin="heal", reason=why)
-            m.store.note(f"{why} (restart popwatch to install them again)")
+            # from now on read-only, and said once (header, stderr and the events stream)
+            from .firewall.base import NoFirewall
+
+            m.firewall = NoFirewall(list(m.store.limits.values()),
+                                    reason=f"{why}; restart popwatch to install them again",
+                                    short="uninstalled")
+            m.say_once(f"read-only (watching only): {why}; restart popwatch to install them again")
             return
         check = functools.partial(_fresh_check, fw) if fresh else fw.check_enforcement
         problems = await m.fw_thread.run(check)

@@ -403,6 +403,16 @@ class StateStore:
         #: CrowdSec decisions seen on the LAPI (popwatch/crowdsec.py): address or CIDR -> a short
         #: label for the row, e.g. "cscli" or "popwatch/auto; not in this host's set"
         self.fleet_bans: dict[str, str] = {}
+        #: ring events labelled `mail` per dovecot session, relabelled when the session's protocol
+        #: shows up (see :meth:`_track_mail`): session -> ring sequence numbers, plus the same in
+        #: arrival order so entries leave with the ring; both hold at most ``ring`` entries. A
+        #: session whose protocol is known moves to ``_mail_done`` (service, session, numbers),
+        #: applied when the ring is read (:meth:`_relabel`): in a flood most have left by then
+        self._ring_n = 0
+        self._mail_sess: dict[str, list[int]] = {}
+        self._mail_q: deque[tuple[int, str]] = deque()
+        self._mail_done: list[tuple[str, str, list[int]]] = []
+        self._mail_done_n = 0  # sequence numbers in _mail_done
 
     # ----------------------------------------------------------------- ingest
     def add_events(self, events: Iterable[AuthEvent]) -> int:
@@ -415,6 +425,8 @@ class StateStore:
         ring = self.events.append
         svc_bit = _SVC_BIT
         fails = _FAILS
+        mail_sess = self._mail_sess
+        rn = self._ring_n
         n = 0
         for ev in events:
             n += 1
@@ -423,6 +435,13 @@ class StateStore:
             is_fail = kind in fails
             if is_fail or kind == _SUCCESS:
                 ring(ev)
+                rn += 1
+                if ev.session is not None and ev.service == "mail":
+                    self._track_mail(ev.session, rn)
+            if mail_sess and ev.session in mail_sess and svc_bit.get(ev.service, 0) & _MAIL_PROTOS:
+                seqs = mail_sess.pop(ev.session)
+                self._mail_done.append((ev.service, ev.session, seqs))
+                self._mail_done_n += len(seqs)
             if is_fail and ev.user:
                 self._add_user(ev.user, ip, ev.ts, ev.attempts)
             if is_fail and ev.attempts:
@@ -485,12 +504,58 @@ class StateStore:
                 net.probes += 1
             dirty.add(ip)
             dirty_nets.add(net.ip)
+        self._ring_n = rn
+        if self._mail_done_n > 4 * len(self.events):  # most have left the ring by then
+            self._relabel()
         if n:
             self.events_total += n
             self.version += 1
             if len(attackers) > self.max_ips:
                 self._evict()
         return n
+
+    def _track_mail(self, session: str, rn: int) -> None:
+        """Remember that the ring's newest event is a `mail` one of ``session``. Entries whose
+        event the ring has dropped go first, so this holds at most ``ring`` entries whatever
+        the number of sessions that never get a summary."""
+        seq = rn - 1
+        old = seq - len(self.events)  # sequence numbers <= old have left the ring
+        q, d = self._mail_q, self._mail_sess
+        while q and q[0][0] <= old:
+            s0, sess0 = q.popleft()
+            lst = d.get(sess0)
+            if lst and lst[0] == s0:
+                del lst[0]
+                if not lst:
+                    del d[sess0]
+        q.append((seq, session))
+        lst = d.get(session)
+        if lst is None:
+            d[session] = [seq]
+        else:
+            lst.append(seq)
+
+    def _relabel(self) -> None:
+        """Sessions whose protocol the login process named: their `mail` events still in the
+        ring take it (O(their events); the ring is not scanned). Called before the ring is
+        read. ``scan --json`` streams events as they are parsed and is not relabelled."""
+        done = self._mail_done
+        if not done:
+            return
+        ring = self.events
+        base = self._ring_n - len(ring)
+        for service, session, seqs in done:
+            if seqs[-1] < base:
+                continue  # all gone from the ring
+            for seq in seqs:
+                i = seq - base
+                if i >= 0:
+                    e = ring[i]
+                    if e.service == "mail" and e.session == session:
+                        ring[i] = AuthEvent(e.ts, service, e.kind, e.ip, e.user, e.attempts, e.source,
+                                            e.lineno, e.line, e.host, session)
+        done.clear()
+        self._mail_done_n = 0
 
     def _add_user(self, user: str, ip: str | None, ts: float, attempts: int) -> None:
         st = self.users.get(user)
@@ -782,6 +847,7 @@ class StateStore:
         # the newest events that count (failures with attempts, logins); de-duplication twins
         # (attempts=0) stay in the ring for the detail view but not in the live log
         tail_l: list[AuthEvent] = []
+        self._relabel()
         ring = self.events
         i = len(ring) - 1
         while i >= 0 and len(tail_l) < events and i >= len(ring) - 4 * events:
@@ -829,4 +895,5 @@ class StateStore:
 
     def events_of(self, ip: str) -> list[AuthEvent]:
         """The events in the ring from ``ip`` (for the detail view)."""
+        self._relabel()
         return [e for e in self.events if e.ip == ip]

@@ -113,7 +113,7 @@ def main() -> int:
     check_host = os.geteuid() == 0
     before = hostsafe.snapshot() if check_host else None  # after the install: what it must stay
     lint = lint_and_types(py)
-    cmd = [str(py), "-m", "pytest", "-ra", "-p", "no:cacheprovider", *argv]
+    cmd = [str(py), "-m", "pytest", "-ra", "--durations=20", "-p", "no:cacheprovider", *argv]
     say(" ".join(cmd) + ("  (CI=true: nothing may skip)" if os.environ.get("CI") else ""))
     # no root-owned __pycache__ in the user's clone
     rc = subprocess.call(cmd, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))

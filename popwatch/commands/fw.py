@@ -19,7 +19,6 @@ from typing import Any
 from ..actions import run_sync
 from ..addr import AddressError, parse_target
 from ..config import Config, parse_duration
-from ..exitcodes import BUSY as EXIT_BUSY
 from ..exitcodes import CONFLICT as EXIT_CONFLICT
 from ..exitcodes import STATE as EXIT_STATE
 from ..firewall.base import Firewall, FirewallError, NeedsRoot
@@ -441,13 +440,14 @@ def _uninstall(args: argparse.Namespace) -> int:
     dry = _dry(args)
     from ..persist import AlreadyRunning, Persist
 
+    running = None
     if not dry and cfg.state_dir.is_dir():
-        try:  # a running watch would go on with no rules and no error: refuse instead
+        try:  # a running watch is told through the marker below: it stands down and says so
             p = Persist(cfg.state_dir)
             p.lock()
             p.unlock()
         except AlreadyRunning as e:
-            raise _Exit(EXIT_BUSY, f"refusing to uninstall: {e}") from None
+            running = str(e)
         except OSError:
             pass  # an unwritable state dir does not stop an uninstall
     fw = _firewall(cfg, dry)
@@ -462,4 +462,7 @@ def _uninstall(args: argparse.Namespace) -> int:
     for w in fw.warnings():
         print(f"warning: {w}", file=sys.stderr)
     print(f"removed popwatch's chains, jumps and ban sets ({fw.name})")
+    if running is not None:
+        print("the running popwatch watch stops enforcing and keeps watching (read-only); "
+              "restart it to install the rules again")
     return EXIT_OK

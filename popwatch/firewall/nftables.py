@@ -503,6 +503,7 @@ class NftablesFirewall(Firewall):
     """``--backend nftables``: popwatch's own ``table inet popwatch``."""
 
     name = "nftables"
+    nf_tables = True  # its change events wake the enforcement check at once (heal.py)
 
     def __init__(self, *, ban_action: str = "drop", ipv6_prefix: int = 64, dry_run: bool = False,
                  lock_path: str | None = DEFAULT_LOCK, wait: int = 10,

@@ -2,136 +2,50 @@
 
 ``make_app(monitor, ...)`` is the one way to build the app: the CLI, the demo, the tests and
 the screenshot generator all inject their own sources, firewall and clock through the Monitor.
-The app renders from store snapshots on a timer (never per event) and sends every action to
-the Monitor, whose firewall work runs off the UI thread.
+The app holds the global keys (help, quit), starts the Monitor's run loop and the render tick,
+and owns the one handler for failed workers; the panels, their keys and actions live in
+:class:`~popwatch.ui.main_screen.MainScreen`, which reaches the core only through the
+:class:`~popwatch.ui.controller.Controller`. Styles: ``popwatch.tcss``; help text: ``help.md``.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable
+from pathlib import Path
+from typing import ClassVar
 
-from rich.text import Text
-from textual import events, work
-from textual.app import App, ComposeResult
-from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Input
+from textual import on
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.widgets import Input
+from textual.worker import Worker, WorkerState
 
-from ..model import MODES, PortLimit, Rate
 from ..monitor import Monitor
 from ..policy import Refused
-from ..store import SORT_KEYS, AttackerRow, PortRow, Snapshot
-from .campaigns import CampaignScreen, CampaignsPanel
-from .screens import ConfirmScreen, DetailScreen, HelpScreen, LimitScreen, WhatIfScreen
-from .widgets import AttackerTable, HeaderBar, LiveLog, PortsPanel, UsersPanel, left
+from .controller import Controller
+from .main_screen import MainScreen
+from .screens import HelpScreen
 
-PORT_SERVICE = {110: "pop3", 995: "pop3", 143: "imap", 993: "imap", 22: "ssh", 25: "smtp",
-                465: "submission", 587: "submission", 4190: "sieve"}
-BURSTS = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
-#: actions that change the firewall: greyed out in the footer when popwatch cannot write
-ACTING = frozenset({"ban", "ban_all", "unban", "rate", "burst", "mode", "edit", "auto_ban", "undo"})
-#: policy actions and the Monitor methods they need (bound only when it has one of them)
-POLICY_ACTIONS = {"auto_ban": ("set_auto_ban",), "what_if": ("actions.what_if",), "undo": ("actions.undo",)}
-def _attr(obj: object, path: str) -> object:
-    for name in path.split("."):
-        obj = getattr(obj, name, None)
-    return obj
-
-
-#: the main screen's own actions (see check_action)
-MAIN_ACTIONS = ACTING | {"filter", "sort", "rollup", "users", "detail", "help", "quit", "what_if", "campaigns"}
-#: rows drawn in the attacker table (the rest are counted as hidden)
-TOP_K = 200
-
-_RATE = Binding.Group("Rate", compact=True)
-_BURST = Binding.Group("Burst", compact=True)
-
-
-#: guesses per new connection from which they are said to arrive over long-lived connections
-#: (one guess per connection is ~1; dovecot allows 3 failed logins per connection, hydra uses them)
-LONG_LIVED = 2.0
-
-
-def long_lived(p: PortRow, guesses_min: Callable[[str], float]) -> str:
-    """The plain-language line when guesses arrive over few long-lived connections: then a
-    per-connection limit, not a new-connection limit, is what matters (issue 18). Judged on the
-    source holding the most of the port's open connections: its failures per minute (any service:
-    a mail daemon names the service of a failed attempt only later) against the port's new
-    connections per minute (any source, so the judgement errs towards saying nothing)."""
-    c = p.conns
-    if c is None or not c.established or not c.top_ip:
-        return ""
-    # new connections in the last minute (one counter sample a second; not extrapolated, so a
-    # short history right after start does not inflate it)
-    new_min = sum(p.passed_hist[-60:])
-    g = guesses_min(c.top_ip)
-    if g < LONG_LIVED * max(1.0, new_min):
-        return ""
-    k = c.top_n
-    return (f"{g:,.0f} guesses/min from {c.top_ip} over {k} open connection{'s' if k != 1 else ''}: "
-            "cap connections per source, not new/s")
+#: the app's own actions (see check_action)
+GLOBAL_ACTIONS = frozenset({"help", "quit"})
 
 
 class PopwatchApp(App[None]):
     TITLE = "popwatch"
     ENABLE_COMMAND_PALETTE = False
-    CSS = """
-    Screen { layout: vertical; }
-    #main { height: 1fr; }
-    #left { width: 1fr; }
-    .panel { border-top: solid $primary-darken-2; border-title-color: $text-muted; }
-    .panel:focus-within, .panel:focus { border-top: solid $accent; border-title-color: $accent; }
-    #users { display: none; border-left: solid $primary-darken-2; padding-left: 1; }
-    #campaigns { display: none; }
-    #ports { margin-bottom: 0; }
-    #filter { dock: bottom; display: none; height: 1; border: none; padding: 0 1; }
-    #filter.-show { display: block; }
-    Footer FooterLabel { margin: 0 1 0 0; }
-    """
+    #: absolute, so a subclass defined anywhere (a script, a test) finds it too
+    CSS_PATH = Path(__file__).with_name("popwatch.tcss")
 
-    BINDINGS = [
-        Binding("b", "ban", "Ban", tooltip="ban the selected address (asks first)", id="ban", priority=True),
-        Binding("B", "ban_all", "Ban all", show=False, tooltip="ban every address matching the filter",
-                id="ban_all", priority=True),
-        Binding("u", "unban", "Unban", tooltip="lift the selected address's ban", id="unban", priority=True),
-        Binding("plus,equals_sign", "rate(1)", "Rate+", key_display="+", group=_RATE, id="rate_up",
-                tooltip="raise the selected port's rate one step", priority=True),
-        Binding("minus", "rate(-1)", "Rate-", key_display="-", group=_RATE, id="rate_down",
-                tooltip="lower the selected port's rate one step (tighter)", priority=True),
-        Binding("right_square_bracket", "burst(1)", "Burst+", key_display="]", group=_BURST, id="burst_up",
-                tooltip="raise the selected port's burst", priority=True),
-        Binding("left_square_bracket", "burst(-1)", "Burst-", key_display="[", group=_BURST, id="burst_down",
-                tooltip="lower the selected port's burst (tighter)", priority=True),
-        Binding("m", "mode", "Mode", tooltip="count only -> global -> per-source", id="mode", priority=True),
-        Binding("e", "edit", "Edit", tooltip="edit the selected port's limit and burst", id="edit", priority=True),
-        Binding("slash", "filter", "Filter", key_display="/", id="filter", priority=True,
-                tooltip="by IP, prefix or CIDR, user or service; Enter applies, Esc clears"),
-        Binding("s", "sort", "Sort", id="sort", priority=True,
-                tooltip="cycle: failures, rate per minute, last seen"),
-        Binding("r", "rollup", "/24", show=False, tooltip="roll addresses up into /24 and /64 networks",
-                id="rollup", priority=True),
-        Binding("v", "users", "Users", show=False, tooltip="show or hide the users-under-attack panel",
-                id="users", priority=True),
-        Binding("c", "campaigns", "Campaigns", show=False, id="campaigns", priority=True,
-                tooltip="show or hide the campaigns panel (Enter opens one, x/X ban its sources/networks)"),
-        Binding("enter", "detail", "Detail", show=False, id="detail", priority=True,
-                tooltip="everything about the selected address (on a network: list its addresses)"),
-        Binding("a", "auto_ban", "Auto-ban", show=False, tooltip="switch automatic banning on or off",
-                id="auto_ban", priority=True),
-        Binding("w", "what_if", "What-if", show=False,
-                tooltip="replay recent events under another policy or limit; changes nothing", id="what_if",
-                priority=True),
-        Binding("U", "undo", "Undo", show=False, tooltip="undo the last ban, unban or limit change",
-                id="undo", priority=True),
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", key_display="?", id="help", priority=True),
         Binding("q", "quit", "Quit", id="quit", priority=True),
     ]
-    #: keys the help screen lists besides the bindings above
-    EXTRA_KEYS = [("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
-                  ("g/Home", ("attackers: back to the top row (the cursor stays there until you move it; "
-                              "once moved it follows that address)")),
-                  ("Tab", "next panel: attackers, ports")]
+    #: keys the help screen lists besides the bindings
+    EXTRA_KEYS: ClassVar[list[tuple[str, str]]] = [
+        ("↑/↓ j/k", "move in the focused panel (PgUp/PgDn, Home/End in attackers)"),
+        ("g/Home", ("attackers: back to the top row (the cursor stays there until you move it; "
+                    "once moved it follows that address)")),
+        ("Tab", "next panel: attackers, ports")]
 
     def __init__(self, monitor: Monitor, *, mode: str = "live", host: str | None = None,
                  tick: float = 0.5, run_monitor: bool = True, ban_ttl: float | None = 3600.0,
@@ -139,485 +53,66 @@ class PopwatchApp(App[None]):
         super().__init__()
         self.exit_after = exit_after
         self.monitor = monitor
-        self.store = monitor.store
+        self.controller = Controller(monitor)
         self.mode = mode
         self.host = host or socket.gethostname()
         self.tick = tick
         self.run_monitor = run_monitor
         self.ban_ttl = ban_ttl
-        self.sort = "failures"
-        self.filter = ""
-        self.rollup = False
-        self.users_shown: bool | None = None  # None: automatic (shown when wide)
-        self.campaigns_shown: bool | None = None  # None: automatic (shown when wide and tall)
-        self.snapshot: Snapshot | None = None
-        self._version = -1
-        self._ticks = 0
+        self.main: MainScreen | None = None
 
-    # ------------------------------------------------------------------ layout
-    def _policy_ok(self, action: str) -> bool:
-        """Whether the Monitor offers the policy action (auto-ban, what-if, undo: issue 7)."""
-        need = POLICY_ACTIONS.get(action)
-        return need is None or any(callable(_attr(self.monitor, n)) for n in need)
-
-    def compose(self) -> ComposeResult:
-        yield HeaderBar(self.host, self.mode, self.monitor.firewall.name, id="header")
-        with Horizontal(id="main"):
-            with Vertical(id="left"):
-                t = AttackerTable(id="attackers", classes="panel")
-                t.border_title = "attackers"
-                yield t
-                c = CampaignsPanel(id="campaigns", classes="panel")
-                c.border_title = "campaigns: one user from many addresses, or one slow address"
-                yield c
-                p = PortsPanel(id="ports", classes="panel")
-                p.border_title = "ports: new connections/s, last 2 min; open: established now, top source"
-                yield p
-                log = LiveLog(id="log", classes="panel")
-                log.border_title = "live log"
-                yield log
-            u = UsersPanel(id="users")
-            u.border_title = "users tried"
-            yield u
-        yield Input(placeholder="filter: IP, prefix (203.0.113.0/24), user or service; Enter applies, Esc clears",
-                    id="filter")
-        yield Footer(compact=True)
+    def get_default_screen(self) -> MainScreen:
+        self.main = MainScreen(self.controller, host=self.host, mode=self.mode, ban_ttl=self.ban_ttl)
+        return self.main
 
     def on_mount(self) -> None:
-        self._table = self.query_one(AttackerTable)
-        self._ports = self.query_one(PortsPanel)
-        self._log = self.query_one(LiveLog)
-        self._users = self.query_one(UsersPanel)
-        self._header = self.query_one(HeaderBar)
-        self._table.focus()
-        self._layout_users()
-        self.refresh_view(force=True)
         self.set_interval(self.tick, self.refresh_view)
         if self.exit_after is not None:
             self.set_timer(self.exit_after, self.exit)
         if self.run_monitor:
-            self.run_worker(self.monitor.run(), name="monitor", group="monitor", exit_on_error=False)
+            self.run_worker(self.controller.run(), name="monitor", group="monitor", exit_on_error=False)
 
-    def on_resize(self) -> None:
-        self._layout_users()
+    # ------------------------------------------------------- for scripts driving the app
+    def refresh_view(self, force: bool = False) -> None:
+        """Render the main screen now (``force``: even when the store did not change)."""
+        if self.main is not None:
+            self.main.refresh_view(force)
+
+    @property
+    def sort(self) -> str:
+        """The attacker table's sort key."""
+        return self.main.sort if self.main is not None else "failures"
+
+    @sort.setter
+    def sort(self, key: str) -> None:
+        if self.main is not None:
+            self.main.sort = key
+
+    @property
+    def campaigns_shown(self) -> bool | None:
+        """The campaigns panel: shown, hidden, or ``None`` (automatic, by terminal size)."""
+        return self.main.campaigns_shown if self.main is not None else None
+
+    @campaigns_shown.setter
+    def campaigns_shown(self, shown: bool | None) -> None:
+        if self.main is not None:
+            self.main.campaigns_shown = shown
 
     def _layout_users(self) -> None:
-        wide = self.size.width >= 120 and self.size.height >= 30
-        users = self.query_one(UsersPanel)
-        users.display = wide if self.users_shown is None else self.users_shown
-        if users.display and self.snapshot is not None:
-            users.set_snapshot(self.snapshot)
-        camp = self.query_one(CampaignsPanel)
-        big = self.size.width >= 140 and self.size.height >= 40
-        camp.display = big if self.campaigns_shown is None else self.campaigns_shown
-        if camp.display and self.snapshot is not None:
-            camp.set_rows(self.monitor.campaigns.rows(self.snapshot.now, k=20), self.snapshot.now)
+        # kept for benchmarks/campaigns.py, which sets campaigns_shown and relayouts (use app.main)
+        if self.main is not None:
+            self.main._layout_users()
 
-    # ------------------------------------------------------------------ state
-    @property
-    def read_only(self) -> bool:
-        return self.mode == "read-only" or not self.monitor.firewall.can_write
-
-    def read_only_reason(self) -> str:
-        if getattr(self.monitor.firewall, "reason", ""):
-            return f"read-only: {self.monitor.firewall.reason}"  # type: ignore[attr-defined]
-        if self.monitor.firewall.name == "none" and not getattr(self.monitor.firewall, "needs_root", False):
-            return ("read-only: the firewall backend is 'none' (monitor only), so popwatch cannot ban or "
-                    "change limits; to act, run it as root with a firewall backend (--backend auto)")
-        return ("read-only: popwatch is not running as root (needs CAP_NET_ADMIN), so it cannot ban or "
-                "change limits here; run it with sudo to act")
-
+    # ------------------------------------------------------------------ global keys
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Acting keys stay in the footer but greyed when read-only; :meth:`on_key` says why.
-
-        The main keys are priority bindings (checked before the key travels to the focused
-        widget: one message hop less, which matters while a flood is being ingested), so they
-        step aside here when a modal screen or the filter input has the keyboard."""
-        if action in MAIN_ACTIONS and (len(self.screen_stack) > 1 or isinstance(self.focused, Input)):
-            return False
-        if not self._policy_ok(action):
-            return False
-        if action in ACTING and self.read_only:
-            return None
-        return True
-
-    # ------------------------------------------------------------------ render
-    def refresh_view(self, force: bool = False) -> None:
-        """One render tick: skip when nothing changed (idle costs nothing)."""
-        self._ticks += 1
-        if not self._table.is_attached:  # shutting down: the timer may fire once more
-            return
-        # ages and rates drift even without new events: re-render every ~2 s regardless
-        if not force and self.store.version == self._version and self._ticks % 4:
-            return
-        self._version = self.store.version
-        snap = self.store.snapshot(k=TOP_K, sort=self.sort, flt=self.filter, rollup=self.rollup, users=40)
-        self.snapshot = snap
-        with self.batch_update():
-            table = self._table
-            table.set_rows(snap.rows, snap.now, snap.total_ips, snap.shown_of, snap.rollup)
-            table.border_title = self._table_title(snap)
-            self._ports.set_ports(snap.ports, self._shares(snap), self._ban_drop(snap))
-            self._log.set_snapshot(snap)
-            if self._users.display:
-                self._users.set_snapshot(snap)
-            camp = self.query_one(CampaignsPanel)
-            if camp.display:
-                camp.set_rows(self.monitor.campaigns.rows(snap.now, k=20), snap.now)
-            self._header.flags = self._flags()
-            self._header.set_snapshot(snap)
-
-    def _table_title(self, snap: Snapshot) -> Text:
-        what = "networks (/24, /64)" if snap.rollup else "attackers"
-        hidden = snap.shown_of - len(snap.rows)
-        t = Text(f"{what}: {len(snap.rows):,} of {snap.shown_of:,}")
-        if hidden > 0:
-            t.append(f" ({hidden:,} hidden)")
-        t.append(f", by {snap.sort}")
-        if self.filter:
-            t.append(" matching ")
-            t.append(repr(self.filter))
-        if self._table.follow and self._table.cursor_ip:
-            t.append(f", following {self._table.cursor_ip} (g: top row)", style="bold")
-        return t
-
-    def on_attacker_table_selected(self, event: AttackerTable.Selected) -> None:
-        """The user moved the cursor (or g/Home went back to the top row): retitle at once."""
-        if self.snapshot is not None:
-            self._table.border_title = self._table_title(self.snapshot)
-
-    def _flags(self) -> list[tuple[str, str]]:
-        flags: list[tuple[str, str]] = []
-        if self.monitor.dry_run:
-            flags.append(("DRY-RUN", "bold yellow"))
-        if self.read_only and self.mode != "read-only":
-            flags.append(("READ-ONLY", "bold yellow"))
-        why = getattr(self.monitor.firewall, "short_reason", "")
-        if why:  # why, in a few words (the full line: any acting key, ? and the event log)
-            flags.append((f"({why})", "yellow"))
-        heal = getattr(getattr(self.monitor, "healer", None), "header", "")
-        if heal:  # another tool removed popwatch's rules (heal.py): what and when
-            flags.append((heal, "bold yellow"))
-        auto = getattr(self.monitor, "auto_ban", None)
-        if isinstance(auto, bool):
-            flags.append(("auto-ban:on" if auto else "auto-ban:off", "bold red" if auto else "dim"))
-        return flags
-
-    def _shares(self, snap: Snapshot) -> dict[int, str]:
-        """For each port: how much of the last minute's failures the top attacker made."""
-        by_svc = {svc: (ip, share, total) for svc, ip, share, total in snap.shares}
-        out: dict[int, str] = {}
-        for p in snap.ports:
-            lines = [long_lived(p, self._guesses_min)] if p.conns is not None else []
-            svc = PORT_SERVICE.get(p.port)
-            if svc is not None and svc in by_svc:
-                ip, share, total = by_svc[svc]
-                banned = " (banned)" if ip in self.store.bans else ""
-                lines.append(f"top attacker {ip}{banned} took {share:.0%} of the last minute's "
-                             f"{total:,.0f} {svc} failures")
-            if any(lines):
-                out[p.port] = "\n".join(x for x in lines if x)
-        return out
-
-    def _guesses_min(self, ip: str) -> float:
-        a = self.store.attackers.get(ip)
-        return a.rate(self.store.clock()) if a is not None else 0.0
-
-    @staticmethod
-    def _ban_drop(snap: Snapshot) -> tuple[float, tuple[float, ...]] | None:
-        if not snap.bans and not any(snap.ban_dropped_hist):
-            return None
-        return snap.ban_dropped_s, snap.ban_dropped_hist
-
-    # ----------------------------------------------------------------- helpers
-    def _can_act(self) -> bool:
-        if self.read_only:
-            self.notify(self.read_only_reason(), severity="warning", markup=False)
-            return False
-        return True
-
-    def on_key(self, event: events.Key) -> None:
-        inp = self.query_one("#filter", Input)
-        if event.key == "escape" and inp.has_focus:
-            self.filter = ""
-            inp.remove_class("-show")
-            self.query_one(AttackerTable).focus()
-            self.refresh_view(force=True)
-            event.stop()
-            return
-        # a greyed (read-only) key never reaches its action: say why here instead
-        if self.read_only and len(self.screen_stack) == 1 and not isinstance(self.focused, Input):
-            for b in self.BINDINGS:
-                if isinstance(b, Binding) and event.key in b.key.split(","):
-                    if b.action.split("(")[0] in ACTING:
-                        self._can_act()
-                        event.stop()
-                    return
-
-    def _selected_row(self) -> AttackerRow | None:
-        return self.query_one(AttackerTable).selected
-
-    def _selected_port(self) -> PortLimit | None:
-        p = self.query_one(PortsPanel).selected()
-        return p.limit if p else None
-
-    # ----------------------------------------------------------------- actions
-    def action_ban(self) -> None:
-        row = self._selected_row()
-        if row is None:
-            self.notify("no attacker selected", markup=False)
-            return
-        if not self._can_act():
-            return
-        if self.rollup:
-            self.notify(f"{row.ip} is a network: press Enter to list its {row.nips} addresses, then B to "
-                        "ban them all", markup=False)
-            return
-        why = self.monitor.protector.why_protected(row.ip)
-        if why:
-            self.notify(f"refused: {row.ip} is {why}. popwatch never bans it.", severity="error",
-                        markup=False)
-            return
-        if row.state == "banned":
-            self.notify(f"{row.ip} is already banned ({left(row.ban_left)} left); u unbans", markup=False)
-            return
-        ttl = self.ban_ttl
-        change = self.monitor.firewall.describe_ban(row.ip, ttl)
-        body = Text()
-        body.append(f"{row.ip}: {row.failures:,} failures, {row.nusers} users, {', '.join(row.services)}\n")
-        if row.successes:
-            body.append(f"note: this address also logged in successfully {row.successes} time(s)\n",
-                        style="bold yellow")
-        body.append(f"ban {'permanently' if ttl is None else f'for {int(ttl // 60)} minutes'}; this will run:\n")
-        for c in change:
-            body.append(f"  {c}\n", style="bold")
-        if self.monitor.dry_run:
-            body.append("(dry run: nothing will be applied)\n", style="yellow")
-
-        def done(ok: bool | None) -> None:
-            if ok:
-                self._do_ban(row.ip, f"manual: {row.failures} failures", ttl)
-
-        self.push_screen(ConfirmScreen(f"Ban {row.ip}?", body), done)
-
-    def action_ban_all(self) -> None:
-        if not self._can_act():
-            return
-        if not self.filter:
-            self.notify("B bans every address matching the filter: set one first with / (an address "
-                        "prefix, a network, a user or a service)", markup=False)
-            return
-        matched = self.store.matching(self.filter)
-        protected, banned, todo = [], 0, []
-        for a in matched:
-            if a.ip in self.store.bans:
-                banned += 1
-            elif self.monitor.protector.why_protected(a.ip):
-                protected.append(a.ip)
-            else:
-                todo.append(a.ip)
-        body = Text()
-        body.append(f"{len(matched):,} addresses match {self.filter!r}:\n")
-        body.append(f"  {len(todo):,} will be banned", style="bold")
-        body.append(f" for {int(self.ban_ttl // 60)} minutes\n" if self.ban_ttl else " permanently\n")
-        if banned:
-            body.append(f"  {banned:,} are already banned (left as they are)\n")
-        if protected:
-            body.append(f"  {len(protected):,} are protected and skipped: ", style="green")
-            body.append(", ".join(protected[:5]) + (" …" if len(protected) > 5 else "") + "\n", style="green")
-        if todo:
-            body.append("each runs like:\n")
-            for c in self.monitor.firewall.describe_ban(todo[0], self.ban_ttl):
-                body.append(f"  {c}\n", style="bold")
-        if self.monitor.dry_run:
-            body.append("(dry run: nothing will be applied)\n", style="yellow")
-        if not todo:
-            self.notify(f"nothing to ban: {banned} already banned, {len(protected)} protected", markup=False)
-            return
-
-        def done(ok: bool | None) -> None:
-            if ok:
-                self._do_ban_all(todo, len(protected))
-
-        self.push_screen(ConfirmScreen(f"Ban {len(todo):,} addresses matching {self.filter!r}?", body), done)
-
-    @work(group="fw", exit_on_error=False)
-    async def _do_ban(self, ip: str, reason: str, ttl: float | None) -> None:
-        try:
-            r = await self.monitor.actions.ban(ip, ttl=ttl, reason=reason, origin="key")
-            self.notify(r.message, markup=False)
-        except Refused as e:
-            self.notify(str(e), severity="error", markup=False)
-        except Exception as e:  # noqa: BLE001 - show any firewall error, keep running
-            self.notify(f"ban failed: {e}", severity="error", markup=False)
-        self.refresh_view(force=True)
-
-    @work(group="fw", exit_on_error=False)
-    async def _do_ban_all(self, ips: list[str], skipped: int) -> None:
-        ok = failed = 0
-        first_error = ""
-        reason = f"mass ban: filter {self.filter!r}"
-        for n, ip in enumerate(ips, 1):
-            try:
-                await self.monitor.actions.ban(ip, ttl=self.ban_ttl, reason=reason, origin="key")
-                ok += 1
-            except Exception as e:  # noqa: BLE001 - count and go on
-                failed += 1
-                first_error = first_error or str(e)
-            if n % 500 == 0 and n < len(ips):
-                self.notify(f"banning: {n:,} of {len(ips):,} done", markup=False, timeout=2)
-        msg = f"banned {ok:,} addresses" + (f", {skipped} protected skipped" if skipped else "")
-        if failed:
-            msg += f", {failed} failed ({first_error})"
-        self.notify(msg, severity="error" if failed else "information", markup=False)
-        self.refresh_view(force=True)
-
-    def action_unban(self) -> None:
-        row = self._selected_row()
-        if row is None or not self._can_act():
-            return
-        if row.ip not in self.store.bans:
-            self.notify(f"{row.ip} is not banned", markup=False)
-            return
-        self._do_unban(row.ip)
-
-    @work(group="fw", exit_on_error=False)
-    async def _do_unban(self, ip: str) -> None:
-        try:
-            r = await self.monitor.actions.unban(ip, origin="key")
-            self.notify(r.message, markup=False)
-        except Exception as e:  # noqa: BLE001
-            self.notify(f"unban failed: {e}", severity="error", markup=False)
-        self.refresh_view(force=True)
-
-    def _retune(self, new: PortLimit) -> None:
-        if not self._can_act():
-            return
-        self._do_limit(new)
-
-    @work(group="fw", exit_on_error=False)
-    async def _do_limit(self, new: PortLimit) -> None:
-        try:
-            r = await self.monitor.actions.set_limit(new, origin="key")
-            self.notify(r.message, markup=False, timeout=3)
-        except Exception as e:  # noqa: BLE001
-            self.notify(f"limit change failed: {e}", severity="error", markup=False)
-        self.refresh_view(force=True)
-
-    def _port_or_say(self) -> PortLimit | None:
-        lim = self._selected_port()
-        if lim is None:
-            self.notify("no watched port", markup=False)
-        return lim
-
-    def _limited_port(self) -> PortLimit | None:
-        """The selected port when its rate/burst can be tuned now (says why not otherwise)."""
-        lim = self._port_or_say()
-        if lim is None or not self._can_act():
-            return None
-        if lim.mode == "count":
-            self.notify(f"port {lim.port} only counts: press m to pick global or per-source first "
-                        "(Tab selects a port)", markup=False)
-            return None
-        return lim
-
-    def action_rate(self, d: int) -> None:
-        lim = self._limited_port()
-        if lim is None:
-            return
-        new_rate: Rate = lim.rate.step(d > 0)
-        if new_rate == lim.rate:
-            self.notify(f"port {lim.port}: {lim.rate} is already the {'highest' if d > 0 else 'lowest'} step; "
-                        "e edits any value", markup=False)
-            return
-        self._retune(lim.with_(rate=new_rate))
-
-    def action_burst(self, d: int) -> None:
-        lim = self._limited_port()
-        if lim is None:
-            return
-        if d > 0:
-            b = next((x for x in BURSTS if x > lim.burst), lim.burst)
-        else:
-            b = next((x for x in reversed(BURSTS) if x < lim.burst), lim.burst)
-        if b == lim.burst:
-            self.notify(f"port {lim.port}: burst {b} is the end of the ladder; e edits any value", markup=False)
-            return
-        self._retune(lim.with_(burst=b))
-
-    def action_mode(self) -> None:
-        lim = self._port_or_say()
-        if lim is None or not self._can_act():
-            return
-        nxt = MODES[(MODES.index(lim.mode) + 1) % len(MODES)]
-        self._retune(lim.with_(mode=nxt))
-
-    def action_edit(self) -> None:
-        lim = self._port_or_say()
-        if lim is None or not self._can_act():
-            return
-
-        def done(new: PortLimit | None) -> None:
-            if new is not None and new != lim:
-                self._retune(new)
-
-        self.push_screen(LimitScreen(lim), done)
-
-    def action_sort(self) -> None:
-        self.sort = SORT_KEYS[(SORT_KEYS.index(self.sort) + 1) % len(SORT_KEYS)]
-        self.refresh_view(force=True)
-
-    def action_rollup(self) -> None:
-        self.rollup = not self.rollup
-        self.refresh_view(force=True)
-
-    def action_users(self) -> None:
-        shown = self.query_one("#users").display
-        self.users_shown = not shown
-        self._layout_users()
-
-    def action_filter(self) -> None:
-        inp = self.query_one("#filter", Input)
-        inp.add_class("-show")
-        inp.value = self.filter
-        inp.focus()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "filter":
-            self.filter = event.value.strip()
-            event.input.remove_class("-show")
-            self.query_one(AttackerTable).focus()
-            self.refresh_view(force=True)
-
-    def action_campaigns(self) -> None:
-        self.campaigns_shown = not self.query_one(CampaignsPanel).display
-        self._layout_users()
-
-    def action_detail(self) -> None:
-        if isinstance(self.focused, CampaignsPanel):
-            sel = self.focused.selected
-            if sel is not None:
-                self.push_screen(CampaignScreen(sel.key))
-            return
-        row = self._selected_row()
-        if row is None:
-            return
-        if self.rollup:
-            # a network: list its addresses (B then bans them all)
-            self.rollup = False
-            self.filter = row.ip
-            self.refresh_view(force=True)
-            self.notify(f"addresses in {row.ip}; B bans them all, Esc in / clears the filter", markup=False,
-                        timeout=4)
-            return
-        self.push_screen(DetailScreen(row, self.store.events_of(row.ip), self.store.bans.get(row.ip),
-                                      self.store.clock(), self.monitor.protector.why_protected(row.ip),
-                                      self.store.ban_history(row.ip)))
+        """Help and quit step aside while a modal screen or the filter input has the keyboard."""
+        busy = len(self.screen_stack) > 1 or isinstance(self.focused, Input)
+        return not (action in GLOBAL_ACTIONS and busy)
 
     def help_keys(self) -> list[tuple[str, str]]:
         keys = []
-        for b in self.BINDINGS:
-            if not isinstance(b, Binding) or not self._policy_ok(b.action):
+        for b in [*MainScreen.BINDINGS, *self.BINDINGS]:
+            if not isinstance(b, Binding) or b.action == "why_read_only":
                 continue
             desc = b.tooltip or b.description
             if b.description and b.tooltip:
@@ -626,36 +121,23 @@ class PopwatchApp(App[None]):
         return keys + self.EXTRA_KEYS
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.help_keys(), self.read_only_reason() if self.read_only else ""))
+        note = self.main.read_only_reason() if self.main is not None and self.main.read_only else ""
+        self.push_screen(HelpScreen(self.help_keys(), note))
 
     async def action_quit(self) -> None:
         self.exit()
 
-    # ----------------------------------------------------- policy (issue 7)
-    def action_auto_ban(self) -> None:
-        if not self._can_act():
+    # ------------------------------------------------------------------ workers
+    @on(Worker.StateChanged)
+    def worker_failed(self, event: Worker.StateChanged) -> None:
+        """The one place a failed worker is reported: a notification, and the app keeps running."""
+        if event.state != WorkerState.ERROR:
             return
-        mon: Any = self.monitor
-        on = mon.set_auto_ban(None, origin="key")
-        self.notify(f"auto-ban {'on' if on else 'off'}", markup=False)
-        self.refresh_view(force=True)
-
-    def action_what_if(self) -> None:
-        port = self._selected_port()
-        self.push_screen(WhatIfScreen(self.monitor, port))
-
-    @work(group="fw", exit_on_error=False)
-    async def action_undo(self) -> None:
-        if not self._can_act():
-            return
-        mon: Any = self.monitor
-        try:
-            r = await mon.actions.undo()
-            self.notify(getattr(r, "message", None) or "undone", markup=False)
-        except Refused as e:
-            self.notify(str(e), markup=False)
-        except Exception as e:  # noqa: BLE001
-            self.notify(f"undo failed: {e}", severity="error", markup=False)
+        e = event.worker.error
+        if isinstance(e, Refused):  # the policy's own words
+            self.notify(str(e), severity="error", markup=False)
+        else:
+            self.notify(f"{event.worker.name} failed: {e}", severity="error", markup=False)
         self.refresh_view(force=True)
 
 

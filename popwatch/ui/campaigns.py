@@ -13,28 +13,48 @@ log-derived text goes through ``safe()`` into ``Text`` objects, never markup.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar, Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from ..campaigns import CampaignRow, nets_of
 from ..model import iso
-from .screens import ConfirmScreen
+from .controller import Controller
 from .widgets import ago, safe, sparkline
 
 STATE = {"active": ("LIVE", "bold white on red"), "ended": ("ended", "dim")}
 
 
+class Host(Protocol):
+    """What a campaign ban needs from the screen that owns the keys (the MainScreen)."""
+
+    controller: Controller
+    ban_ttl: float | None
+
+    def can_act(self) -> bool: ...
+
+    def confirm(self, title: str, body: Text, then: Callable[[], None]) -> None: ...
+
+    def spawn(self, job: Coroutine[Any, Any, None], name: str) -> None: ...
+
+    def refresh_view(self, force: bool = False) -> None: ...
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = True) -> None: ...
+
+
 class CampaignsPanel(Widget, can_focus=True):
     """One line per campaign (+ a red line per alert); its own cursor."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up,k", "cursor(-1)", "Up", show=False),
         Binding("down,j", "cursor(1)", "Down", show=False),
         Binding("x", "ban_sources", "Ban sources", tooltip="ban every source of the selected campaign"),
@@ -43,6 +63,14 @@ class CampaignsPanel(Widget, can_focus=True):
     DEFAULT_CSS = """
     CampaignsPanel { height: auto; max-height: 12; min-height: 3; text-wrap: nowrap; text-overflow: ellipsis; }
     """
+
+    class Ban(Message):
+        """Ban the sources (or ``nets``: the networks) of campaign ``key``; the screen asks first."""
+
+        def __init__(self, key: str, nets: bool) -> None:
+            super().__init__()
+            self.key = key
+            self.nets = nets
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -75,11 +103,11 @@ class CampaignsPanel(Widget, can_focus=True):
 
     def action_ban_sources(self) -> None:
         if self.selected is not None:
-            ban_campaign(self.app, self.selected.key, nets=False)
+            self.post_message(self.Ban(self.selected.key, nets=False))
 
     def action_ban_nets(self) -> None:
         if self.selected is not None:
-            ban_campaign(self.app, self.selected.key, nets=True)
+            self.post_message(self.Ban(self.selected.key, nets=True))
 
     def render(self) -> Text:
         out = Text(no_wrap=True, overflow="ellipsis")
@@ -111,7 +139,7 @@ class CampaignsPanel(Widget, can_focus=True):
 class CampaignScreen(ModalScreen[None]):
     """One campaign: its score, alerts, sources rolled up by network, users, timeline."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,enter,q", "dismiss(None)", "Close"),
         Binding("x", "ban_sources", "Ban sources"),
         Binding("X", "ban_nets", "Ban networks"),
@@ -122,9 +150,10 @@ class CampaignScreen(ModalScreen[None]):
                                       background: $surface; padding: 0 1; }
     """
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, host: Host) -> None:
         super().__init__()
         self.key = key
+        self.host = host
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
@@ -132,9 +161,8 @@ class CampaignScreen(ModalScreen[None]):
         yield Footer()
 
     def _body(self) -> Text:
-        tracker = self.app.monitor.campaigns  # type: ignore[attr-defined]
-        store = self.app.store  # type: ignore[attr-defined]
-        r = tracker.detail(self.key, store.clock())
+        ctl = self.host.controller
+        r = ctl.campaign(self.key, ctl.now())
         out = Text()
         if r is None:
             out.append("this campaign is no longer tracked\n", style="dim")
@@ -153,19 +181,18 @@ class CampaignScreen(ModalScreen[None]):
         out.append(f"  peak {max(r.spark) if r.spark else 0}/min, now {r.rate:.1f}/min\n")
         if r.kind == "user":
             out.append("\nSources by network (/24, /64)\n", style="bold underline")
-            bans = store.bans
             for net, n in r.top_nets:
-                nb = sum(1 for ip in r.source_ips if nets_of(ip)[0] == net and ip in bans)
-                tag = "  network BANNED" if net in bans else (f"  {nb} banned" if nb else "")
+                nb = sum(1 for ip in r.source_ips if nets_of(ip)[0] == net and ctl.is_banned(ip))
+                tag = "  network BANNED" if ctl.is_banned(net) else (f"  {nb} banned" if nb else "")
                 out.append(f"  {net:<24} {n:>5} sources{tag}\n")
             out.append("\nSources, most recent first\n", style="bold underline")
             for ip in r.source_ips[:100]:
-                st = "banned" if ip in store.bans else ("known-good" if tracker.known_good(ip) else "")
+                st = "banned" if ctl.is_banned(ip) else ("known-good" if ctl.known_good(ip) else "")
                 out.append(f"  {ip:<40} {st}\n", style="red" if st == "banned" else ("green" if st else ""))
             user = r.key.partition(":")[2]
             out.append("\nUsers\n", style="bold underline")
             out.append(f"  {safe(user, 60)}: {r.target.partition('@')[2]}; logins known from "
-                       f"{len(tracker.logins.by_user.get(user, {}))} addresses\n")
+                       f"{ctl.login_addresses(user)} addresses\n")
         else:
             out.append(f"\nOne slow source: {safe(r.target, 45)}\n")
         out.append("\nx: ban every source (protected and known-good skipped)   X: ban its networks   "
@@ -173,49 +200,47 @@ class CampaignScreen(ModalScreen[None]):
         return out
 
     def action_ban_sources(self) -> None:
-        ban_campaign(self.app, self.key, nets=False)
+        ban_campaign(self.host, self.key, nets=False)
 
     def action_ban_nets(self) -> None:
-        ban_campaign(self.app, self.key, nets=True)
+        ban_campaign(self.host, self.key, nets=True)
 
 
-def ban_campaign(app: Any, key: str, *, nets: bool) -> None:
+def ban_campaign(host: Host, key: str, *, nets: bool) -> None:
     """Ban every source (or network) of a campaign, after a confirmation with the count.
     Protected and known-good addresses, and networks holding one, are skipped."""
-    if hasattr(app, "_can_act") and not app._can_act():
+    if not host.can_act():
         return
-    mon = app.monitor
-    tracker = mon.campaigns
+    ctl = host.controller
     user = key.partition(":")[2] if key.startswith("user:") else None
-    bans = app.store.bans
     skipped: list[str] = []
     banned = 0
     todo: list[str] = []
     if nets:
-        for net in tracker.networks_of(key):
-            if net in bans:
+        for net in ctl.campaign_networks(key):
+            if ctl.is_banned(net):
                 banned += 1
                 continue
-            why = tracker._net_blocker(net)
+            why = ctl.net_blocker(net)
             if why:
                 skipped.append(f"{net} ({why})")
             else:
                 todo.append(net)
     else:
-        for ip in tracker.sources_of(key):
-            if ip in bans or nets_of(ip)[0] in bans:
+        for ip in ctl.campaign_sources(key):
+            if ctl.is_banned(ip) or ctl.is_banned(nets_of(ip)[0]):
                 banned += 1
-            elif mon.protector.why_protected(ip):
+            elif ctl.why_protected(ip):
                 skipped.append(f"{ip} (protected)")
-            elif tracker.known_good(ip) or (user is not None and tracker.logins.knows(user, ip)):
+            elif ctl.known_good(ip) or (user is not None and ctl.knows_login(user, ip)):
                 skipped.append(f"{ip} (logged in before)")
             else:
                 todo.append(ip)
     what = "networks" if nets else "sources"
     if not todo:
-        app.notify(f"no {what} to ban: {banned} already banned, {len(skipped)} skipped", markup=False)
+        host.notify(f"no {what} to ban: {banned} already banned, {len(skipped)} skipped", markup=False)
         return
-    ttl = getattr(app, "ban_ttl", 3600.0)
+    ttl = host.ban_ttl
     body = Text()
     body.append(f"{len(todo):,} {what} of campaign {key.partition(':')[2]!r} will be banned", style="bold")
     body.append(f" for {int(ttl // 60)} minutes\n" if ttl else " permanently\n")
@@ -225,24 +250,17 @@ def ban_campaign(app: Any, key: str, *, nets: bool) -> None:
         body.append(f"  {len(skipped):,} skipped: " + ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else "")
                     + "\n", style="green")
     body.append("first: " + ", ".join(todo[:5]) + (" …" if len(todo) > 5 else "") + "\n")
-    if mon.dry_run:
+    if ctl.dry_run:
         body.append("(dry run: nothing will be applied)\n", style="yellow")
-
-    def done(ok: bool | None) -> None:
-        if ok:
-            _do_ban(app, todo, nets, f"campaign {key.partition(':')[2]}: {len(todo)} {what} (key)", ttl)
-
-    app.push_screen(ConfirmScreen(f"Ban {len(todo):,} {what} of this campaign?", body), done)
+    reason = f"campaign {key.partition(':')[2]}: {len(todo)} {what} (key)"
+    host.confirm(f"Ban {len(todo):,} {what} of this campaign?", body,
+                 lambda: host.spawn(_ban(host, todo, nets, reason, ttl), "campaign ban"))
 
 
-def _do_ban(app: Any, targets: list[str], nets: bool, reason: str, ttl: float | None) -> None:
-    async def job() -> None:
-        done, refused = await app.monitor.actions.ban_many(targets, ttl=ttl, reason=reason, origin="key",
-                                                    allow_net=nets)
-        msg = f"banned {len(done):,} {'networks' if nets else 'addresses'}"
-        if refused:
-            msg += f", {len(refused)} refused: {next(iter(refused.values()))}"
-        app.notify(msg, markup=False, severity="warning" if refused else "information")
-        if hasattr(app, "refresh_view"):
-            app.refresh_view(force=True)
-    app.run_worker(job(), group="fw", exit_on_error=False)
+async def _ban(host: Host, targets: list[str], nets: bool, reason: str, ttl: float | None) -> None:
+    done, refused = await host.controller.ban_many(targets, ttl=ttl, reason=reason, allow_net=nets)
+    msg = f"banned {len(done):,} {'networks' if nets else 'addresses'}"
+    if refused:
+        msg += f", {len(refused)} refused: {next(iter(refused.values()))}"
+    host.notify(msg, markup=False, severity="warning" if refused else "information")
+    host.refresh_view(force=True)

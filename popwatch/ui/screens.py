@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time as _time
-from typing import Any, Callable
+from collections.abc import Callable
+from importlib import resources
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
@@ -15,13 +17,17 @@ from textual.widgets import Footer, Input, Select, Static
 
 from ..model import AuthEvent, Ban, PortLimit, Rate, parse_burst
 from ..store import AttackerRow, BanLogEntry
+from .controller import Controller
 from .widgets import SERVICE_STYLE, ago, left, safe, sparkline
+
+#: what the panels mean, below the keys on the help screen (packaged with popwatch/ui)
+HELP_TEXT = resources.files(__package__).joinpath("help.md").read_text(encoding="utf-8")
 
 
 class ConfirmScreen(ModalScreen[bool]):
     """Shows exactly what will run; ``y`` confirms, ``n``/escape cancels."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "dismiss(True)", "Yes, do it"),
         Binding("n,escape", "dismiss(False)", "No"),
     ]
@@ -48,7 +54,7 @@ class ConfirmScreen(ModalScreen[bool]):
 class DetailScreen(ModalScreen[None]):
     """Everything known about one IP: users tried, services, timeline, raw lines, bans."""
 
-    BINDINGS = [Binding("escape,enter,q", "dismiss(None)", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter,q", "dismiss(None)", "Close")]
     DEFAULT_CSS = """
     DetailScreen { align: center middle; }
     DetailScreen > VerticalScroll { width: 100%; height: 100%; border: round $primary;
@@ -173,7 +179,7 @@ class _ParseValidator(Validator):
 class LimitScreen(ModalScreen[PortLimit | None]):
     """Edit one port's mode, rate and burst; validated as typed, applied with Enter."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "dismiss(None)", "Cancel"),
         Binding("ctrl+s", "apply", "Apply"),
     ]
@@ -269,10 +275,10 @@ class LimitScreen(ModalScreen[PortLimit | None]):
 
 
 class WhatIfScreen(ModalScreen[None]):
-    """Replay the recent events under a proposed policy or port limit (Monitor.actions.what_if); changes
+    """Replay the recent events under a proposed policy or port limit (Controller.what_if); changes
     nothing. The replay runs off the UI loop; the answer is plain text built from the report."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Close")]
     DEFAULT_CSS = """
     WhatIfScreen { align: center middle; }
     WhatIfScreen > Vertical { width: 90%; height: 90%; border: round $accent; background: $surface;
@@ -280,9 +286,9 @@ class WhatIfScreen(ModalScreen[None]):
     WhatIfScreen #answer { height: 1fr; }
     """
 
-    def __init__(self, monitor: object, port: PortLimit | None = None) -> None:
+    def __init__(self, controller: Controller, port: PortLimit | None = None) -> None:
         super().__init__()
-        self.monitor = monitor
+        self.controller = controller
         self.port = port
 
     def compose(self) -> ComposeResult:
@@ -292,8 +298,8 @@ class WhatIfScreen(ModalScreen[None]):
             example = "maxretry=5,findtime=10m,bantime=1h"
         with Vertical():
             yield Static(Text("What if? Replay the recent events under another rule; nothing is changed."))
-            yield Input(example, placeholder="maxretry=5,findtime=10m[,campaign=on]  or  port=110,rate=2/second,burst=5",
-                        id="proposal")
+            yield Input(example, id="proposal",
+                        placeholder="maxretry=5,findtime=10m[,campaign=on]  or  port=110,rate=2/second,burst=5")
             with VerticalScroll(id="answer"):
                 yield Static(Text("Enter runs the replay.", style="dim"), id="report")
         yield Footer()
@@ -301,24 +307,24 @@ class WhatIfScreen(ModalScreen[None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
         self.query_one("#report", Static).update(Text("replaying…", style="dim"))
-        self.run_worker(self._replay(event.value), exclusive=True, exit_on_error=False, group="whatif")
+        # on the app, whose one handler reports a failed worker
+        self.app.run_worker(self._replay(event.value), name="what-if", exclusive=True, exit_on_error=False,
+                            group="whatif")
 
     async def _replay(self, proposal: str) -> None:
-        mon: Any = self.monitor
         try:
-            report = await mon.actions.what_if(proposal)  # copies the events on the loop, replays in a thread
+            report = await self.controller.what_if(proposal)  # copies the events on the loop, replays in a thread
             text = Text("\n".join(report.lines()))
-        except ValueError as e:
+        except ValueError as e:  # a proposal that does not parse: said in place
             text = Text(str(e), style="bold red")
-        except Exception as e:  # noqa: BLE001 - show, never crash the monitor
-            text = Text(f"what-if failed: {e}", style="bold red")
-        self.query_one("#report", Static).update(text)
+        if self.is_attached:  # the screen may have been closed while it ran
+            self.query_one("#report", Static).update(text)
 
 
 class HelpScreen(ModalScreen[None]):
     """Keys, generated from the app's bindings, plus what the panels mean."""
 
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "Close")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q,question_mark", "dismiss(None)", "Close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > VerticalScroll { width: 90%; height: 90%; border: round $primary;
@@ -339,21 +345,7 @@ class HelpScreen(ModalScreen[None]):
         for key, desc in self.keys:
             t.append(f"  {key:<12}", style="bold cyan")
             t.append(f"{desc}\n")
-        t.append(
-            "\nAttackers: one row per address across services. FAILS counts attempts (a dovecot line "
-            "'auth failed, 11 attempts' counts 11); /MIN is failures in the last minute. STATE: watch, "
-            "NEAR (half way to the auto-ban threshold), B <time left> (banned), SAFE (protected: your SSH "
-            "client, loopback, this host, the allow-list; never banned). A green address with "
-            "'✓login' has also logged in successfully: probably a real user with a wrong password "
-            "somewhere. r rolls addresses up into /24 (IPv4) and /64 (IPv6) networks; Enter on a "
-            "network lists its addresses, and B then bans them all; a network's STATE '3B' means 3 "
-            "of its addresses are banned.\n\n"
-            "Ports: new TCP connections per second that passed / were dropped by popwatch's rule for "
-            "that port; 'bans' is what the ban list dropped. 'global' is the 2009 rule (-m limit): one "
-            "bucket shared by everyone, so an attacker still gets rate x 86,400 tries a day and "
-            "legitimate users lose the race. 'per-source' (-m hashlimit) gives every address its own "
-            "bucket. Select a port with Tab and up/down, then +/- (rate), ]/[ (burst), m (mode) or e "
-            "(form).\n")
+        t.append("\n" + HELP_TEXT)
         return t
 
     def compose(self) -> ComposeResult:

@@ -7,13 +7,15 @@ put into ``rich`` Segments / ``Text`` objects (never parsed as markup), and pass
 
 from __future__ import annotations
 
+import itertools
 import time as _time
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
@@ -74,7 +76,7 @@ def sparkline(values: Sequence[float], width: int, span: int | None = None) -> s
     if len(vals) > width:
         n = len(vals)
         bounds = [i * n // width for i in range(width + 1)]  # near-equal buckets, oldest first
-        vals = [sum(vals[a:b]) / (b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
+        vals = [sum(vals[a:b]) / (b - a) for a, b in itertools.pairwise(bounds) if b > a]
     if not vals:
         return " " * width
     top = max(vals)
@@ -101,7 +103,7 @@ class AttackerTable(Widget, can_focus=True):
     attack ``b`` bans what the top of the table shows); once the user has moved it, it follows
     that address across refreshes and re-sorts (``follow``); Home/``g`` returns to top-row mode."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up,k", "cursor(-1)", "Up", show=False, priority=True),
         Binding("down,j", "cursor(1)", "Down", show=False, priority=True),
         Binding("pageup", "page(-1)", "Page up", show=False, priority=True),
@@ -119,7 +121,7 @@ class AttackerTable(Widget, can_focus=True):
             super().__init__()
             self.ip = ip
 
-    def __init__(self, **kw) -> None:  # noqa: ANN003
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.rows: tuple[AttackerRow, ...] = ()
         self.cursor_ip: str | None = None
@@ -172,7 +174,7 @@ class AttackerTable(Widget, can_focus=True):
             self.refresh()
             return
         width = self.size.width
-        for y, (new, old) in enumerate(zip(self._shown, old_shown), start=1):
+        for y, (new, old) in enumerate(zip(self._shown, old_shown, strict=True), start=1):
             if new != old:
                 self.refresh(Region(0, y, width, 1))
 
@@ -304,16 +306,17 @@ class AttackerTable(Widget, can_focus=True):
                 return Strip([Segment(msg[:width].ljust(width), Style(dim=True))])
             return Strip.blank(width)
         key = self._line_key(i, width)
-        strip = self._cache.get(key)  # type: ignore[arg-type]
+        assert key is not None  # i < len(self.rows)
+        strip = self._cache.get(key)
         if strip is None:
-            strip = self._cache[key] = self._row(self.rows[i], width, i == self.cursor)  # type: ignore[index]
+            strip = self._cache[key] = self._row(self.rows[i], width, i == self.cursor)
         return strip
 
 
 class PortsPanel(Widget, can_focus=True):
     """Per watched port: rule, passed/s and dropped/s with sparklines, what the rule means."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("up,k", "move(-1)", "Up", show=False, priority=True),
         Binding("down,j", "move(1)", "Down", show=False, priority=True),
     ]
@@ -323,7 +326,7 @@ class PortsPanel(Widget, can_focus=True):
 
     selected_port: reactive[int | None] = reactive(None, always_update=True)
 
-    def __init__(self, **kw) -> None:  # noqa: ANN003
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.ports: tuple[PortRow, ...] = ()
         self.share: dict[int, str] = {}
@@ -404,14 +407,14 @@ class PortsPanel(Widget, can_focus=True):
             out.append(f" drop {rate(v):>5}/s ", style="red")
             out.append(sparkline(hist, spark_w, SPARK_SPAN), style="red")
             out.append("\n")
-        sel = self.selected()
-        if sel is not None:
-            out.append(f"{sel.port}: ", style="bold")
-            out.append(sel.limit.meaning(), style="italic")
-            extra = self.share.get(sel.port)
+        chosen = self.selected()
+        if chosen is not None:
+            out.append(f"{chosen.port}: ", style="bold")
+            out.append(chosen.limit.meaning(), style="italic")
+            extra = self.share.get(chosen.port)
             for line in extra.split("\n") if extra else ():
                 out.append("\n")
-                out.append(f"{sel.port}: ", style="bold")
+                out.append(f"{chosen.port}: ", style="bold")
                 out.append(line, style="italic")
         return out
 
@@ -423,7 +426,7 @@ class LiveLog(Widget):
     LiveLog { height: 1fr; min-height: 3; max-height: 14; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    def __init__(self, **kw) -> None:  # noqa: ANN003
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.snapshot: Snapshot | None = None
 
@@ -470,7 +473,7 @@ class UsersPanel(Widget):
     UsersPanel { width: 34; height: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    def __init__(self, **kw) -> None:  # noqa: ANN003
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.snapshot: Snapshot | None = None
 
@@ -505,10 +508,11 @@ class HeaderBar(Widget):
     HeaderBar { height: 1; background: $primary-background; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    HEALTH_STYLE = {"following": "green", "replay": "green", "journal": "green", "waiting": "yellow",
-                    "denied": "bold red", "error": "bold red", "stopped": "dim"}
+    HEALTH_STYLE: ClassVar[dict[str, str]] = {
+        "following": "green", "replay": "green", "journal": "green", "waiting": "yellow",
+        "denied": "bold red", "error": "bold red", "stopped": "dim"}
 
-    def __init__(self, host: str, mode: str, backend: str, **kw) -> None:  # noqa: ANN003
+    def __init__(self, host: str, mode: str, backend: str, **kw: Any) -> None:
         super().__init__(**kw)
         self.host = host
         self.mode = mode

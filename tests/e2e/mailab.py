@@ -677,4 +677,8 @@ def audit_bans(state_dir: Path) -> dict[str, dict[str, Any]]:
     for rec in read_jsonl(state_dir / "audit.jsonl"):
         if rec.get("action") == "ban" and rec.get("ok", True) and rec.get("target") not in out:
             out[rec["target"]] = dict(rec, t=dt.datetime.fromisoformat(rec["time"]).timestamp())
+        elif rec.get("action") == "close" and rec.get("target") in out:
+            # the ban's record is written ahead of the kernel change; the connections it closed
+            # right after are a record of their own
+            out[rec["target"]]["closed"] = out[rec["target"]].get("closed", 0) + int(rec.get("closed", 0))
     return out

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tests.netns.nslab import REPO
 
@@ -34,7 +34,7 @@ class Tui:
             raise RuntimeError(f"tmux {' '.join(args)}: {cp.stderr.strip()}")
         return cp.stdout
 
-    def __enter__(self) -> "Tui":
+    def __enter__(self) -> Tui:
         # COLUMNS/LINES from the caller's environment would override the pane's size in Textual
         env = f"env -u COLUMNS -u LINES PYTHONPATH={REPO} TERM=xterm-256color COLORTERM=truecolor"
         # Textual draws on stderr: nothing is redirected; the pane stays after an exit
@@ -86,18 +86,24 @@ class Tui:
             self.tmux("send-keys", "-t", "pw", k)
             time.sleep(0.15)
 
-    def wait(self, cond: Callable[[str], object], secs: float, what: str, *, check_alive: bool = True) -> str:
-        """Poll the screen every 0.25 s until ``cond(screen)`` is truthy (at most ``secs``)."""
+    def wait(self, cond: Callable[[str], object], secs: float, what: str, *, check_alive: bool = True,
+             ansi: bool = False) -> str:
+        """Poll the screen every 0.25 s until ``cond(screen)`` is truthy (at most ``secs``).
+        ``ansi``: capture with the colours and return that capture (``cond`` sees the text)."""
         deadline = time.monotonic() + secs
         s = ""
         while time.monotonic() < deadline:
-            s = self.screen()
+            raw = self.screen(ansi=ansi)
+            s = _ANSI.sub("", raw) if ansi else raw
             if cond(s):
-                return s
+                return raw
             if check_alive and not self.alive():
                 raise RuntimeError(f"popwatch exited while waiting for {what}:\n{s}")
             time.sleep(0.25)
         raise TimeoutError(f"timed out after {secs} s waiting for {what}; screen:\n{s}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;:?]*[ -/]*[@-~]")
 
 
 def _q(s: str) -> str:
@@ -123,6 +129,39 @@ def table_rows(screen: str) -> list[tuple[str, str, int]]:
             break
         rows.append((line[:5].strip(), parts[0], int(parts[1].replace(",", ""))))
     return rows
+
+
+def services(screen: str) -> dict[str, str]:
+    """{ip: SERVICES column text} of the attacker rows shown (the column found by its header)."""
+    lines = screen.splitlines()
+    head = next((line for line in lines if re.match(r"\s*STATE\s+IP\s+FAILS", line)), None)
+    if head is None or "SERVICES" not in head:
+        return {}
+    a = head.index("SERVICES")
+    nxt = re.search(r"\S", head[a + len("SERVICES"):])
+    b = a + len("SERVICES") + nxt.start() if nxt else len(head)
+    out = {}
+    for _state, ip, _fails in table_rows(screen):
+        line = next(line for line in lines if line[6:].split()[:1] == [ip])
+        out[ip] = line[a:b].strip()
+    return out
+
+
+LIVE_LINE = re.compile(r"^(\d\d:\d\d:\d\d) (\S+)\s+(\S+)\s+(after ban )?")
+
+
+def live_log(screen: str) -> list[tuple[str, str, str, bool]]:
+    """The live-log lines shown: (HH:MM:SS, service, address, marked ``after ban``)."""
+    lines = screen.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("─live log")), None)
+    if start is None:
+        return []
+    out = []
+    for line in lines[start + 1:]:
+        m = LIVE_LINE.match(line)
+        if m:
+            out.append((m.group(1), m.group(2), m.group(3), bool(m.group(4))))
+    return out
 
 
 def top_ip(screen: str) -> str | None:

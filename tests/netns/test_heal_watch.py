@@ -280,3 +280,27 @@ def test_stays_out_after_uninstall(lab: Lab, watch: Watch) -> None:
     assert lab.burst("c0", 110, 1).ok == 1
     st = json.loads(watch.cli("status", "--json").stdout)
     assert not any("not all in place" in w for w in st["warnings"])
+
+
+def test_nftables_table_flushed_is_put_back_at_once(lab: Lab, tmp_path: Path) -> None:
+    """The native backend: `nft flush ruleset` deletes table inet popwatch; nf_tables' change
+    event wakes the check (no wait for the poll) and the table comes back with the ban."""
+    w = Watch(lab, tmp_path, CONFIG.replace("[policy]", "[policy]\nauto_ban = true"), backend="nftables")
+    try:
+        w.start()
+        lab.listen(ports=(110,))
+        w.write(dove(ATTACKER, 5))
+
+        def banned() -> bool:
+            out = lab.run(lab.server, ["nft", "list", "set", "inet", "popwatch", "ban4"], check=False).stdout
+            return ATTACKER in out
+        wait_for(banned, what="auto-ban into table inet popwatch")
+        assert lab.burst("c0", 110, 1).timeout == 1
+        t0 = time.monotonic()
+        lab.run(lab.server, ["nft", "flush", "ruleset"])
+        lab.run(lab.server, ["iptables-nft", "-w", "5", *ADMIN_RULE])
+        check_healed(lab, w, t0)
+        assert banned() and admin_rule_kept(lab)
+        assert lab.run(lab.server, ["ipset", "list", "-n"], check=False).stdout.strip() == ""
+    finally:
+        w.stop()

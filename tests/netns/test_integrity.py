@@ -263,20 +263,30 @@ def test_nat64_bans_one_address(lab: Lab, tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------- lock, exemptions
 
-def test_uninstall_refused_while_watch_runs(lab: Lab, tmp_path: Path) -> None:
+def test_uninstall_while_watch_runs_the_watch_stands_down_and_says_so(lab: Lab, tmp_path: Path) -> None:
+    """The admin's `uninstall` wins: the rules go at once, the running watch notices, stops
+    enforcing (never puts them back) and says so once on stderr; a second watch is refused."""
     state = tmp_path / "state"
     log = tmp_path / "auth.log"
     log.write_text("")
     p = start_watch(lab, state, log)
     try:
-        r = pw(lab, state, "uninstall")
-        assert r.returncode == 6 and "refusing to uninstall" in r.stderr
-        assert lab.run(lab.server, ["iptables", "-S", "POPWATCH"], check=False).returncode == 0
         r = pw(lab, state, "watch", "--no-tui", "--log", str(log), "--duration", "1")
         assert r.returncode == 6 and "already running" in r.stderr
+        r = pw(lab, state, "uninstall")
+        assert r.returncode == 0 and "stops enforcing" in r.stdout, (r.stdout, r.stderr)
+        assert lab.run(lab.server, ["iptables", "-S", "POPWATCH"], check=False).returncode != 0
+        assert p.stderr is not None
+        deadline = time.monotonic() + 15
+        said = ""
+        while "uninstall" not in said and time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stderr], [], [], 0.2)
+            if ready:
+                said = p.stderr.readline()
+        assert "read-only (watching only)" in said and "uninstall" in said, said
+        assert lab.run(lab.server, ["iptables", "-S", "POPWATCH"], check=False).returncode != 0
     finally:
         lab.stop(p)
-    assert pw(lab, state, "uninstall").returncode == 0
 
 
 def test_exemptions_are_the_current_protected_set(lab: Lab, tmp_path: Path) -> None:

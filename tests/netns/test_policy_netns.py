@@ -61,8 +61,9 @@ def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condit
 class Watch:
     """One ``popwatch watch --no-tui`` in the server namespace, and its files."""
 
-    def __init__(self, lab: Lab, d: Path, config: str) -> None:
+    def __init__(self, lab: Lab, d: Path, config: str, backend: str = "nft") -> None:
         self.lab, self.d = lab, d
+        self.backend = backend
         self.log = d / "mail.log"
         self.events = d / "events.jsonl"
         self.state = d / "state"
@@ -72,7 +73,7 @@ class Watch:
         self.proc: subprocess.Popen[str] | None = None
 
     def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "popwatch", "--backend", "nft", "--config", str(self.cfg),
+        return [sys.executable, "-m", "popwatch", "--backend", self.backend, "--config", str(self.cfg),
                 "--state-dir", str(self.state), *args]
 
     def start(self, *, wait: bool = True) -> subprocess.Popen[str]:
@@ -104,7 +105,11 @@ class Watch:
         return self.proc
 
     def chain_exists(self) -> bool:
-        return self.lab.run(self.lab.server, ["iptables-nft", "-w", "5", "-S", "POPWATCH"], check=False).returncode == 0
+        if self.backend == "nftables":
+            argv = ["nft", "list", "chain", "inet", "popwatch", "input"]
+        else:
+            argv = ["iptables-nft", "-w", "5", "-S", "POPWATCH"]
+        return self.lab.run(self.lab.server, argv, check=False).returncode == 0
 
     def write(self, *lines: str) -> None:
         with open(self.log, "a") as f:

@@ -72,14 +72,14 @@ async def test_enter_opens_the_campaign_and_x_bans_its_sources_skipping_known_go
         assert "10 sources of campaign 'carol' will be banned" in text
         assert "203.0.113.203 (logged in before)" in text
         # the protected address is never even counted as a campaign source
-        assert "192.0.2.55" not in text and "192.0.2.55" not in app.monitor.campaigns.sources_of("user:carol")
+        assert "192.0.2.55" not in text and "192.0.2.55" not in app.controller.campaign_sources("user:carol")
         await pilot.press("y")
         await app.workers.wait_for_complete()
         await settle(pilot, app)
         bans = demo.sim.bans()
         assert {f"203.0.113.{200 + i}" for i in range(11) if i != 3} <= bans.keys()
         assert "203.0.113.203" not in bans and "192.0.2.55" not in bans
-        assert app.store.bans["203.0.113.200"].origin == "key"
+        assert app.controller.ban_of("203.0.113.200").origin == "key"
 
 
 async def test_X_bans_the_network_unless_it_holds_a_known_good_address(demo):

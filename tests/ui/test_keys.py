@@ -1,5 +1,5 @@
 """Pilot tests of the keys added for issue 6: mass ban, the limit form, roll-up, read-only
-explanations, the users toggle, detail contents, and the policy keys when the Monitor has them."""
+explanations, the users toggle, detail contents, and the policy keys (auto-ban, undo, what-if)."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ async def test_rollup_groups_the_botnet_and_enter_lists_its_addresses(demo):
         assert any("press Enter to list its" in m for m in messages(app))
         await pilot.press("enter")
         await settle(pilot, app)
-        assert not app.rollup and app.filter == "198.51.100.0/24"
+        assert not app.main.rollup and app.main.filter == "198.51.100.0/24"
         assert len(table.rows) == nets["198.51.100.0/24"].nips
         assert all(r.ip.startswith("198.51.100.") for r in table.rows)
 
@@ -134,8 +134,8 @@ async def test_read_only_keys_are_greyed_and_explain_why(demo):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
         for action in ("ban", "ban_all", "unban", "rate", "burst", "mode", "edit"):
-            assert app.check_action(action, ()) is None  # shown greyed in the footer
-        assert app.check_action("sort", ()) is True
+            assert app.main.check_action(action, ()) is None  # shown greyed in the footer
+        assert app.main.check_action("sort", ()) is True
         for key in ("b", "plus", "e", "m"):
             app._notifications.clear()
             await pilot.press(key)
@@ -197,22 +197,14 @@ async def test_detail_shows_users_timeline_lines_and_ban_history(demo):
         assert "pop3-login" in text or "sshd" in text or "Failed" in text  # the raw lines
 
 
-def has(app: PopwatchApp, name: str) -> bool:
-    obj: object = app.monitor
-    for part in name.split("."):
-        obj = getattr(obj, part, None)
-    return callable(obj)
-
-
 async def test_policy_keys_auto_ban_undo_and_what_if(demo):
     app = demo.app()
-    assert has(app, "set_auto_ban") and has(app, "actions.what_if") and has(app, "actions.undo")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)
-        before = app.monitor.auto_ban
+        before = app.controller.auto_ban
         await pilot.press("a")
         await settle(pilot, app)
-        assert app.monitor.auto_ban is (not before)
+        assert app.controller.auto_ban is (not before)
         await pilot.press("a")
         await pilot.pause()
         ip = app.query_one(AttackerTable).selected.ip

@@ -68,7 +68,7 @@ class HostileApp(PopwatchApp):
         t = self.query_one(AttackerTable)
         t.cursor_ip, t.follow = "203.0.113.250", True
         self.refresh_view(force=True)
-        self.action_detail()
+        self.main.action_detail()
 
 app = HostileApp(demo.monitor, mode="demo", host="mail1", run_monitor=False, tick=0.25, exit_after=3.5)
 t0 = time.monotonic()

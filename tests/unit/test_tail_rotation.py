@@ -351,7 +351,9 @@ def test_permission_denied_is_reported_and_the_others_keep_running(clone: str) -
                 os.chown(home, 65534, 65534)
             os.chmod(home, 0o700)
             if os.geteuid() == 0:  # the setting is real: reading the clone directly fails
-                r = subprocess.run(_dropped([sys.executable, "-c", "import popwatch.sources.tail"]),
+                # -S: no site-packages, so an editable install of the checkout (tests/run.py's
+                # .venv) cannot answer the import in place of the 0700 copy
+                r = subprocess.run(_dropped([sys.executable, "-S", "-c", "import popwatch.sources.tail"]),
                                    env=dict(os.environ, PYTHONPATH=str(repo)), cwd=d,
                                    capture_output=True, text=True, timeout=60, check=False)
                 assert r.returncode != 0 and "popwatch" in r.stderr, r.stderr
