@@ -176,8 +176,8 @@ def check_kernel(chosen: str | None, root: bool) -> list[Check]:
             try:
                 from pyroute2 import IPSet
 
-                with IPSet() as ips:
-                    detail = f"ip_set: available, netlink protocol {ips.proto_version} (for the ban sets)"
+                with IPSet() as ips:  # pyroute2 names its protocol version only as _proto_version
+                    detail = f"ip_set: available, netlink protocol {ips._proto_version} (for the ban sets)"
                     ok = True
             except Exception as e:  # noqa: BLE001 - any failure means no usable ip_set
                 from ..firewall.ipset import NO_IPSET_HINT
