@@ -289,3 +289,43 @@ class NoFirewall(Firewall):
 
 def ban_from(ip: str, left: float | None, now: float, origin: str = "restore") -> Ban:
     return Ban(ip=ip, created=now, expires=None if left is None else now + left, origin=origin)
+
+
+class GuardedWrites:
+    """What both kernel firewalls (iptables+ipset, native nftables) share: refusing writes
+    (``refuse_writes``: popwatch's rules found in both kernel backends), describing instead of
+    writing while recording, and the popwatch firewall lock around every change.
+
+    The class using it sets ``_recording``, ``_writes_refused``, ``_warnings``, ``can_write``,
+    ``lock_path`` and ``wait``."""
+
+    _recording: bool
+    _writes_refused: str | None
+    _warnings: list[str]
+    can_write: bool
+    lock_path: str | None
+    wait: int
+
+    def _check_first(self) -> None:
+        """Refuse a change before reading anything (unless only describing it)."""
+        if not self._recording:
+            self._check_writable()
+
+    def _check_writable(self) -> None:
+        if self._writes_refused:
+            raise FirewallError(self._writes_refused)
+
+    def refuse_writes(self, why: str) -> None:
+        """Make every change fail with ``why``."""
+        self._writes_refused = why
+        self.can_write = False
+        self._warnings.append(why)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self._recording or not self.lock_path:
+            yield
+            return
+        with flock_wait(self.lock_path, self.wait, f"another popwatch holds {self.lock_path}; try again",
+                        poll=0.01):
+            yield

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..model import PortCounters, PortLimit
 from . import rules as R
-from .base import Firewall, FirewallError, NeedsRoot, flock_wait
+from .base import Firewall, FirewallError, GuardedWrites, NeedsRoot
 from .ipset import Ipset, run_binary
 
 DEFAULT_LOCK = "/run/popwatch.lock"
@@ -32,7 +32,7 @@ def maybe_root(e: FirewallError) -> FirewallError:
     return e
 
 
-class KernelFirewall(Firewall):
+class KernelFirewall(GuardedWrites, Firewall):
     """Shared logic of the kernel backends. Subclasses implement ``_state``, ``_apply`` and
     ``_poll_rules``."""
 
@@ -90,30 +90,6 @@ class KernelFirewall(Firewall):
             return run_binary(argv, stdin)
         except FirewallError as e:
             raise maybe_root(e) from None
-
-    def _check_first(self) -> None:
-        """Refuse a change before reading anything (unless only describing it)."""
-        if not self._recording:
-            self._check_writable()
-
-    def _check_writable(self) -> None:
-        if self._writes_refused:
-            raise FirewallError(self._writes_refused)
-
-    def refuse_writes(self, why: str) -> None:
-        """Make every change fail with ``why`` (rules of popwatch found in both kernel backends)."""
-        self._writes_refused = why
-        self.can_write = False
-        self._warnings.append(why)
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self._recording or not self.lock_path:
-            yield
-            return
-        with flock_wait(self.lock_path, self.wait, f"another popwatch holds {self.lock_path}; try again",
-                        poll=0.01):
-            yield
 
     @contextmanager
     def recording(self) -> Iterator[list[str]]:

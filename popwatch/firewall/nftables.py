@@ -72,7 +72,7 @@ from typing import Any
 
 from ..model import PortCounters, PortLimit, Rate
 from . import rules as R
-from .base import Firewall, FirewallError, NeedsRoot, flock_wait
+from .base import Firewall, FirewallError, GuardedWrites, NeedsRoot
 from .kernel import DEFAULT_LOCK, NftCounters
 
 TABLE = "popwatch"
@@ -499,7 +499,7 @@ def describe(cmds: list[dict[str, Any]]) -> list[str]:
 
 # ------------------------------------------------------------------------------ the backend
 
-class NftablesFirewall(Firewall):
+class NftablesFirewall(GuardedWrites, Firewall):
     """``--backend nftables``: popwatch's own ``table inet popwatch``."""
 
     name = "nftables"
@@ -550,28 +550,6 @@ class NftablesFirewall(Firewall):
             if "No such file" in str(e) or "does not exist" in str(e):
                 return None
             raise
-
-    def _check_writable(self) -> None:
-        if self._writes_refused:
-            raise FirewallError(self._writes_refused)
-
-    def _check_first(self) -> None:
-        if not self._recording:
-            self._check_writable()
-
-    def refuse_writes(self, why: str) -> None:
-        self._writes_refused = why
-        self.can_write = False
-        self._warnings.append(why)
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self._recording or not self.lock_path:
-            yield
-            return
-        with flock_wait(self.lock_path, self.wait, f"another popwatch holds {self.lock_path}; try again",
-                        poll=0.01):
-            yield
 
     @contextmanager
     def recording(self) -> Iterator[list[str]]:
