@@ -161,6 +161,18 @@ def _guard(fn: Any, args: argparse.Namespace) -> int:
         return _err(EXIT_STATE, f"state dir {args.cfg.state_dir}: {e.strerror or e}")
 
 
+def _refresh_exempt(cfg: Config, fw: Firewall) -> None:
+    """The exemptions are exactly this call's protected set (plus a running watch's), also for
+    commands that build nothing (``unban``); nothing to refresh when popwatch is not installed."""
+    from ..firewall.detect import default_exempt
+    from ..persist import watch_exempt
+
+    try:
+        fw.set_exempt(default_exempt(cfg.policy.allow) + watch_exempt(cfg.state_dir))
+    except FirewallError:
+        pass  # no sets to refresh: popwatch's rules are not in place
+
+
 def _ensure_base(fw: Firewall, dry_run: bool) -> list[str]:
     """Sets, chain, ban rule and jump (never the ports' rules, which may have been tuned live)."""
     if fw.name == "none":
@@ -263,6 +275,8 @@ def _unban(args: argparse.Namespace) -> int:
     if dry:
         for line in fw.describe_unban(target):
             print(line)
+    else:
+        _refresh_exempt(cfg, fw)
     r = run_sync(mon.actions.unban(target, origin="cli"))
     print(r.message, file=sys.stderr if dry else sys.stdout)
     return EXIT_OK

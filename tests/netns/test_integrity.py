@@ -295,7 +295,10 @@ def test_exemptions_are_the_current_protected_set(lab: Lab, tmp_path: Path) -> N
     assert pw(lab, state, "ban", "203.0.113.9", env=ssh).returncode == 0
     st = json.loads(pw(lab, state, "status", "--json", env=ssh).stdout)
     assert "198.51.100.44" in st["exempt"]
+    assert pw(lab, state, "unban", "203.0.113.9").returncode == 0  # from the console: unban too
     st = json.loads(pw(lab, state, "status", "--json").stdout)  # status reads, it sets nothing
+    assert "198.51.100.44" not in st["exempt"]
+    assert pw(lab, state, "ban", "203.0.113.9", env=ssh).returncode == 0
     assert pw(lab, state, "ban", "203.0.113.10").returncode == 0  # from the console
     st = json.loads(pw(lab, state, "status", "--json").stdout)
     assert "198.51.100.44" not in st["exempt"]
