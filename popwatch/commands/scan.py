@@ -40,10 +40,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "one JSON object per failure with --json.")
     p.add_argument("files", nargs="+", metavar="FILE", help="log file, FILE.gz, or - for stdin")
     p.add_argument("--json", action="store_true",
-                   help="one JSON object per line for each failure (ts, service, ip, user, kind, "
-                        "attempts, source, lineno, line)")
+                   help="one JSON object per line for each line that reports a failure (ts, "
+                        "service, ip, user, kind, attempts, source, lineno, line); attempts is 0 "
+                        "on a line about an attempt another line counted already: sum attempts, "
+                        "do not count lines")
     p.add_argument("--all", action="store_true",
-                   help="also report successes, probes and zero-attempt duplicates")
+                   help="also report successes and probes (scanners, refused keys)")
     from ..whatif import proposal_arg
     p.add_argument("--what-if", type=proposal_arg, metavar="PROPOSAL",
                    help="replay the files under a proposed policy or port limit instead of the "
@@ -320,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
                     if wif is not None:
                         wif.add(ev)
                     elif as_json:
-                        if show_all or (ev.kind in failure_kinds and ev.attempts > 0):
+                        if show_all or ev.kind in failure_kinds:
                             buf.append(encode(ev))
                             if len(buf) >= 512:
                                 buf.append("")

@@ -314,7 +314,10 @@ class Parser:
             e = msg.find("] ")
             msg = msg[e + 2:] if e > 0 else ""
         if not msg.startswith("authentication failure; "):
-            return None  # `N more authentication failures` repeats counted attempts: silent
+            if service == "sshd" and msg[:1].isdigit() and " more authentication failure" in msg:
+                # `N more authentication failures; ...` at the end of the connection
+                return self.sshd.parse("pam_unix(sshd:auth): " + msg, conn)
+            return None
         msg = "pam_unix(" + service + ":auth): " + msg
         if service == "sshd":
             return self.sshd.parse(msg, conn)

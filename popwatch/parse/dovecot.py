@@ -58,7 +58,11 @@ _AUTH23 = re.compile(r",([0-9A-Fa-f:.]+)(?:,master)?(?:,<([A-Za-z0-9+/=]*)>)?\):
 # 2.4 auth prefix after `auth(` / `auth-worker(`: `user,IP[,mech...])[<pid>][<session>]: `
 _AUTH24 = re.compile(r",([0-9A-Fa-f:.]+)(?:,[A-Za-z0-9:_.-]*)*\)(?:<\d+>)?(?:<([A-Za-z0-9+/=]+)>)?: ")
 _DRIVER = re.compile(r"[a-z][a-z0-9_-]*\(")
-_AUTH24_MSG = re.compile(r"(?:request \[\d+\]: )?(?:Info: )?(?:[A-Za-z0-9_-]+: )?")
+_AUTH24_MSG = re.compile(r"(?:request \[\d+\]: )?(?:(?:Info|Debug|Warning|Error): )?(?:[A-Za-z0-9_-]+: )?")
+# the level dovecot writes before a message: `Info:` with auth_verbose, `Debug:` when auth_debug
+# is on too (2.0-2.2 log the per-attempt line at debug level then), any other level is read alike
+_LEVELS = ("Info: ", "Debug: ", "Warning: ", "Error: ")
+_LEVEL_INITIALS = frozenset("IDWE")
 # failure messages of passdbs (the whole message must be one of these)
 _AUTH_FAIL = re.compile(
     r"(?:(unknown user)|([Pp]assword mismatch)(?: \(for LDAP bind\))?|(invalid credentials)"
@@ -69,7 +73,7 @@ _AUTH_FAIL = re.compile(
 # (1.x mechanisms and bsdauth/sia passdbs write `password mismatch` in lower case)
 _AUTH_KEYWORDS = ("unknown user", "assword mismatch", "pam_authenticate() failed", "invalid credentials",
                   "Login failed (status=")
-_WORKER_CONN = re.compile(r"conn [^\s()]+ \(pid=\d+,uid=\d+\): auth-worker<\d+>: (?:Info: )?")
+_WORKER_CONN = re.compile(r"conn [^\s()]+ \(pid=\d+,uid=\d+\): auth-worker<\d+>: (?:(?:Info|Debug|Warning|Error): )?")
 # Linux-PAM `pam_unix(dovecot:auth): authentication failure; ... rhost=ADDR [ user=USER]`
 _PAM = re.compile(
     r"pam_[a-z0-9_]+\(([A-Za-z0-9_.-]+):auth\): authentication failure; logname=\S* uid=\d* euid=\d* "
@@ -79,11 +83,18 @@ _PAM_SERVICES = {"imap": Service.IMAP.value, "imaps": Service.IMAP.value, "pop3"
                  "sieve": Service.SIEVE.value, "managesieve": Service.SIEVE.value, "smtp": Service.SMTP.value}
 
 
+def _ipkey(ip: str) -> str:
+    """The address as a ledger key: dovecot 1.x writes v4-mapped forms where 2.x writes IPv4."""
+    return ip[7:] if ip.startswith("::ffff:") else ip
+
+
 class DovecotRules:
     """dovecot message -> Hit, with the per-session real-time ledger."""
 
     def __init__(self, cap: int = 65536) -> None:
-        # session -> [auth lines counted, auth-worker lines counted]
+        # (session, address) -> [auth lines counted, auth-worker lines counted]: a session id
+        # is random per connection, the address guards against ids that repeat anyway
+        # (copied or made-up lines, a proxy that forwards them)
         self._sessions: Ledger[list[int]] = Ledger(cap)
         # session -> service, from the login process's lines (auth lines do not name it)
         self._svc: Ledger[str] = Ledger(cap)
@@ -211,7 +222,7 @@ class DovecotRules:
         if m is not None:
             n = int(m.group(1))
             if session is not None:
-                st = self._sessions.pop(session)
+                st = self._sessions.pop((session, _ipkey(ip)))
                 if st is not None:
                     n = max(0, n - max(st))
             pend = self._pam_ip.get(ip)
@@ -266,8 +277,11 @@ class DovecotRules:
             # 2.3: `auth: [Info: ]DRIVER(user,ip,<sess>): msg` / `auth-worker(123): ...`
             # (1.x/2.0: `auth(default): ...`, `auth-worker(default): ...`)
             p = msg.find(": ") + 2
-            if msg.startswith("Info: ", p):
-                p += 6
+            if msg[p:p + 1] in _LEVEL_INITIALS:
+                for lv in _LEVELS:
+                    if msg.startswith(lv, p):
+                        p += len(lv)
+                        break
             if msg.startswith("conn ", p):
                 # 2.3.x worker: `conn unix:auth-worker (pid=N,uid=N): auth-worker<N>: DRIVER(...)`
                 w = _WORKER_CONN.match(msg, p)
@@ -283,8 +297,11 @@ class DovecotRules:
                 return None  # no address, or attacker text that looks like one: ambiguous
             m = cands[0]
             text = s[m.end():]
-            if text.startswith("Info: "):
-                text = text[6:]
+            if text[:1] in _LEVEL_INITIALS:
+                for lv in _LEVELS:
+                    if text.startswith(lv):
+                        text = text[len(lv):]
+                        break
         elif msg.startswith("auth(") or worker:
             s = msg[msg.find("(") + 1:]
             cands = list(_AUTH24.finditer(s))
@@ -305,10 +322,11 @@ class DovecotRules:
             user = None
         n = 1
         if session is not None:
-            st = self._sessions.get(session)
+            sk = (session, _ipkey(ip))
+            st = self._sessions.get(sk)
             if st is None:
                 st = [0, 0]
-                self._sessions.put(session, st)
+                self._sessions.put(sk, st)
             before = max(st)
             st[1 if worker else 0] += 1
             n = max(st) - before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 
 from ..model import Kind, Service
@@ -100,6 +102,27 @@ _COURIER_ESMTP = re.compile(
     r",msg=\"535 Authentication failed\.\",cmd: AUTH(?: \S+(?: (.*))?)?$")
 
 
+_B64 = re.compile(r"[A-Za-z0-9+/]{1,20}={0,2}")
+
+
+def _courier_auth_user(rest: str | None) -> str | None:
+    """What follows ``cmd: AUTH MECH``: courieresmtpd writes the client's initial response
+    (base64, cut at 20 characters) and then the user id it extracted, each only when there is
+    one. For PLAIN that response holds the password: never shown as the user."""
+    if not rest:
+        return None
+    first, sep, after = rest.partition(" ")
+    if sep and after and _B64.fullmatch(first):
+        return after  # initial response, then the user id
+    if sep or _B64.fullmatch(first) is None:
+        return rest
+    try:
+        raw = base64.b64decode(first + "=" * (-len(first) % 4), validate=True)
+    except (ValueError, binascii.Error):
+        return rest
+    return None if b"\0" in raw else rest
+
+
 def courier(service: str, msg: str) -> Hit | None:
     """One courier imapd/pop3d message."""
     if msg.startswith("[ID "):  # illumos `[ID 702911 mail.info] `
@@ -113,7 +136,7 @@ def courier(service: str, msg: str) -> Hit | None:
         m = _COURIER_ESMTP.match(msg)
         if m is None:
             return None
-        return (service, K_FAIL, m.group(1), m.group(2) or None, 1, None)
+        return (service, K_FAIL, m.group(1), _courier_auth_user(m.group(2)), 1, None)
     if "LOGIN FAILED, " in msg[:20]:
         m = _COURIER_FAIL.match(msg)
         if m is None:

@@ -42,6 +42,12 @@ _STRICT_TAIL = re.compile(r": [A-Za-z0-9@.-]+ (?:SHA256:[A-Za-z0-9+/=]+|MD5:[0-9
 _PAM = re.compile(
     r"pam_[a-z0-9_]+\([A-Za-z0-9_.-]+:auth\): authentication failure; logname=\S* uid=\d* euid=\d* "
     r"tty=\S* ruser=\S* rhost=(\S*) ?(?: user=(.*))?$")
+# pam_unix's count of the failures it did not log one by one, written when sshd ends the PAM
+# handle (`PAM` is libpam's prefix when no module is running, Linux-PAM >= 0.99; a module's own
+# prefix when the count is written while it runs): `PAM 2 more authentication failures; ...`
+_PAM_MORE = re.compile(
+    r"(?:PAM|pam_[a-z0-9_]+\([A-Za-z0-9_.-]+:auth\):) (\d{1,6}) more authentication failures?; logname=\S* "
+    r"uid=\d* euid=\d* tty=\S* ruser=\S* rhost=(\S*) ?(?: user=(.*))?$")
 # auth-pam.c: `PAM: <pam_strerror> for [illegal user ]USER from HOST`; Apple's sshd adds
 # ` via LOCAL-ADDRESS` (the server's own address, never the attacker's)
 # (the message is pam_strerror() text, any case: Linux-PAM `Authentication failure`, `User not
@@ -125,6 +131,9 @@ class SshdRules:
     def __init__(self, cap: int = 16384, *, count_publickey: bool = False) -> None:
         # conn key -> [counted, failed_lines_seen, address text]
         self._conns: Ledger[list] = Ledger(cap)
+        # the same for connections that ended, for the line PAM writes after the end (its
+        # count of failures); a line of the pid's next connection starts afresh in _conns
+        self._closed: Ledger[list] = Ledger(max(16, cap // 8))
         #: `Failed publickey` counts as a failed attempt (else it is a probe: a user's agent
         #: offering several keys writes it before `Accepted publickey`)
         self.count_publickey = count_publickey
@@ -151,6 +160,29 @@ class SshdRules:
             return None
         st = self._conns.get(conn)
         return st[2] if st is not None else None
+
+    def _close(self, key: object | None) -> None:
+        if key is not None:
+            st = self._conns.pop(key)
+            if st is not None:
+                self._closed.put(key, st)
+
+    def _credit_total(self, key: object | None, total: int, ip: str | None) -> int:
+        """A line that gives the connection's whole count (PAM's, at its end): what it adds."""
+        if key is None:
+            return 0  # no pid: cannot be paired with the lines that counted them already
+        st = self._conns.get(key)
+        if st is None:
+            st = self._closed.get(key)
+            if st is None or (ip is not None and st[2] != ip and _addrish(ip) and _addrish(st[2] or "")):
+                st = self._state(key, ip)
+        elif ip is not None and st[2] != ip:
+            st = self._state(key, ip)
+        if st[0] < total:
+            n = total - st[0]
+            st[0] = total
+            return n
+        return 0
 
     def _credit(self, key: object | None, idx_from_failed: int, *, failed: bool = False,
                 at_least_one: bool = False, ip: str | None = None) -> int:
@@ -236,7 +268,13 @@ class SshdRules:
             if msg.startswith("message repeated "):
                 return self._repeated(msg, conn)
             return None
+        if c == "P":
+            if msg.startswith("PAM "):
+                return self._pam_more(msg, conn)
+            return self._probe_rules(msg)
         if c == "p":
+            if msg.startswith("pam_") and " more authentication failure" in msg:
+                return self._pam_more(msg, conn)
             if msg.startswith("pam_") and " authentication failure; " in msg:
                 m = _PAM.match(msg)
                 if m is None:
@@ -258,8 +296,7 @@ class SshdRules:
                 what, user, ip, port = cu
                 key = self._key(conn, ip, port)
                 n = self._credit(key, 0, at_least_one=True, ip=ip)
-                if key is not None:
-                    self._conns.pop(key)
+                self._close(key)
                 kind = K_INVALID if what == "invalid" else K_FAIL
                 return (SSH, kind, ip, user, n, None)
             if msg.startswith("Disconnecting"):
@@ -267,9 +304,7 @@ class SshdRules:
             m = _CONN_PLAIN.match(msg)
             if m is not None:
                 ip, port = m.groups()
-                key = self._key(conn, ip, port)
-                if key is not None:
-                    self._conns.pop(key)
+                self._close(self._key(conn, ip, port))
                 return (SSH, K_PROBE, ip, None, 0, None)
             if msg.startswith("Did not receive"):
                 return self._probe_rules(msg)
@@ -330,6 +365,20 @@ class SshdRules:
                 return (SSH, K_NOT_ALLOWED, m.group(1), None, 1, None)
             return None
         return self._probe_rules(msg)
+
+    def _pam_more(self, msg: str, conn: object | None) -> Hit | None:
+        """pam_unix logs the first failure of a PAM handle, and only counts the rest until sshd
+        ends it: ``PAM N more authentication failures; ... rhost=HOST user=USER``. sshd wrote
+        its own line for each of them, so this adds only the ones no line counted (lost to
+        journald's rate limit, say)."""
+        m = _PAM_MORE.match(msg)
+        if m is None:
+            return None  # `PAM service(sshd) ignoring max retries; 6 > 3`: no address, nothing new
+        more, rhost, user = m.groups()
+        if not rhost:
+            return None
+        n = self._credit_total(conn, int(more) + 1, rhost)
+        return (SSH, K_FAIL, rhost, user or None, n, None)
 
     def _repeated(self, msg: str, conn: object | None) -> Hit | None:
         """rsyslog's ``message repeated N times: [ MSG]`` (RepeatedMsgReduction, on by default
@@ -411,8 +460,7 @@ class SshdRules:
             user = user[13:]
         key = self._key(conn, ip, port)
         if not failed:
-            if key is not None:
-                self._conns.pop(key)
+            self._close(key)
             return (SSH, K_SUCCESS, ip, user, 0, None)
         if method == "publickey" and not self.count_publickey:
             # a key offered and refused: what an agent with several keys does before it succeeds

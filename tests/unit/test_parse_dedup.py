@@ -71,7 +71,42 @@ def test_max_tries_summary_does_not_add() -> None:
     ]
     got = run(lines)
     assert sum(n for _k, n in got) == 6
-    assert got[-2:] == [("too_many", 0), ("too_many", 0)]
+    # PAM's count of the failures (1 logged + 5 more) is what the Failed lines counted already
+    assert got[-3:] == [("too_many", 0), ("too_many", 0), ("auth_failed", 0)]
+
+
+def more(pid: int, n: int, ip: str = IP) -> str:
+    s = "s" if n > 1 else ""
+    return (f"{T}sshd[{pid}]: PAM {n} more authentication failure{s}; logname= uid=0 euid=0 tty=ssh "
+            f"ruser= rhost={ip}  user=root")
+
+
+def test_pam_more_after_the_connection_closed_adds_nothing_it_counted() -> None:
+    # sshd ends the PAM handle after the preauth child said goodbye: the count comes last
+    closed = f"{T}sshd[7]: Connection closed by authenticating user root {IP} port 5 [preauth]"
+    got = run([pam(7), failed(7), failed(7), failed(7), closed, more(7, 2),
+               f"{T}sshd[7]: PAM service(sshd) ignoring max retries; 3 > 3"])
+    assert sum(n for _k, n in got) == 3
+    assert got[-1] == ("auth_failed", 0)  # `ignoring max retries` names no address: not an event
+    # the pid then serves a new connection: its lines count again
+    assert run([pam(8), failed(8), closed.replace("[7]", "[8]"), more(8, 1), failed(8)])[-1] == ("auth_failed", 1)
+
+
+def test_pam_more_brings_back_failures_whose_lines_were_lost() -> None:
+    # journald's rate limit dropped two of the four `Failed password` lines of the connection
+    got = run([pam(9), failed(9), failed(9), more(9, 3)])
+    assert got[-1] == ("auth_failed", 2)
+    assert sum(n for _k, n in got) == 4
+    # old Linux-PAM wrote it under its own ident
+    old = (f"{T}sshd(pam_unix)[10]: 2 more authentication failures; logname= uid=0 euid=0 tty=ssh "
+           f"ruser= rhost={IP}  user=root")
+    assert run([pam(10), failed(10), old]) == [("auth_failed", 1), ("auth_failed", 0), ("auth_failed", 2)]
+
+
+def test_pam_more_without_pid_or_address_counts_nothing_new() -> None:
+    bare = f"{T}sshd: PAM 4 more authentication failures; logname= uid=0 euid=0 tty=ssh ruser= rhost={IP}  user=root"
+    assert run([bare]) == [("auth_failed", 0)]
+    assert run([more(11, 2, ip="")]) == []
 
 
 def test_key_spray_with_unlogged_failures_counts_once() -> None:

@@ -69,12 +69,14 @@ SSH_CASES = [
      AUTH_FILES, Kind.PROBE, None, None, 0),
     ("ssh_accepted", "Accepted publickey for root from 198.51.100.20 port 43602",
      AUTH_FILES, Kind.SUCCESS, "198.51.100.20", "root", 0),
+    # pam_unix's count at the end of the connection: its Failed lines counted these already
+    ("ssh_pam_more_failures", "PAM 1 more authentication failure",
+     AUTH_FILES, Kind.AUTH_FAILED, "203.0.113.12", None, 0),
 ]
 
 # classes that carry nothing countable: the parser must return None for them
 SSH_SILENT = [
     ("ssh_pam_user_unknown", "check pass; user unknown"),
-    ("ssh_pam_more_failures", "PAM 1 more authentication failure"),
     ("ssh_received_disconnect", "Received disconnect from 203.0.113.12 port 42980:11: Bye Bye"),
     ("ssh_received_disconnect_post", "disconnected by user"),
     ("ssh_disconnected_user", "Disconnected from user root 198.51.100.20 port 43602"),
