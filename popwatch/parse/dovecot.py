@@ -180,11 +180,19 @@ class DovecotRules:
         ip = tail if e < 0 else tail[:e]
         userpart = right[:r]
         mt = userpart.rfind(", method=")
-        if mt >= 0 and "," not in userpart[mt + 9:] and " " not in userpart[mt + 9:]:
+        method = mt >= 0 and "," not in userpart[mt + 9:] and " " not in userpart[mt + 9:]
+        if method:
             userpart = userpart[:mt]
         if not userpart.endswith(">"):
             return None
         user = userpart[:-1]
+        if method and user and left.startswith("Disconnected") and "(" not in left:
+            # 1.0 (no `(auth failed, N attempts)` yet): a client that named a user and began
+            # a mechanism, then dropped or timed out before a login: `Disconnected[: Inactivity]:
+            # user=<root>, method=PLAIN, rip=...` - the dropped twin of `Aborted login: user=<root>`
+            if session is not None:
+                self._svc.put(session, service)
+            return (service, K_ABORTED, ip, user, 1, session)
         return self._outcome(service, left, ip, user, session)
 
     def _login_nouser(self, service: str, body: str) -> Hit | None:
