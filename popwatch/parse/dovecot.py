@@ -58,11 +58,7 @@ _AUTH23 = re.compile(r",([0-9A-Fa-f:.]+)(?:,master)?(?:,<([A-Za-z0-9+/=]*)>)?\):
 # 2.4 auth prefix after `auth(` / `auth-worker(`: `user,IP[,mech...])[<pid>][<session>]: `
 _AUTH24 = re.compile(r",([0-9A-Fa-f:.]+)(?:,[A-Za-z0-9:_.-]*)*\)(?:<\d+>)?(?:<([A-Za-z0-9+/=]+)>)?: ")
 _DRIVER = re.compile(r"[a-z][a-z0-9_-]*\(")
-_AUTH24_MSG = re.compile(r"(?:request \[\d+\]: )?(?:(?:Info|Debug|Warning|Error): )?(?:[A-Za-z0-9_-]+: )?")
-# the level dovecot writes before a message: `Info:` with auth_verbose, `Debug:` when auth_debug
-# is on too (2.0-2.2 log the per-attempt line at debug level then), any other level is read alike
-_LEVELS = ("Info: ", "Debug: ", "Warning: ", "Error: ")
-_LEVEL_INITIALS = frozenset("IDWE")
+_AUTH24_MSG = re.compile(r"(?:request \[\d+\]: )?(?:Info: )?(?:[A-Za-z0-9_-]+: )?")
 # failure messages of passdbs (the whole message must be one of these)
 _AUTH_FAIL = re.compile(
     r"(?:(unknown user)|([Pp]assword mismatch)(?: \(for LDAP bind\))?|(invalid credentials)"
@@ -73,7 +69,7 @@ _AUTH_FAIL = re.compile(
 # (1.x mechanisms and bsdauth/sia passdbs write `password mismatch` in lower case)
 _AUTH_KEYWORDS = ("unknown user", "assword mismatch", "pam_authenticate() failed", "invalid credentials",
                   "Login failed (status=")
-_WORKER_CONN = re.compile(r"conn [^\s()]+ \(pid=\d+,uid=\d+\): auth-worker<\d+>: (?:(?:Info|Debug|Warning|Error): )?")
+_WORKER_CONN = re.compile(r"conn [^\s()]+ \(pid=\d+,uid=\d+\): auth-worker<\d+>: (?:Info: )?")
 # Linux-PAM `pam_unix(dovecot:auth): authentication failure; ... rhost=ADDR [ user=USER]`
 _PAM = re.compile(
     r"pam_[a-z0-9_]+\(([A-Za-z0-9_.-]+):auth\): authentication failure; logname=\S* uid=\d* euid=\d* "
@@ -285,11 +281,10 @@ class DovecotRules:
             # 2.3: `auth: [Info: ]DRIVER(user,ip,<sess>): msg` / `auth-worker(123): ...`
             # (1.x/2.0: `auth(default): ...`, `auth-worker(default): ...`)
             p = msg.find(": ") + 2
-            if msg[p:p + 1] in _LEVEL_INITIALS:
-                for lv in _LEVELS:
-                    if msg.startswith(lv, p):
-                        p += len(lv)
-                        break
+            if msg.startswith("Info: ", p):
+                # every passdb writes a client's failure at info level (auth_request_log_info,
+                # e_info), with auth_debug too; errors are the server's own (`... missing?`)
+                p += 6
             if msg.startswith("conn ", p):
                 # 2.3.x worker: `conn unix:auth-worker (pid=N,uid=N): auth-worker<N>: DRIVER(...)`
                 w = _WORKER_CONN.match(msg, p)
@@ -305,11 +300,8 @@ class DovecotRules:
                 return None  # no address, or attacker text that looks like one: ambiguous
             m = cands[0]
             text = s[m.end():]
-            if text[:1] in _LEVEL_INITIALS:
-                for lv in _LEVELS:
-                    if text.startswith(lv):
-                        text = text[len(lv):]
-                        break
+            if text.startswith("Info: "):
+                text = text[6:]
         elif msg.startswith("auth(") or worker:
             s = msg[msg.find("(") + 1:]
             cands = list(_AUTH24.finditer(s))
