@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .addr import parse_target
+from .addr import NetIndex, parse_target
 from .autoban import Decision
 from .faults import point
 from .firewall.base import FirewallError
@@ -72,6 +72,8 @@ class Actions:
         self.bans_dirty = False
         #: auto-bans handed to the firewall thread, not yet in the store
         self.pending: set[str] = set()
+        #: the network bans among ``pending``: an address inside one is in flight too
+        self.pending_nets = NetIndex()
         self._entries: dict[str, str] = {}
         #: bans.json as this process last read/wrote it: a write merges only our changes
         self.saved: dict[str, Ban] = dict(monitor.store.bans)
@@ -224,13 +226,21 @@ class Actions:
             self.save_bans_now()
 
     def banned_or_pending(self, ip: str) -> bool:
-        if ip in self.pending:
+        """``ip`` (an address or a network) is banned already or on its way: itself, the /64 of
+        a banned IPv6 address, or inside a network ban (IPv4 or IPv6, recorded or in flight)."""
+        if ip in self.pending or (self.pending_nets and self.pending_nets.holders(ip)):
             return True
-        b = self.m.store.bans.get(ip)
+        bans = self.m.store.bans
+        b = bans.get(ip)
         if b is None and ":" in ip and self.ban_entries:  # another address of a banned /64
             owner = self.ban_entries.get(self.ban_entry(ip, False))
             if owner is not None:
-                b = self.m.store.bans.get(owner)
+                b = bans.get(owner)
+        if self._active(b):
+            return True
+        return any(self._active(bans.get(net)) for net in self.m.store.net_bans.holders(ip) if net != ip)
+
+    def _active(self, b: Ban | None) -> bool:
         # a ban the kernel has timed out but the poll has not expired yet does not count
         return b is not None and (b.expires is None or b.expires > self.m.clock() + 0.5)
 
@@ -458,11 +468,16 @@ class Actions:
         """Hand crossings to the firewall thread now; the store follows on the loop."""
         todo = []
         entries: set[str] = set()
+        nets = NetIndex()  # the batch's network bans: an address inside one is the same incident
+        for d in decisions:
+            if "/" in d.ip and d.ip not in self.pending:
+                nets.add(d.ip)
         for d in decisions:  # one ban per kernel entry: two addresses of one /64 are one incident
             if d.ip in self.pending:
                 continue
             e = self.ban_entry(d.ip, "/" in d.ip) if ":" in d.ip else d.ip
-            if e in entries:
+            inside = nets and any(n != d.ip for n in nets.holders(d.ip))
+            if e in entries or inside:
                 if d.origin == "auto":
                     self.m.autoban.cancel(d.ip)
                 continue
@@ -472,6 +487,8 @@ class Actions:
             return
         for d in todo:
             self.pending.add(d.ip)
+            if "/" in d.ip:
+                self.pending_nets.add(d.ip)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -547,6 +564,8 @@ class Actions:
     def _auto_done(self, todo: list[Decision], results: list[Any]) -> None:
         for d, r in zip(todo, results, strict=False):
             self.pending.discard(d.ip)
+            if "/" in d.ip:
+                self.pending_nets.discard(d.ip)
             if isinstance(r, ActionResult):
                 if r.ban is not None:
                     self._after_ban(r)

@@ -199,3 +199,74 @@ def test_auto_ban_does_not_ban_a_banned_64_again(tmp_path: Path) -> None:
     mon.ingest([RawLine(line.format("2001:db8:5::3"), "t", 3)])
     bans = [r for r in mon.persist.read_audit() if r["action"] == "ban"]
     assert [r["target"] for r in bans] == ["2001:db8:5::1"]
+
+
+def _keyed_sim():  # type: ignore[no-untyped-def]
+    """The sim with the kernel backends' ban entries (an IPv6 address is banned as its /64)."""
+    from popwatch.firewall.sim import SimFirewall
+
+    class KeyedSim(SimFirewall):
+        def ban_key(self, ip: str, *, net: bool | None = None) -> str:
+            return ban_entry(ip, allow_net=bool(net)).entry
+    return KeyedSim()
+
+
+@pytest.mark.parametrize("net,inside", [("198.51.100.0/24", "198.51.100.7"),
+                                        ("2001:db8:7::/48", "2001:db8:7:1::5")])
+def test_auto_ban_does_not_ban_an_address_inside_a_banned_network(tmp_path: Path, net: str,
+                                                                   inside: str) -> None:
+    import time as _time
+
+    from popwatch.actions import run_sync
+    from popwatch.model import RawLine
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    pol = PolicyConfig()
+    pol.maxretry, pol.auto_ban = 1, True
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=_keyed_sim(),
+                  persist=Persist(tmp_path), policy=pol)
+    run_sync(mon.actions.ban(net, ttl=3600, origin="cli", allow_net=True))
+    line = "Dec  7 05:00:00 mail sshd[7]: Failed password for root from {} port 22 ssh2"
+    mon.ingest([RawLine(line.format(inside), "t", 1)])
+    assert [r["target"] for r in mon.persist.read_audit() if r["action"] == "ban"] == [net]
+    assert set(mon.store.bans) == {net}
+    # the campaign path asks the same question; a narrower network inside it is covered too
+    assert mon.actions.banned_or_pending(inside)
+    if ":" not in net:
+        assert mon.actions.banned_or_pending("198.51.100.0/25")
+        assert not mon.actions.banned_or_pending("198.51.101.7")
+        run_sync(mon.actions.unban(net, origin="cli"))
+        assert not mon.actions.banned_or_pending(inside)
+
+
+def test_auto_ban_skips_an_address_whose_network_ban_is_in_flight(tmp_path: Path) -> None:
+    import asyncio
+    import time as _time
+
+    from popwatch.actions import run_sync
+    from popwatch.autoban import Decision
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    pol = PolicyConfig()
+    pol.maxretry, pol.auto_ban = 1, True
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=_keyed_sim(),
+                  persist=Persist(tmp_path), policy=pol)
+    now = _time.time()
+
+    async def in_flight() -> bool:  # a campaign's network ban handed to the firewall thread
+        mon.actions.fire([Decision("203.0.113.0/24", 600, "campaign", {}, now, 0.0, origin="campaign")])
+        held = mon.actions.banned_or_pending("203.0.113.9")
+        while mon.actions.pending:
+            await asyncio.sleep(0.01)
+        return held
+    assert asyncio.run(in_flight())
+    assert mon.actions.banned_or_pending("203.0.113.9")
+    run_sync(mon.actions.unban("203.0.113.0/24", origin="cli"))
+    # one batch holding a network and an address inside it: the network only
+    mon.actions.fire([Decision("203.0.113.9", 600, "auto", {}, now, 0.0, origin="auto"),
+                      Decision("203.0.113.0/24", 600, "campaign", {}, now, 0.0, origin="campaign")])
+    assert [r["target"] for r in mon.persist.read_audit() if r["action"] == "ban"] == ["203.0.113.0/24"] * 2
