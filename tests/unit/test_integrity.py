@@ -270,3 +270,64 @@ def test_auto_ban_skips_an_address_whose_network_ban_is_in_flight(tmp_path: Path
     mon.actions.fire([Decision("203.0.113.9", 600, "auto", {}, now, 0.0, origin="auto"),
                       Decision("203.0.113.0/24", 600, "campaign", {}, now, 0.0, origin="campaign")])
     assert [r["target"] for r in mon.persist.read_audit() if r["action"] == "ban"] == ["203.0.113.0/24"] * 2
+
+
+def _member_sim():  # type: ignore[no-untyped-def]
+    """The sim keeping an IPv4 network ban as its addresses, like ipset's hash:ip and nftables' ban4."""
+    import ipaddress
+
+    sim = _keyed_sim()
+    plain = sim.bans
+
+    def bans() -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for k, left in plain().items():
+            if "/" in k and ":" not in k:
+                out |= {str(a): left for a in ipaddress.IPv4Network(k)}
+            else:
+                out[k] = left
+        return out
+    sim.bans = bans  # type: ignore[method-assign]
+    return sim
+
+
+def test_kernel_sync_keeps_an_ipv4_network_ban_one_ban(tmp_path: Path) -> None:
+    """A network banned by the CLI while watch runs is adopted as that network, not as its 256
+    addresses, and stays while the kernel holds its addresses; an unban in the kernel drops it."""
+    import time as _time
+
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=_member_sim(),
+                  persist=Persist(tmp_path), policy=PolicyConfig())
+    mon.reconcile()
+    net = "198.51.100.0/24"
+    Persist(tmp_path).merge_bans({net: Ban(net, _time.time() - 5, _time.time() + 3600, "cli net", "cli")}, set())
+    mon.firewall.ban(net, 3600)
+    for _ in range(2):
+        mon.reconciler.sync_from_kernel(mon.firewall.bans(), _time.time())
+        assert set(mon.store.bans) == {net} and mon.store.bans[net].origin == "cli"
+    mon.firewall.unban(net)
+    mon.reconciler.sync_from_kernel(mon.firewall.bans(), _time.time())
+    assert mon.store.bans == {}
+
+
+def test_start_adopts_an_ipv4_network_ban_known_only_from_the_audit_log(tmp_path: Path) -> None:
+    """Killed between the kernel change and bans.json: the audit record names the network."""
+    import time as _time
+
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    net = "203.0.113.0/24"
+    Persist(tmp_path).audit("ban", net, origin="cli", reason="cli net", ttl=3600)
+    sim = _member_sim()
+    sim.ban(net, 3600)
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=sim,
+                  persist=Persist(tmp_path), policy=PolicyConfig())
+    mon.reconcile()
+    assert set(mon.store.bans) == {net} and mon.store.bans[net].origin == "cli"
+    assert {b.ip for b in Persist(tmp_path).load_bans()} == {net}
