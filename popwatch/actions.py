@@ -103,6 +103,8 @@ class Actions:
         ips = list(ips)
 
         def job() -> list[Any]:
+            if self.m.persist is not None and not self.m.dry_run:
+                return self._ban_many_ahead(ips, ttl, reason, origin, allow_net)
             out: list[Any] = []
             for ip in ips:
                 try:
@@ -202,11 +204,15 @@ class Actions:
             rec = self.m.persist.audit(action, target, **kw)
         else:
             rec = {"id": f"{time.time_ns():x}", "action": action, "target": target, **kw}
+        self._remember(rec, action, target, kw)
+        return rec
+
+    def _remember(self, rec: dict[str, Any], action: str, target: str, kw: dict[str, Any]) -> None:
+        """A written audit record: to the exporters, and to the in-memory log (undo)."""
         self.notify(action, target, kw)
         if action in UNDOABLE or action == "undo":
             self.log.append(rec)
             del self.log[:-1000]
-        return rec
 
     def save_bans_now(self) -> None:
         """Merge this process's ban changes into bans.json under the state lock (another
@@ -270,12 +276,19 @@ class Actions:
         return why
 
     def _ban_plan(self, ip: str, ttl: float | None, reason: str, origin: str, allow_net: bool,
-                  detail: dict[str, Any] | None) -> tuple[Ban, list[str], dict[str, Any]]:
-        """Policy check and the exact change, nothing done yet: (ban, change, audit fields)."""
+                  detail: dict[str, Any] | None, refusals: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
+                  ) -> tuple[Ban, list[str], dict[str, Any]]:
+        """Policy check and the exact change, nothing done yet: (ban, change, audit fields). A
+        refusal's audit record is written now, or (``refusals``, with a state dir) left there as
+        (record, fields) for the caller's one write."""
         target = str(parse_target(ip, allow_net=allow_net))
         why = self.why_refused(target, allow_net)
         if why:
-            self.audit("ban", target, origin=origin, reason=reason, ok=False, error=f"refused: {why}")
+            kw: dict[str, Any] = {"origin": origin, "reason": reason, "ok": False, "error": f"refused: {why}"}
+            if refusals is not None and self.m.persist is not None and not self.m.dry_run:
+                refusals.append((self.m.persist.record("ban", target, **kw), kw))
+            else:
+                self.audit("ban", target, **kw)
             raise Refused(f"refused: {why}")
         if ttl is not None and ttl > MAX_BAN_TTL:
             ttl = float(MAX_BAN_TTL)  # what the kernel set holds (recidive can ask for more)
@@ -340,6 +353,56 @@ class Actions:
                     pass  # recidive history only; the audit record and bans.json are what count
         left = "permanently" if ttl is None else f"for {fmt_duration(ttl)}"
         return ActionResult(True, f"banned {target} {left}" + _closed_text(closed), tuple(change), ban)
+
+    def _ban_many_ahead(self, ips: list[str], ttl: float | None, reason: str, origin: str,
+                        allow_net: bool) -> list[Any]:
+        """Firewall thread, a mass ban with a state dir: every audit record (refusals too) in one
+        write with one fsync, durable before the first kernel change; then the kernel, one
+        entry at a time; a ``void`` record (one more write) for each that failed; the ban
+        history in one write. Results in the order of ``ips``: ActionResult or the exception."""
+        persist = self.m.persist
+        assert persist is not None
+        out: list[Any] = [None] * len(ips)
+        refusals: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        plans = []
+        for i, ip in enumerate(ips):
+            try:
+                plans.append((i, *self._ban_plan(ip, ttl, reason, origin, allow_net, None, refusals)))
+            except (Refused, FirewallError, ValueError) as e:
+                out[i] = e
+        recs = [persist.record("ban", ban.ip, origin=origin, reason=reason, change=change, **extra)
+                for _, ban, change, extra in plans]
+        persist.write_audit([r for r, _ in refusals] + recs)  # raises: no ban without its record
+        for rec, kw in refusals:
+            self._remember(rec, "ban", str(rec["target"]), kw)
+        voids: list[dict[str, Any]] = []
+        done: list[Ban] = []
+        for (i, ban, change, extra), rec in zip(plans, recs, strict=True):
+            try:
+                point("kernel ban")
+                self.m.firewall.ban(ban.ip, extra["ttl"])
+                point("kernel ban done")
+                self._keep_longer_members(ban)
+            except Exception as e:  # noqa: BLE001 - one entry's failure is its result; the others go on
+                voids.append(persist.record("void", ban.ip, origin=origin, reason=f"the firewall refused: {e}",
+                                            voids=rec["id"]))
+                out[i] = e
+                continue
+            self._remember(rec, "ban", ban.ip, dict(origin=origin, reason=reason, change=change, **extra))
+            done.append(ban)
+            left = "permanently" if extra["ttl"] is None else f"for {fmt_duration(extra['ttl'])}"
+            out[i] = ActionResult(True, f"banned {ban.ip} {left}", tuple(change), ban)
+        if voids:
+            try:
+                persist.write_audit(voids)
+            except OSError as e:
+                self.m.say_once(f"the audit log holds {len(voids)} bans that did not happen ({e}); "
+                                f"the disk refused the note")
+        try:
+            persist.add_history_many(done)
+        except OSError:
+            pass  # recidive history only; the audit records and bans.json are what count
+        return self._closed_after(out)
 
     def _close_conns(self, targets: list[str]) -> dict[str, int]:
         """Firewall thread, right after bans: close the addresses' open connections (a session

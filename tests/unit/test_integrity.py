@@ -4,6 +4,7 @@ audit with void records, NAT64, limits of numbers and durations, the output gate
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -331,3 +332,49 @@ def test_start_adopts_an_ipv4_network_ban_known_only_from_the_audit_log(tmp_path
     mon.reconcile()
     assert set(mon.store.bans) == {net} and mon.store.bans[net].origin == "cli"
     assert {b.ip for b in Persist(tmp_path).load_bans()} == {net}
+
+
+def test_mass_ban_writes_its_records_ahead_with_one_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TUI's mass ban (B, x/X): every write-ahead record (a refusal's too) in one fsync, on
+    disk before the first kernel change; a failed entry gets its void record (one more fsync)."""
+    import time as _time
+
+    from popwatch.actions import run_sync
+    from popwatch.firewall.base import FirewallError
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    sim = _keyed_sim()
+    audit_path = tmp_path / "audit.jsonl"
+    plain_ban = sim.ban
+
+    def ban(ip: str, ttl: float | None = None, *, net: bool | None = None) -> None:
+        on_disk = [json.loads(l)["target"] for l in audit_path.read_text().splitlines()]
+        assert len(on_disk) >= 21 and ip in on_disk  # every record is there before any kernel change
+        if ip == "198.51.100.13":
+            raise FirewallError("set full")
+        plain_ban(ip, ttl, net=net)
+    sim.ban = ban  # type: ignore[method-assign]
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=sim,
+                  persist=Persist(tmp_path), policy=PolicyConfig())
+    audit_fsyncs = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("audit.jsonl"):
+            audit_fsyncs.append(fd)
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    ips = [f"198.51.100.{i}" for i in range(1, 21)] + ["127.0.0.1", "not an address"]
+    done, refused = run_sync(mon.actions.ban_many(ips, ttl=600, reason="mass", origin="key"))
+    assert len(done) == 19 and set(refused) == {"198.51.100.13", "127.0.0.1", "not an address"}
+    assert len(audit_fsyncs) == 2  # the records ahead, then the one void
+    recs = mon.persist.read_audit()
+    void = [r for r in recs if r["action"] == "void"]
+    assert [r["target"] for r in void] == ["198.51.100.13"]
+    assert next(r for r in recs if r["id"] == void[0]["voids"])["target"] == "198.51.100.13"
+    assert any(r["target"] == "127.0.0.1" and r["ok"] is False for r in recs)
+    assert set(mon.store.bans) == set(ips[:20]) - {"198.51.100.13"}
+    assert {b.ip for b in mon.persist.load_bans()} == set(mon.store.bans)
+    assert len(mon.persist.load_history()) == 19
