@@ -6,7 +6,14 @@ path (parse -> auto-ban -> audit -> firewall), three ways in the same run:
   popwatch does);
 * write-ahead, one fsync per record (what "durable before the action" costs done naively).
 
-    python benchmarks/audit.py [--bans 20000] [--batch 2000]
+And the TUI's mass ban (``B``, campaign ``x``/``X``: ``Actions.ban_many``), the same run:
+
+* one job: every write-ahead record in one write + one fsync, the history in one (what
+  ``ban_many`` does);
+* one ban at a time: ``_ban_fw`` per address (an audit fsync and a history fsync each: what
+  ``ban_many`` did before).
+
+    python benchmarks/audit.py [--bans 20000] [--batch 2000] [--mass 500]
 
 The firewall is the simulated one (the benchmark is about the disk, not the kernel: see
 benchmarks/firewall.py for the netlink cost of a ban). The state dir is a temp dir on the same
@@ -75,10 +82,38 @@ async def run(mode: str, batch: list[RawLine], step: int) -> tuple[float, int, i
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def mass(mode: str, n: int) -> tuple[float, int]:
+    """A mass ban of ``n`` addresses through the TUI's path (:meth:`Actions.ban_many`), or
+    through the former one (``_ban_fw`` per address, on the firewall thread); seconds, bans."""
+    from popwatch.actions import ActionResult
+
+    ips = [f"2001:db8:{i >> 16:x}:{i & 0xffff:x}::1" for i in range(n)]
+    tmp = Path(tempfile.mkdtemp(prefix="pw-audit-bench-", dir="/var/tmp"))
+    try:
+        mon = Monitor(store=StateStore(clock=time.time), parser=Parser(now=time.time), firewall=SimFirewall(),
+                      persist=Persist(tmp / "state"), policy=PolicyConfig())
+        mon.running = True  # bans.json by the poll, as in the TUI
+        a = mon.actions
+        t0 = time.perf_counter()
+        if mode == "one job":
+            done, _ = await a.ban_many(ips, ttl=3600, reason="bench", origin="key")
+        else:
+            def job() -> list[ActionResult]:
+                return a._closed_after([a._ban_fw(ip, 3600, "bench", "key", False, close=False) for ip in ips])
+            done = [a._after_ban(r) for r in await mon.fw_thread.run(job)]
+        dt = time.perf_counter() - t0
+        mon.fw_thread.drain()
+        mon.io_thread.shutdown(wait=True)
+        return dt, len(done)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bans", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=2000, help="lines per ingest call (the sources' slice)")
+    ap.add_argument("--mass", type=int, default=500, help="addresses in the TUI mass ban (0: skip it)")
     a = ap.parse_args()
     batch = lines(min(a.bans, 200_000))
     res = {}
@@ -90,6 +125,14 @@ def main() -> None:
     print(f"write-ahead batched:    {res['batched'] / base:5.2f}x the time without an audit log")
     print(f"write-ahead per record: {res['per-record'] / base:5.2f}x the time without an audit log "
           f"({res['per-record'] / res['batched']:.1f}x batched)")
+    if a.mass:
+        got = {}
+        for mode in ("one at a time", "one job"):
+            dt, n = asyncio.run(mass(mode, a.mass))
+            got[mode] = dt
+            print(f"mass ban, {mode:<13} {n:>6} bans in {dt:6.3f} s = {n / dt:>8.0f} bans/s")
+        print(f"mass ban: one job takes {got['one job'] / got['one at a time']:.2f}x the time of one at a time "
+              f"({got['one at a time'] / got['one job']:.1f}x faster)")
 
 
 if __name__ == "__main__":

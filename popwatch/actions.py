@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .addr import parse_target
+from .addr import NetIndex, parse_target
 from .autoban import Decision
 from .faults import point
 from .firewall.base import FirewallError
@@ -72,6 +72,8 @@ class Actions:
         self.bans_dirty = False
         #: auto-bans handed to the firewall thread, not yet in the store
         self.pending: set[str] = set()
+        #: the network bans among ``pending``: an address inside one is in flight too
+        self.pending_nets = NetIndex()
         self._entries: dict[str, str] = {}
         #: bans.json as this process last read/wrote it: a write merges only our changes
         self.saved: dict[str, Ban] = dict(monitor.store.bans)
@@ -101,6 +103,8 @@ class Actions:
         ips = list(ips)
 
         def job() -> list[Any]:
+            if self.m.persist is not None and not self.m.dry_run:
+                return self._ban_many_ahead(ips, ttl, reason, origin, allow_net)
             out: list[Any] = []
             for ip in ips:
                 try:
@@ -200,11 +204,15 @@ class Actions:
             rec = self.m.persist.audit(action, target, **kw)
         else:
             rec = {"id": f"{time.time_ns():x}", "action": action, "target": target, **kw}
+        self._remember(rec, action, target, kw)
+        return rec
+
+    def _remember(self, rec: dict[str, Any], action: str, target: str, kw: dict[str, Any]) -> None:
+        """A written audit record: to the exporters, and to the in-memory log (undo)."""
         self.notify(action, target, kw)
         if action in UNDOABLE or action == "undo":
             self.log.append(rec)
             del self.log[:-1000]
-        return rec
 
     def save_bans_now(self) -> None:
         """Merge this process's ban changes into bans.json under the state lock (another
@@ -224,13 +232,21 @@ class Actions:
             self.save_bans_now()
 
     def banned_or_pending(self, ip: str) -> bool:
-        if ip in self.pending:
+        """``ip`` (an address or a network) is banned already or on its way: itself, the /64 of
+        a banned IPv6 address, or inside a network ban (IPv4 or IPv6, recorded or in flight)."""
+        if ip in self.pending or (self.pending_nets and self.pending_nets.holders(ip)):
             return True
-        b = self.m.store.bans.get(ip)
+        bans = self.m.store.bans
+        b = bans.get(ip)
         if b is None and ":" in ip and self.ban_entries:  # another address of a banned /64
             owner = self.ban_entries.get(self.ban_entry(ip, False))
             if owner is not None:
-                b = self.m.store.bans.get(owner)
+                b = bans.get(owner)
+        if self._active(b):
+            return True
+        return any(self._active(bans.get(net)) for net in self.m.store.net_bans.holders(ip) if net != ip)
+
+    def _active(self, b: Ban | None) -> bool:
         # a ban the kernel has timed out but the poll has not expired yet does not count
         return b is not None and (b.expires is None or b.expires > self.m.clock() + 0.5)
 
@@ -260,12 +276,19 @@ class Actions:
         return why
 
     def _ban_plan(self, ip: str, ttl: float | None, reason: str, origin: str, allow_net: bool,
-                  detail: dict[str, Any] | None) -> tuple[Ban, list[str], dict[str, Any]]:
-        """Policy check and the exact change, nothing done yet: (ban, change, audit fields)."""
+                  detail: dict[str, Any] | None, refusals: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
+                  ) -> tuple[Ban, list[str], dict[str, Any]]:
+        """Policy check and the exact change, nothing done yet: (ban, change, audit fields). A
+        refusal's audit record is written now, or (``refusals``, with a state dir) left there as
+        (record, fields) for the caller's one write."""
         target = str(parse_target(ip, allow_net=allow_net))
         why = self.why_refused(target, allow_net)
         if why:
-            self.audit("ban", target, origin=origin, reason=reason, ok=False, error=f"refused: {why}")
+            kw: dict[str, Any] = {"origin": origin, "reason": reason, "ok": False, "error": f"refused: {why}"}
+            if refusals is not None and self.m.persist is not None and not self.m.dry_run:
+                refusals.append((self.m.persist.record("ban", target, **kw), kw))
+            else:
+                self.audit("ban", target, **kw)
             raise Refused(f"refused: {why}")
         if ttl is not None and ttl > MAX_BAN_TTL:
             ttl = float(MAX_BAN_TTL)  # what the kernel set holds (recidive can ask for more)
@@ -330,6 +353,56 @@ class Actions:
                     pass  # recidive history only; the audit record and bans.json are what count
         left = "permanently" if ttl is None else f"for {fmt_duration(ttl)}"
         return ActionResult(True, f"banned {target} {left}" + _closed_text(closed), tuple(change), ban)
+
+    def _ban_many_ahead(self, ips: list[str], ttl: float | None, reason: str, origin: str,
+                        allow_net: bool) -> list[Any]:
+        """Firewall thread, a mass ban with a state dir: every audit record (refusals too) in one
+        write with one fsync, durable before the first kernel change; then the kernel, one
+        entry at a time; a ``void`` record (one more write) for each that failed; the ban
+        history in one write. Results in the order of ``ips``: ActionResult or the exception."""
+        persist = self.m.persist
+        assert persist is not None
+        out: list[Any] = [None] * len(ips)
+        refusals: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        plans = []
+        for i, ip in enumerate(ips):
+            try:
+                plans.append((i, *self._ban_plan(ip, ttl, reason, origin, allow_net, None, refusals)))
+            except (Refused, FirewallError, ValueError) as e:
+                out[i] = e
+        recs = [persist.record("ban", ban.ip, origin=origin, reason=reason, change=change, **extra)
+                for _, ban, change, extra in plans]
+        persist.write_audit([r for r, _ in refusals] + recs)  # raises: no ban without its record
+        for rec, kw in refusals:
+            self._remember(rec, "ban", str(rec["target"]), kw)
+        voids: list[dict[str, Any]] = []
+        done: list[Ban] = []
+        for (i, ban, change, extra), rec in zip(plans, recs, strict=True):
+            try:
+                point("kernel ban")
+                self.m.firewall.ban(ban.ip, extra["ttl"])
+                point("kernel ban done")
+                self._keep_longer_members(ban)
+            except Exception as e:  # noqa: BLE001 - one entry's failure is its result; the others go on
+                voids.append(persist.record("void", ban.ip, origin=origin, reason=f"the firewall refused: {e}",
+                                            voids=rec["id"]))
+                out[i] = e
+                continue
+            self._remember(rec, "ban", ban.ip, dict(origin=origin, reason=reason, change=change, **extra))
+            done.append(ban)
+            left = "permanently" if extra["ttl"] is None else f"for {fmt_duration(extra['ttl'])}"
+            out[i] = ActionResult(True, f"banned {ban.ip} {left}", tuple(change), ban)
+        if voids:
+            try:
+                persist.write_audit(voids)
+            except OSError as e:
+                self.m.say_once(f"the audit log holds {len(voids)} bans that did not happen ({e}); "
+                                f"the disk refused the note")
+        try:
+            persist.add_history_many(done)
+        except OSError:
+            pass  # recidive history only; the audit records and bans.json are what count
+        return self._closed_after(out)
 
     def _close_conns(self, targets: list[str]) -> dict[str, int]:
         """Firewall thread, right after bans: close the addresses' open connections (a session
@@ -458,11 +531,16 @@ class Actions:
         """Hand crossings to the firewall thread now; the store follows on the loop."""
         todo = []
         entries: set[str] = set()
+        nets = NetIndex()  # the batch's network bans: an address inside one is the same incident
+        for d in decisions:
+            if "/" in d.ip and d.ip not in self.pending:
+                nets.add(d.ip)
         for d in decisions:  # one ban per kernel entry: two addresses of one /64 are one incident
             if d.ip in self.pending:
                 continue
             e = self.ban_entry(d.ip, "/" in d.ip) if ":" in d.ip else d.ip
-            if e in entries:
+            inside = nets and any(n != d.ip for n in nets.holders(d.ip))
+            if e in entries or inside:
                 if d.origin == "auto":
                     self.m.autoban.cancel(d.ip)
                 continue
@@ -472,6 +550,8 @@ class Actions:
             return
         for d in todo:
             self.pending.add(d.ip)
+            if "/" in d.ip:
+                self.pending_nets.add(d.ip)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -547,6 +627,8 @@ class Actions:
     def _auto_done(self, todo: list[Decision], results: list[Any]) -> None:
         for d, r in zip(todo, results, strict=False):
             self.pending.discard(d.ip)
+            if "/" in d.ip:
+                self.pending_nets.discard(d.ip)
             if isinstance(r, ActionResult):
                 if r.ban is not None:
                     self._after_ban(r)

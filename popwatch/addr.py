@@ -108,3 +108,52 @@ def ban_prefix(addr: IPv6Address, default: int) -> int:
 
 def is_ipv4(text: str) -> bool:
     return ":" not in text
+
+
+class NetIndex:
+    """Networks (``a.b.c.0/24``, ``2001:db8::/48``) by family and prefix length, so that the
+    ones holding an address or a narrower network are found with one lookup per prefix length
+    in use, not a scan of every network."""
+
+    __slots__ = ("_by",)
+
+    def __init__(self) -> None:
+        #: (version, prefixlen) -> {network address as int: its text}
+        self._by: dict[tuple[int, int], dict[int, str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by)
+
+    def add(self, text: str) -> None:
+        net = ipaddress.ip_network(text, strict=False)
+        self._by.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = text
+
+    def discard(self, text: str) -> None:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return
+        key = (net.version, net.prefixlen)
+        d = self._by.get(key)
+        if d is not None and d.get(int(net.network_address)) == text:
+            del d[int(net.network_address)]
+            if not d:
+                del self._by[key]
+
+    def holders(self, target: str) -> list[str]:
+        """The indexed networks that hold ``target`` (an address or a network; itself too)."""
+        if not self._by:
+            return []
+        try:
+            t = ipaddress.ip_network(target, strict=False)
+        except ValueError:
+            return []
+        bits = t.max_prefixlen
+        value = int(t.network_address)
+        out = []
+        for (version, plen), d in self._by.items():
+            if version == t.version and plen <= t.prefixlen:
+                hit = d.get(value >> (bits - plen) << (bits - plen))
+                if hit is not None:
+                    out.append(hit)
+        return out

@@ -328,13 +328,19 @@ class Persist:
 
     # ------------------------------------------------------------------ ban history
     def add_history(self, ban: Ban) -> None:
+        self.add_history_many([ban])
+
+    def add_history_many(self, bans: list[Ban]) -> None:
+        """Append bans to the history with one write and one fsync."""
+        if not bans:
+            return
         try:
-            _append(self.history_path, {"ip": ban.ip, "created": ban.created, "expires": ban.expires,
-                                        "reason": ban.reason, "origin": ban.origin})
+            _append_many(self.history_path, [{"ip": b.ip, "created": b.created, "expires": b.expires,
+                                              "reason": b.reason, "origin": b.origin} for b in bans])
         except OSError as e:
             raise state_error(self.dir, e, "write history.jsonl") from None
         if self._history_lines is not None:
-            self._history_lines += 1
+            self._history_lines += len(bans)
             if self._history_lines > 2 * self.history_max:
                 self.load_history()  # trims
 
@@ -429,10 +435,6 @@ def watch_exempt(state_dir: Path) -> list[str]:
         return []
     finally:
         os.close(fd)
-
-
-def _append(path: Path, rec: dict[str, Any]) -> None:
-    _append_many(path, [rec])
 
 
 def _append_many(path: Path, recs: list[dict[str, Any]]) -> None:

@@ -9,8 +9,10 @@ the kernel by another popwatch process (the CLI) while this one runs.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any
 
+from .addr import NetIndex
 from .faults import point
 from .firewall.base import FirewallError
 from .model import Ban
@@ -53,16 +55,19 @@ class Reconciler:
                                      reason="expired while popwatch was not running")
                 continue
             entry = self.m.actions.ban_entry(b.ip, "/" in b.ip)
+            members = [] if entry in kernel else v4_members(b.ip)
+            held = [a for a in members if a in kernel]
+            seen.update(held)  # an IPv4 network ban's addresses are that ban, not bans of their own
             why = self.m.actions.why_refused(b.ip, "/" in b.ip)
             if why:
                 refused += 1
                 msgs.append(f"not restoring the ban of {b.ip}: {why}")
-                if entry in kernel:
+                if entry in kernel or held:
                     self.lift_protected(b.ip, why, msgs)
                 seen.add(entry)
                 continue
             seen.add(entry)
-            if entry in kernel:
+            if entry in kernel or (members and len(held) == len(members)):
                 adopted += 1
                 self.m.store.set_ban(b)
                 continue
@@ -72,9 +77,18 @@ class Reconciler:
             todo.append(b)
         restored = self.restore_bulk(todo, now, msgs)
         from_audit = self.audit_bans(set(kernel) - seen) if kernel else {}
+        audit_nets = NetIndex()  # IPv4 network bans known only from the audit log (killed before bans.json)
+        for target in from_audit:
+            if "/" in target and ":" not in target:
+                audit_nets.add(target)
         for entry, left in kernel.items():
             if entry in seen:
                 continue
+            net = next(iter(audit_nets.holders(entry)), None) if audit_nets and "/" not in entry else None
+            if net is not None:
+                seen.add(net)
+                seen.update(v4_members(net))
+                entry = net
             why = self.m.protector.why_protected(entry)
             if why:  # never keep the admin (or the allow-list) locked out
                 self.lift_protected(entry, why, msgs)
@@ -173,11 +187,14 @@ class Reconciler:
                     continue
                 if e in entries:
                     out[e] = r
+                elif any(a in entries for a in v4_members(target)):
+                    out[target] = r  # an IPv4 network ban: the kernel holds its addresses
             elif act in ("unban", "expire"):
                 try:
                     out.pop(self.m.actions.ban_entry(target, "/" in target), None)
                 except (ValueError, TypeError):
                     continue
+                out.pop(target, None)
         return out
 
     def lift_protected(self, target: str, why: str, msgs: list[str]) -> None:
@@ -199,20 +216,35 @@ class Reconciler:
         """While running: drop store bans the kernel no longer has (a CLI unban, expiry), adopt
         kernel bans the store does not know (a CLI ban)."""
         entries = {self.m.actions.ban_entry(ip, "/" in ip): ip for ip in self.m.store.bans}
+        store_nets = self.m.store.net_bans
         changed = False
         for entry, ip in entries.items():
             b = self.m.store.bans.get(ip)
-            if entry not in kernel and b is not None and b.created < read_at and ip not in self.m.actions.pending:
+            # an IPv4 network ban is in the kernel as its addresses (those not banned on their own)
+            present = entry in kernel or any(a in kernel and a not in entries for a in v4_members(ip))
+            if not present and b is not None and b.created < read_at and ip not in self.m.actions.pending:
                 self.m.store.remove_ban(ip)
                 changed = True
         now = self.m.clock()
         new = [e for e in kernel if e not in entries]
         if new:
             saved: dict[str, Ban] = {}
+            saved_nets = NetIndex()
             if self.m.persist is not None:  # a CLI ban made while we run: its record says why
                 saved = {self.m.actions.ban_entry(b.ip, "/" in b.ip): b for b in self.m.persist.load_bans()}
+                for b in saved.values():
+                    if "/" in b.ip and ":" not in b.ip:
+                        saved_nets.add(b.ip)
             for entry in new:
                 left = kernel[entry]
+                if "/" not in entry and ":" not in entry and (store_nets or saved_nets):
+                    if any(":" not in n for n in store_nets.holders(entry)):
+                        continue  # an address of a network ban the store has
+                    net = next(iter(saved_nets.holders(entry)), None)
+                    if net is not None:  # an address of a network banned by the CLI meanwhile
+                        self.m.store.set_ban(saved[net])
+                        changed = True
+                        continue
                 rec = saved.get(entry)
                 if rec is not None:
                     self.m.store.set_ban(rec)
@@ -222,6 +254,17 @@ class Reconciler:
                 changed = True
         if changed:
             self.m.actions.bans_dirty = True
+
+
+def v4_members(ip: str) -> list[str]:
+    """The kernel entries of an IPv4 network ban: its addresses (both kernel backends keep one
+    that way: ipset's hash:ip, nftables' ban4; networks are at most /24). [] for anything else."""
+    if "/" not in ip or ":" in ip:
+        return []
+    try:
+        return [str(a) for a in ipaddress.IPv4Network(ip)]
+    except ValueError:
+        return []
 
 
 def _set_capacity() -> int:

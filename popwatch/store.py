@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .addr import NetIndex
 from .conns import PortConns
 from .model import (
     FAILURE_KINDS,
@@ -369,6 +370,8 @@ class StateStore:
         self.events: deque[AuthEvent] = deque(maxlen=ring)
         self.users: dict[str, _UserStat] = {}
         self.bans: dict[str, Ban] = {}
+        #: the network bans among ``bans`` (what holds an address: :meth:`net_bans_holding`)
+        self.net_bans = NetIndex()
         self.limits: dict[int, PortLimit] = {}
         self.conns: dict[int, PortConns] = {}
         self.sources: dict[str, SourceHealth] = {}
@@ -662,12 +665,16 @@ class StateStore:
     # ---------------------------------------------------------- bans / limits
     def set_ban(self, ban: Ban) -> None:
         self.bans[ban.ip] = ban
+        if "/" in ban.ip:
+            self.net_bans.add(ban.ip)
         self._touch(ban.ip)
         self.ban_log.append(BanLogEntry(self.clock(), "ban", ban.ip, ban.origin, ban.reason, ban.expires))
         self.version += 1
 
     def remove_ban(self, ip: str, *, action: str = "unban") -> Ban | None:
         b = self.bans.pop(ip, None)
+        if "/" in ip:
+            self.net_bans.discard(ip)
         self._touch(ip)
         if b is not None:
             self.ban_log.append(BanLogEntry(self.clock(), action, ip))

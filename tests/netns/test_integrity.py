@@ -24,10 +24,10 @@ T = "Dec  7 05:00:00 mail"
 
 
 def pw(lab: Lab, state: Path, *args: str, env: dict[str, str] | None = None,
-       timeout: float = 60) -> subprocess.CompletedProcess[str]:
+       timeout: float = 60, backend: str = "nft") -> subprocess.CompletedProcess[str]:
     envv = ["env", "-u", "SSH_CONNECTION", "-u", "SSH_CLIENT", f"PYTHONPATH={REPO}"]
     envv += [f"{k}={v}" for k, v in (env or {}).items()]
-    return lab.run(lab.server, [*envv, sys.executable, "-m", "popwatch", "--backend", "nft",
+    return lab.run(lab.server, [*envv, sys.executable, "-m", "popwatch", "--backend", backend,
                                 "--state-dir", str(state), *args], check=False, timeout=timeout)
 
 
@@ -64,12 +64,12 @@ def saved(state: Path) -> dict[str, dict]:
     return {b["ip"]: b for b in json.loads(p.read_text())["bans"]} if p.exists() else {}
 
 
-def start_watch(lab: Lab, state: Path, log: Path, *extra: str, config: Path | None = None
-                ) -> subprocess.Popen[str]:
+def start_watch(lab: Lab, state: Path, log: Path, *extra: str, config: Path | None = None,
+                backend: str = "nft") -> subprocess.Popen[str]:
     """Start a headless watch; return once it has reconciled (its "bans on start" line)."""
     conf = ["--config", str(config)] if config else []
     p = lab.popen(lab.server, ["env", "-u", "SSH_CONNECTION", "-u", "SSH_CLIENT", sys.executable, "-m",
-                               "popwatch", "--backend", "nft", *conf, "--state-dir", str(state), "watch",
+                               "popwatch", "--backend", backend, *conf, "--state-dir", str(state), "watch",
                                "--no-tui", "--from-start", "--log", str(log), *extra],
                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert p.stderr is not None
@@ -252,6 +252,38 @@ def test_network_ban_semantics(lab: Lab, tmp_path: Path) -> None:
     k = kernel(lab)
     assert "203.0.113.5" in k and "203.0.113.6" not in k
     assert set(saved(state)) == k
+
+
+@pytest.mark.parametrize("backend", ["nftables", "nft"])
+def test_network_bans_stay_one_ban_across_restarts(lab: Lab, tmp_path: Path, backend: str) -> None:
+    """The kernel holds an IPv4 network ban as its 256 addresses (nftables' ban4, ipset's
+    hash:ip) and an IPv6 /48 as one interval/net element: a watch start (reconcile), its
+    kernel sync and a second start keep exactly the two network records, adopt no member,
+    restore nothing, and auto-ban makes no single ban inside them."""
+    state = tmp_path / "state"
+    net4, net6, marker = "198.51.100.0/24", "2001:db8:7::/48", "203.0.113.99"
+    for net in (net4, net6):
+        r = pw(lab, state, "ban", "--net", net, "--ttl", "1h", backend=backend)
+        assert r.returncode == 0, r.stderr
+    conf = tmp_path / "popwatch.toml"
+    conf.write_text("[policy]\nmaxretry = 1\nbantime = \"1h\"\n")
+    log = tmp_path / "auth.log"
+    log.write_text("".join(f"{T} sshd[2]: Failed password for root from {ip} port 22 ssh2\n"
+                           for ip in ("198.51.100.7", "2001:db8:7:1::5", marker)))
+    for _ in range(2):  # two restarts, each with its kernel sync (every 10 polls)
+        p = start_watch(lab, state, log, "--auto-ban", config=conf, backend=backend)
+        try:
+            wait_for(lambda: any(r["target"] == marker for r in audit(state)), "the marker's ban")
+            time.sleep(12)
+        finally:
+            lab.stop(p)
+        assert set(saved(state)) == {net4, net6, marker}
+        rows = json.loads(pw(lab, state, "bans", "--json", backend=backend).stdout)
+        assert sorted(r["ip"] for r in rows) == sorted([net4, net6, marker]), rows
+        assert {r["origin"] for r in rows} == {"cli", "auto"}
+        recs = audit(state)
+        assert sorted(r["target"] for r in recs if r["action"] == "ban") == sorted([net4, net6, marker])
+        assert [r["target"] for r in recs if r["action"] in ("restore", "unban", "expire", "void")] == []
 
 
 def test_nat64_bans_one_address(lab: Lab, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ audit with void records, NAT64, limits of numbers and durations, the output gate
 from __future__ import annotations
 
 import io
+import json
 import multiprocessing
 import os
 from pathlib import Path
@@ -199,3 +200,181 @@ def test_auto_ban_does_not_ban_a_banned_64_again(tmp_path: Path) -> None:
     mon.ingest([RawLine(line.format("2001:db8:5::3"), "t", 3)])
     bans = [r for r in mon.persist.read_audit() if r["action"] == "ban"]
     assert [r["target"] for r in bans] == ["2001:db8:5::1"]
+
+
+def _keyed_sim():  # type: ignore[no-untyped-def]
+    """The sim with the kernel backends' ban entries (an IPv6 address is banned as its /64)."""
+    from popwatch.firewall.sim import SimFirewall
+
+    class KeyedSim(SimFirewall):
+        def ban_key(self, ip: str, *, net: bool | None = None) -> str:
+            return ban_entry(ip, allow_net=bool(net)).entry
+    return KeyedSim()
+
+
+@pytest.mark.parametrize("net,inside", [("198.51.100.0/24", "198.51.100.7"),
+                                        ("2001:db8:7::/48", "2001:db8:7:1::5")])
+def test_auto_ban_does_not_ban_an_address_inside_a_banned_network(tmp_path: Path, net: str,
+                                                                   inside: str) -> None:
+    import time as _time
+
+    from popwatch.actions import run_sync
+    from popwatch.model import RawLine
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    pol = PolicyConfig()
+    pol.maxretry, pol.auto_ban = 1, True
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=_keyed_sim(),
+                  persist=Persist(tmp_path), policy=pol)
+    run_sync(mon.actions.ban(net, ttl=3600, origin="cli", allow_net=True))
+    line = "Dec  7 05:00:00 mail sshd[7]: Failed password for root from {} port 22 ssh2"
+    mon.ingest([RawLine(line.format(inside), "t", 1)])
+    assert [r["target"] for r in mon.persist.read_audit() if r["action"] == "ban"] == [net]
+    assert set(mon.store.bans) == {net}
+    # the campaign path asks the same question; a narrower network inside it is covered too
+    assert mon.actions.banned_or_pending(inside)
+    if ":" not in net:
+        assert mon.actions.banned_or_pending("198.51.100.0/25")
+        assert not mon.actions.banned_or_pending("198.51.101.7")
+        run_sync(mon.actions.unban(net, origin="cli"))
+        assert not mon.actions.banned_or_pending(inside)
+
+
+def test_auto_ban_skips_an_address_whose_network_ban_is_in_flight(tmp_path: Path) -> None:
+    import asyncio
+    import time as _time
+
+    from popwatch.actions import run_sync
+    from popwatch.autoban import Decision
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    pol = PolicyConfig()
+    pol.maxretry, pol.auto_ban = 1, True
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=_keyed_sim(),
+                  persist=Persist(tmp_path), policy=pol)
+    now = _time.time()
+
+    async def in_flight() -> bool:  # a campaign's network ban handed to the firewall thread
+        mon.actions.fire([Decision("203.0.113.0/24", 600, "campaign", {}, now, 0.0, origin="campaign")])
+        held = mon.actions.banned_or_pending("203.0.113.9")
+        while mon.actions.pending:
+            await asyncio.sleep(0.01)
+        return held
+    assert asyncio.run(in_flight())
+    assert mon.actions.banned_or_pending("203.0.113.9")
+    run_sync(mon.actions.unban("203.0.113.0/24", origin="cli"))
+    # one batch holding a network and an address inside it: the network only
+    mon.actions.fire([Decision("203.0.113.9", 600, "auto", {}, now, 0.0, origin="auto"),
+                      Decision("203.0.113.0/24", 600, "campaign", {}, now, 0.0, origin="campaign")])
+    assert [r["target"] for r in mon.persist.read_audit() if r["action"] == "ban"] == ["203.0.113.0/24"] * 2
+
+
+def _member_sim():  # type: ignore[no-untyped-def]
+    """The sim keeping an IPv4 network ban as its addresses, like ipset's hash:ip and nftables' ban4."""
+    import ipaddress
+
+    sim = _keyed_sim()
+    plain = sim.bans
+
+    def bans() -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for k, left in plain().items():
+            if "/" in k and ":" not in k:
+                out |= {str(a): left for a in ipaddress.IPv4Network(k)}
+            else:
+                out[k] = left
+        return out
+    sim.bans = bans  # type: ignore[method-assign]
+    return sim
+
+
+def test_kernel_sync_keeps_an_ipv4_network_ban_one_ban(tmp_path: Path) -> None:
+    """A network banned by the CLI while watch runs is adopted as that network, not as its 256
+    addresses, and stays while the kernel holds its addresses; an unban in the kernel drops it."""
+    import time as _time
+
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=_member_sim(),
+                  persist=Persist(tmp_path), policy=PolicyConfig())
+    mon.reconcile()
+    net = "198.51.100.0/24"
+    Persist(tmp_path).merge_bans({net: Ban(net, _time.time() - 5, _time.time() + 3600, "cli net", "cli")}, set())
+    mon.firewall.ban(net, 3600)
+    for _ in range(2):
+        mon.reconciler.sync_from_kernel(mon.firewall.bans(), _time.time())
+        assert set(mon.store.bans) == {net} and mon.store.bans[net].origin == "cli"
+    mon.firewall.unban(net)
+    mon.reconciler.sync_from_kernel(mon.firewall.bans(), _time.time())
+    assert mon.store.bans == {}
+
+
+def test_start_adopts_an_ipv4_network_ban_known_only_from_the_audit_log(tmp_path: Path) -> None:
+    """Killed between the kernel change and bans.json: the audit record names the network."""
+    import time as _time
+
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    net = "203.0.113.0/24"
+    Persist(tmp_path).audit("ban", net, origin="cli", reason="cli net", ttl=3600)
+    sim = _member_sim()
+    sim.ban(net, 3600)
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=sim,
+                  persist=Persist(tmp_path), policy=PolicyConfig())
+    mon.reconcile()
+    assert set(mon.store.bans) == {net} and mon.store.bans[net].origin == "cli"
+    assert {b.ip for b in Persist(tmp_path).load_bans()} == {net}
+
+
+def test_mass_ban_writes_its_records_ahead_with_one_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TUI's mass ban (B, x/X): every write-ahead record (a refusal's too) in one fsync, on
+    disk before the first kernel change; a failed entry gets its void record (one more fsync)."""
+    import time as _time
+
+    from popwatch.actions import run_sync
+    from popwatch.firewall.base import FirewallError
+    from popwatch.monitor import Monitor
+    from popwatch.parse import Parser
+    from popwatch.store import StateStore
+
+    sim = _keyed_sim()
+    audit_path = tmp_path / "audit.jsonl"
+    plain_ban = sim.ban
+
+    def ban(ip: str, ttl: float | None = None, *, net: bool | None = None) -> None:
+        on_disk = [json.loads(l)["target"] for l in audit_path.read_text().splitlines()]
+        assert len(on_disk) >= 21 and ip in on_disk  # every record is there before any kernel change
+        if ip == "198.51.100.13":
+            raise FirewallError("set full")
+        plain_ban(ip, ttl, net=net)
+    sim.ban = ban  # type: ignore[method-assign]
+    mon = Monitor(store=StateStore(clock=_time.time), parser=Parser(now=_time.time), firewall=sim,
+                  persist=Persist(tmp_path), policy=PolicyConfig())
+    audit_fsyncs = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("audit.jsonl"):
+            audit_fsyncs.append(fd)
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    ips = [f"198.51.100.{i}" for i in range(1, 21)] + ["127.0.0.1", "not an address"]
+    done, refused = run_sync(mon.actions.ban_many(ips, ttl=600, reason="mass", origin="key"))
+    assert len(done) == 19 and set(refused) == {"198.51.100.13", "127.0.0.1", "not an address"}
+    assert len(audit_fsyncs) == 2  # the records ahead, then the one void
+    recs = mon.persist.read_audit()
+    void = [r for r in recs if r["action"] == "void"]
+    assert [r["target"] for r in void] == ["198.51.100.13"]
+    assert next(r for r in recs if r["id"] == void[0]["voids"])["target"] == "198.51.100.13"
+    assert any(r["target"] == "127.0.0.1" and r["ok"] is False for r in recs)
+    assert set(mon.store.bans) == set(ips[:20]) - {"198.51.100.13"}
+    assert {b.ip for b in mon.persist.load_bans()} == set(mon.store.bans)
+    assert len(mon.persist.load_history()) == 19
