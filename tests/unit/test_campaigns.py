@@ -3,8 +3,13 @@ the response (per-source, per-network, slow bans), known-good addresses, bounded
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -307,3 +312,44 @@ def test_login_history_indexes_the_networks_of_known_good_addresses():
     assert sum(h.good_nets.get(k, 0) for k in ("203.0.113.0/24",)) == 1
     assert set(h.good) == set().union(*[set(d) for d in h.by_user.values()])
     assert all(v > 0 for v in h.good_nets.values())
+
+
+def _summary(t: dt.datetime, user: str, ip: str, n: int) -> str:
+    return (f"{t.isoformat()} mx dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): "
+            f"user=<{user}>, method=PLAIN, rip={ip}, lip=192.0.2.1, session=<s{n}>")
+
+
+def test_a_restart_rebuilds_campaigns_from_the_logs_with_backfill(tmp_path: Path) -> None:
+    """Campaigns are not saved; ``watch --backfill`` rebuilds them, each line at its own time."""
+    now = dt.datetime.now(dt.timezone.utc)
+    lines = []
+    # three hours ago, outside the backfill: bob's campaign must not come back
+    for i in range(1, 31):
+        lines.append(_summary(now - dt.timedelta(hours=3) + dt.timedelta(seconds=20 * i), "bob",
+                              f"203.0.113.{i}", i))
+    # the last 50 minutes: alice tried from 30 addresses, 2 guesses each
+    for i in range(60):
+        lines.append(_summary(now - dt.timedelta(minutes=50) + dt.timedelta(seconds=20 * i), "alice",
+                              f"198.51.100.{i // 2 + 1}", 100 + i))
+    log = tmp_path / "mail.log"
+    log.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSH_")}
+    root = Path(__file__).resolve().parents[2]
+
+    def watch(*extra: str) -> list[dict]:
+        out = tmp_path / f"events{len(extra)}.jsonl"
+        r = subprocess.run([sys.executable, "-m", "popwatch", "watch", "--no-tui", "--backend", "sim",
+                            "--log", str(log), "--duration", "2", "--state-dir", str(tmp_path / "state"),
+                            "--events", str(out), *extra], cwd=root, env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        return [e for l in out.read_text().splitlines() if (e := json.loads(l)).get("type") == "campaign"]
+
+    assert watch() == []  # a plain start reads from the end of the log: nothing to rebuild from
+    camps = watch("--backfill", "1h")
+    starts = [c for c in camps if c["event"] == "start"]
+    assert [c["target"] for c in starts] == ["alice@imap"]
+    assert starts[0]["sources"] >= 10
+    first = dt.datetime.fromisoformat(starts[0]["first"])
+    assert now - dt.timedelta(minutes=51) <= first <= now - dt.timedelta(minutes=49)
+    assert not any("bob" in c["target"] for c in camps)
