@@ -290,7 +290,11 @@ class Monitor:
                 try:
                     t0 = self.clock()
                     kernel = await self.fw_thread.run(self.firewall.bans)
-                    self.reconciler.sync_from_kernel(kernel, t0)
+                    lost = self.reconciler.sync_from_kernel(kernel, t0)
+                    if lost and not self.healer.uninstalled():
+                        for text in await self.fw_thread.run(self.reconciler.put_back, lost):
+                            self.store.note(text)
+                        self.healer.last = (self.clock(), "fw: bans put back")
                 except Exception as e:  # noqa: BLE001 - a failed read is noted; the poll loop must go on
                     self.store.note(f"reading the kernel's bans failed: {e}")
             if n % 60 == 0:

@@ -4,12 +4,15 @@
 store into agreement: saved bans still active but missing from the kernel (a reboot emptied the
 sets) are restored with their remaining time, expired ones dropped, bans found in the kernel
 adopted. :meth:`Reconciler.sync_from_kernel` (every few polls) follows bans and unbans made in
-the kernel by another popwatch process (the CLI) while this one runs.
+the kernel by another popwatch process (the CLI) while this one runs, and finds bans that left
+the kernel with no popwatch unban behind them (`ipset flush`, `nft flush set`, a delete by hand):
+:meth:`Reconciler.put_back` puts those back.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import TYPE_CHECKING, Any
 
 from .addr import NetIndex
@@ -212,18 +215,26 @@ class Reconciler:
                     change=[f"unban {target}"])
         msgs.append(f"lifted the ban of {target}: {why}")
 
-    def sync_from_kernel(self, kernel: dict[str, float | None], read_at: float) -> None:
+    def sync_from_kernel(self, kernel: dict[str, float | None], read_at: float) -> list[Ban]:
         """While running: drop store bans the kernel no longer has (a CLI unban, expiry), adopt
-        kernel bans the store does not know (a CLI ban)."""
+        kernel bans the store does not know (a CLI ban). Returns the bans that left the kernel
+        although nothing of popwatch's lifted them (no unban in the audit log after their ban):
+        another tool removed them, and the caller puts them back (:meth:`put_back`)."""
         entries = {self.m.actions.ban_entry(ip, "/" in ip): ip for ip in self.m.store.bans}
         store_nets = self.m.store.net_bans
         changed = False
+        gone: list[Ban] = []
         for entry, ip in entries.items():
             b = self.m.store.bans.get(ip)
             # an IPv4 network ban is in the kernel as its addresses (those not banned on their own)
             present = entry in kernel or any(a in kernel and a not in entries for a in v4_members(ip))
             if not present and b is not None and b.created < read_at and ip not in self.m.actions.pending:
-                self.m.store.remove_ban(ip)
+                gone.append(b)
+        lost = self._lost(gone, read_at)
+        kept = {b.ip for b in lost}
+        for b in gone:
+            if b.ip not in kept:
+                self.m.store.remove_ban(b.ip)
                 changed = True
         now = self.m.clock()
         new = [e for e in kernel if e not in entries]
@@ -254,6 +265,58 @@ class Reconciler:
                 changed = True
         if changed:
             self.m.actions.bans_dirty = True
+        return lost
+
+    def _lost(self, gone: list[Ban], read_at: float) -> list[Ban]:
+        """Of the bans the kernel no longer has, those popwatch did not lift: not run out, and
+        the audit log's newest word on their target is a ban (a CLI unban writes its record
+        before it changes the kernel). Without a state dir nothing can tell: none."""
+        if not gone or self.m.persist is None or self.m.dry_run:
+            return []
+        live = [b for b in gone if b.expires is None or b.expires > read_at + 2.0]
+        if not live:
+            return []
+        entry = self.m.actions.ban_entry
+        want = {entry(b.ip, "/" in b.ip) for b in live}
+        recs = self.m.persist.read_audit()
+        voided = {r.get("voids") for r in recs if r.get("action") == "void"}
+        last: dict[str, str] = {}
+        for r in recs:
+            act = r.get("action")
+            if act not in ("ban", "restore", "heal", "unban", "expire") or not r.get("ok", True) \
+                    or r.get("id") in voided:
+                continue
+            targets = r.get("targets") if act in ("restore", "heal") else None
+            named = targets if isinstance(targets, list) else [r.get("target")]
+            for t in named:
+                if not isinstance(t, str) or " " in t:
+                    continue
+                try:
+                    e = entry(t, "/" in t)
+                except (ValueError, TypeError):
+                    continue
+                if e in want:
+                    last[e] = "lifted" if act in ("unban", "expire") else "banned"
+        return [b for b in live if last.get(entry(b.ip, "/" in b.ip)) == "banned"]
+
+    def put_back(self, lost: list[Ban]) -> list[str]:
+        """Firewall thread: the bans another tool took out of the kernel, back in (one audit
+        record written ahead, one bulk load). Returns what to tell the admin."""
+        now = self.m.clock()
+        items = [(b.ip, None if b.expires is None else max(1.0, b.expires - now)) for b in lost]
+        n = len(items)
+        what = (f"{n} ban{'' if n == 1 else 's'} deleted from the kernel's ban sets "
+                f"(ipset flush, nft flush set or by hand; e.g. {items[0][0]})")
+        rec = self.m.actions.audit("heal", f"{n} bans", origin="heal", reason=f"removed by another tool: {what}",
+                                   change=[f"ban {ip} ttl {ttl}" for ip, ttl in items[:20]], bans=n,
+                                   targets=[ip for ip, _ in items[:1000]], count=n)
+        try:
+            self.m.firewall.ban_many(items)
+        except (FirewallError, ValueError) as e:
+            self.m.actions.void(rec, f"could not put them back: {e}")
+            return [f"{what}: could not put them back: {e}"]
+        stamp = time.strftime("%H:%M:%S", time.localtime(now))
+        return [f"{stamp} another tool removed {what}; put back (lift a ban with `popwatch unban`)"]
 
 
 def v4_members(ip: str) -> list[str]:

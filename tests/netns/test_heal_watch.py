@@ -304,3 +304,43 @@ def test_nftables_table_flushed_is_put_back_at_once(lab: Lab, tmp_path: Path) ->
         assert lab.run(lab.server, ["ipset", "list", "-n"], check=False).stdout.strip() == ""
     finally:
         w.stop()
+
+
+#: how each backend's ban set is emptied by hand, rules left in place
+FLUSH_SET = {"nft": [["ipset", "flush", "popwatch4"]],
+             "nftables": [["nft", "flush", "set", "inet", "popwatch", "ban4"]]}
+
+
+@pytest.mark.parametrize("backend", ["nft", "nftables"])
+def test_ban_set_emptied_by_another_tool_is_refilled(lab: Lab, tmp_path: Path, backend: str) -> None:
+    """`ipset flush` (a firewall script's opening `ipset -F`) or `nft flush set` takes the bans
+    out and leaves the rules: no popwatch unban is behind it, so the bans go back in (within a
+    kernel sync, 10 polls); a `popwatch unban` made meanwhile is followed, not undone."""
+    w = Watch(lab, tmp_path, CONFIG.replace("[policy]", "[policy]\nauto_ban = true"), backend=backend)
+    try:
+        w.start()
+        lab.listen(ports=(110,))
+        other = "203.0.113.77"
+        w.write(dove(ATTACKER, 5), dove(other, 5))
+        wait_for(lambda: {ATTACKER, other} <= {b["ip"] for b in json.loads(w.cli("bans", "--json").stdout)},
+                 what="auto-bans")
+        assert lab.burst("c0", 110, 1).timeout == 1
+        assert w.cli("unban", other).returncode == 0         # lifted the popwatch way
+        for argv in FLUSH_SET[backend]:
+            lab.run(lab.server, argv)
+        assert lab.burst("c0", 110, 1).ok == 1               # the flush let the attacker in
+        t0 = time.monotonic()
+        wait_for(lambda: lab.burst("c0", 110, 1, timeout=0.4).timeout == 1, timeout=20,
+                 what="the ban enforced again")
+        print(f"\nban enforced again {time.monotonic() - t0:.1f}s after the flush")
+        assert lab.burst("c1", 110, 1).ok == 1               # nobody else locked out
+        wait_for(lambda: any(r["action"] == "heal" and ATTACKER in r.get("targets", []) for r in w.audit()),
+                 timeout=5, what="heal audit record")
+        rec = [r for r in w.audit() if r["action"] == "heal"][-1]
+        assert rec["targets"] == [ATTACKER] and "removed by another tool" in str(rec["reason"])
+        bans = {b["ip"] for b in json.loads(w.cli("bans", "--json").stdout)}
+        assert ATTACKER in bans and other not in bans
+        st = json.loads(w.cli("status", "--json").stdout)
+        assert any("another tool removed" in x and "ban" in x for x in st["warnings"]), st["warnings"]
+    finally:
+        w.stop()

@@ -332,11 +332,46 @@ def test_reconcile_restores_adopts_and_drops(tmp_path):
 def test_kernel_sync_follows_cli_changes(tmp_path):
     mon, sim, clock = pmon(tmp_path)
     run_sync(mon.actions.ban("203.0.113.40", ttl=600, origin="cli"))
-    sim.unban("203.0.113.40")                         # another process lifted it
+    # another process lifted it: `popwatch unban` writes its record ahead, then changes the kernel
+    Persist(tmp_path / "state").audit("unban", "203.0.113.40", origin="cli", reason="by hand")
+    sim.unban("203.0.113.40")
     sim.ban("203.0.113.41", 60)                       # and banned another
     clock.t += 1
-    mon.reconciler.sync_from_kernel(sim.bans(), clock.t)
+    assert mon.reconciler.sync_from_kernel(sim.bans(), clock.t) == []
     assert set(mon.store.bans) == {"203.0.113.41"}
+
+
+def test_kernel_sync_puts_back_bans_another_tool_deleted(tmp_path):
+    mon, sim, clock = pmon(tmp_path)
+    for ip in ("203.0.113.42", "2001:db8:5::7"):
+        run_sync(mon.actions.ban(ip, ttl=600, origin="cli"))
+    run_sync(mon.actions.ban("203.0.113.43", ttl=5, origin="cli"))
+    clock.t += 10
+    sim.unban("203.0.113.42")                         # `ipset flush` / `nft flush set`: no record
+    sim.unban("2001:db8:5::7")
+    sim.unban("203.0.113.43")                         # this one ran out: not put back
+    lost = mon.reconciler.sync_from_kernel(sim.bans(), clock.t)
+    assert sorted(b.ip for b in lost) == ["2001:db8:5::7", "203.0.113.42"]
+    assert {"203.0.113.42", "2001:db8:5::7"} <= set(mon.store.bans)   # still banned in the store
+    said = mon.reconciler.put_back(lost)
+    assert len(said) == 1 and "another tool removed 2 bans" in said[0] and "popwatch unban" in said[0]
+    left = sim.bans()
+    assert "203.0.113.42" in left and 580 < (left["203.0.113.42"] or 0) <= 590   # the time it had left
+    assert any(k.startswith("2001:db8:5:") for k in left)
+    heal = [r for r in Persist(tmp_path / "state").read_audit() if r["action"] == "heal"]
+    assert heal and set(heal[-1]["targets"]) == {"203.0.113.42", "2001:db8:5::7"}
+    # the next sync finds them in the kernel: nothing to do; a real unban is then followed
+    assert mon.reconciler.sync_from_kernel(sim.bans(), clock.t + 1) == []
+    run_sync(mon.actions.unban("203.0.113.42", origin="cli"))
+    assert mon.reconciler.sync_from_kernel(sim.bans(), clock.t + 2) == []
+    assert "203.0.113.42" not in mon.store.bans
+    # without a state dir nothing can tell a CLI unban from a flush: followed, as before
+    mon2, sim2, clock2 = pmon(None)
+    run_sync(mon2.actions.ban("203.0.113.44", ttl=600, origin="cli"))
+    clock2.t += 1
+    sim2.unban("203.0.113.44")
+    assert mon2.reconciler.sync_from_kernel(sim2.bans(), clock2.t) == []
+    assert "203.0.113.44" not in mon2.store.bans
 
 
 def test_what_if_from_the_monitor_window():
