@@ -290,7 +290,10 @@ class Monitor:
                 try:
                     t0 = self.clock()
                     kernel = await self.fw_thread.run(self.firewall.bans)
-                    lost = self.reconciler.sync_from_kernel(kernel, t0)
+                    gone = self.reconciler.missing(kernel, t0)
+                    # the audit log is read off the loop (it can be large)
+                    lost = await loop.run_in_executor(None, self.reconciler.lost, gone, t0) if gone else []
+                    lost = self.reconciler.sync_from_kernel(kernel, t0, lost)
                     if lost and not self.healer.uninstalled():
                         for text in await self.fw_thread.run(self.reconciler.put_back, lost):
                             self.store.note(text)

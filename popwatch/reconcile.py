@@ -215,14 +215,9 @@ class Reconciler:
                     change=[f"unban {target}"])
         msgs.append(f"lifted the ban of {target}: {why}")
 
-    def sync_from_kernel(self, kernel: dict[str, float | None], read_at: float) -> list[Ban]:
-        """While running: drop store bans the kernel no longer has (a CLI unban, expiry), adopt
-        kernel bans the store does not know (a CLI ban). Returns the bans that left the kernel
-        although nothing of popwatch's lifted them (no unban in the audit log after their ban):
-        another tool removed them, and the caller puts them back (:meth:`put_back`)."""
+    def missing(self, kernel: dict[str, float | None], read_at: float) -> list[Ban]:
+        """Store bans the kernel no longer has (made before ``read_at``, not in flight)."""
         entries = {self.m.actions.ban_entry(ip, "/" in ip): ip for ip in self.m.store.bans}
-        store_nets = self.m.store.net_bans
-        changed = False
         gone: list[Ban] = []
         for entry, ip in entries.items():
             b = self.m.store.bans.get(ip)
@@ -230,7 +225,21 @@ class Reconciler:
             present = entry in kernel or any(a in kernel and a not in entries for a in v4_members(ip))
             if not present and b is not None and b.created < read_at and ip not in self.m.actions.pending:
                 gone.append(b)
-        lost = self._lost(gone, read_at)
+        return gone
+
+    def sync_from_kernel(self, kernel: dict[str, float | None], read_at: float,
+                         lost: list[Ban] | None = None) -> list[Ban]:
+        """While running: drop store bans the kernel no longer has (a CLI unban, expiry), adopt
+        kernel bans the store does not know (a CLI ban). Keeps, and returns, the bans that left
+        the kernel although nothing of popwatch's lifted them (:meth:`lost`, computed here
+        unless given: the Monitor reads the audit log off the loop): another tool removed
+        them, and the caller puts them back (:meth:`put_back`)."""
+        entries = {self.m.actions.ban_entry(ip, "/" in ip): ip for ip in self.m.store.bans}
+        store_nets = self.m.store.net_bans
+        changed = False
+        gone = self.missing(kernel, read_at)
+        if lost is None:
+            lost = self.lost(gone, read_at)
         kept = {b.ip for b in lost}
         for b in gone:
             if b.ip not in kept:
@@ -267,10 +276,11 @@ class Reconciler:
             self.m.actions.bans_dirty = True
         return lost
 
-    def _lost(self, gone: list[Ban], read_at: float) -> list[Ban]:
+    def lost(self, gone: list[Ban], read_at: float) -> list[Ban]:
         """Of the bans the kernel no longer has, those popwatch did not lift: not run out, and
         the audit log's newest word on their target is a ban (a CLI unban writes its record
-        before it changes the kernel). Without a state dir nothing can tell: none."""
+        before it changes the kernel). Without a state dir nothing can tell: none. Reads the
+        audit log and touches nothing else (any thread)."""
         if not gone or self.m.persist is None or self.m.dry_run:
             return []
         live = [b for b in gone if b.expires is None or b.expires > read_at + 2.0]
