@@ -307,7 +307,9 @@ class Reconciler:
                     continue
                 if e in want:
                     last[e] = "lifted" if act in ("unban", "expire") else "banned"
-        return [b for b in live if last.get(entry(b.ip, "/" in b.ip)) == "banned"]
+        # never put back a ban on what is protected now (the admin's new SSH client, say)
+        return [b for b in live if last.get(entry(b.ip, "/" in b.ip)) == "banned"
+                and not self.m.actions.why_refused(b.ip, "/" in b.ip)]
 
     def put_back(self, lost: list[Ban]) -> list[str]:
         """Firewall thread: the bans another tool took out of the kernel, back in (one audit

@@ -365,6 +365,13 @@ def test_kernel_sync_puts_back_bans_another_tool_deleted(tmp_path):
     run_sync(mon.actions.unban("203.0.113.42", origin="cli"))
     assert mon.reconciler.sync_from_kernel(sim.bans(), clock.t + 2) == []
     assert "203.0.113.42" not in mon.store.bans
+    # what is protected by now (allow-listed since) is never put back: dropped, as before
+    run_sync(mon.actions.ban("203.0.113.45", ttl=600, origin="cli"))
+    clock.t += 1
+    sim.unban("203.0.113.45")
+    mon.protector.add_allow("203.0.113.45/32")
+    assert mon.reconciler.sync_from_kernel(sim.bans(), clock.t + 3) == []
+    assert "203.0.113.45" not in mon.store.bans
     # without a state dir nothing can tell a CLI unban from a flush: followed, as before
     mon2, sim2, clock2 = pmon(None)
     run_sync(mon2.actions.ban("203.0.113.44", ttl=600, origin="cli"))
