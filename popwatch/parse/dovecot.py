@@ -215,6 +215,10 @@ class DovecotRules:
             se = right.find(">", s + 11)
             if se > 0:
                 session = right[s + 11:se]
+        if left == "Aborted login" and not right.startswith("method="):
+            # 1.x cmd_quit/cmd_logout with neither a user nor a mechanism: QUIT before any
+            # login was tried (a monitoring check, a scanner); 1.x writes no attempt count
+            return (service, K_PROBE, ip, None, 0, session)
         return self._outcome(service, left, ip, None, session)
 
     def _outcome(self, service: str, left: str, ip: str, user: str | None, session: str | None) -> Hit | None:
