@@ -295,9 +295,10 @@ class Monitor:
                     lost = await loop.run_in_executor(None, self.reconciler.lost, gone, t0) if gone else []
                     lost = self.reconciler.sync_from_kernel(kernel, t0, lost)
                     if lost and not self.healer.uninstalled():
-                        for text in await self.fw_thread.run(self.reconciler.put_back, lost):
-                            self.store.note(text)
-                        self.healer.last = (self.clock(), "fw: bans put back")
+                        done, text = await self.fw_thread.run(self.reconciler.put_back, lost)
+                        self.store.note(text)
+                        if done:
+                            self.healer.last = (self.clock(), "fw: bans put back")
                 except Exception as e:  # noqa: BLE001 - a failed read is noted; the poll loop must go on
                     self.store.note(f"reading the kernel's bans failed: {e}")
             if n % 60 == 0:

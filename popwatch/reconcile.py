@@ -215,9 +215,15 @@ class Reconciler:
                     change=[f"unban {target}"])
         msgs.append(f"lifted the ban of {target}: {why}")
 
-    def missing(self, kernel: dict[str, float | None], read_at: float) -> list[Ban]:
+    def _entries(self) -> dict[str, str]:
+        """The store's bans by kernel entry (IPv6: the banned prefix)."""
+        return {self.m.actions.ban_entry(ip, "/" in ip): ip for ip in self.m.store.bans}
+
+    def missing(self, kernel: dict[str, float | None], read_at: float,
+                entries: dict[str, str] | None = None) -> list[Ban]:
         """Store bans the kernel no longer has (made before ``read_at``, not in flight)."""
-        entries = {self.m.actions.ban_entry(ip, "/" in ip): ip for ip in self.m.store.bans}
+        if entries is None:
+            entries = self._entries()
         gone: list[Ban] = []
         for entry, ip in entries.items():
             b = self.m.store.bans.get(ip)
@@ -234,10 +240,10 @@ class Reconciler:
         the kernel although nothing of popwatch's lifted them (:meth:`lost`, computed here
         unless given: the Monitor reads the audit log off the loop): another tool removed
         them, and the caller puts them back (:meth:`put_back`)."""
-        entries = {self.m.actions.ban_entry(ip, "/" in ip): ip for ip in self.m.store.bans}
+        entries = self._entries()
         store_nets = self.m.store.net_bans
         changed = False
-        gone = self.missing(kernel, read_at)
+        gone = self.missing(kernel, read_at, entries)
         if lost is None:
             lost = self.lost(gone, read_at)
         kept = {b.ip for b in lost}
@@ -311,9 +317,9 @@ class Reconciler:
         return [b for b in live if last.get(entry(b.ip, "/" in b.ip)) == "banned"
                 and not self.m.actions.why_refused(b.ip, "/" in b.ip)]
 
-    def put_back(self, lost: list[Ban]) -> list[str]:
+    def put_back(self, lost: list[Ban]) -> tuple[bool, str]:
         """Firewall thread: the bans another tool took out of the kernel, back in (one audit
-        record written ahead, one bulk load). Returns what to tell the admin."""
+        record written ahead, one bulk load). Returns (done, what to tell the admin)."""
         now = self.m.clock()
         items = [(b.ip, None if b.expires is None else max(1.0, b.expires - now)) for b in lost]
         n = len(items)
@@ -326,9 +332,9 @@ class Reconciler:
             self.m.firewall.ban_many(items)
         except (FirewallError, ValueError) as e:
             self.m.actions.void(rec, f"could not put them back: {e}")
-            return [f"{what}: could not put them back: {e}"]
+            return False, f"{what}: could not put them back: {e}"
         stamp = time.strftime("%H:%M:%S", time.localtime(now))
-        return [f"{stamp} another tool removed {what}; put back (lift a ban with `popwatch unban`)"]
+        return True, f"{stamp} another tool removed {what}; put back (lift a ban with `popwatch unban`)"
 
 
 def v4_members(ip: str) -> list[str]:

@@ -370,7 +370,7 @@ class StateStore:
         self.events: deque[AuthEvent] = deque(maxlen=ring)
         self.users: dict[str, _UserStat] = {}
         self.bans: dict[str, Ban] = {}
-        #: the network bans among ``bans`` (what holds an address: :meth:`net_bans_holding`)
+        #: the network bans among ``bans`` (which hold an address: ``net_bans.holders(ip)``)
         self.net_bans = NetIndex()
         self.limits: dict[int, PortLimit] = {}
         self.conns: dict[int, PortConns] = {}

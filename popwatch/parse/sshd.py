@@ -171,12 +171,11 @@ class SshdRules:
         """A line that gives the connection's whole count (PAM's, at its end): what it adds."""
         if key is None:
             return 0  # no pid: cannot be paired with the lines that counted them already
-        st = self._conns.get(key)
-        if st is None:
-            st = self._closed.get(key)
-            if st is None or (ip is not None and st[2] != ip and _addrish(ip) and _addrish(st[2] or "")):
-                st = self._state(key, ip)
-        elif ip is not None and st[2] != ip:
+        closed = self._closed.get(key) if self._conns.get(key) is None else None
+        if closed is not None and not (ip is not None and closed[2] != ip and _addrish(ip)
+                                       and _addrish(closed[2] or "")):
+            st = closed  # the connection that just ended (not a new one from another address)
+        else:
             st = self._state(key, ip)
         if st[0] < total:
             n = total - st[0]
@@ -268,10 +267,8 @@ class SshdRules:
             if msg.startswith("message repeated "):
                 return self._repeated(msg, conn)
             return None
-        if c == "P":
-            if msg.startswith("PAM "):
-                return self._pam_more(msg, conn)
-            return self._probe_rules(msg)
+        if c == "P" and msg.startswith("PAM "):
+            return self._pam_more(msg, conn)
         if c == "p":
             if msg.startswith("pam_") and " more authentication failure" in msg:
                 return self._pam_more(msg, conn)
